@@ -1,0 +1,59 @@
+"""The odezoo exception hierarchy and the helpers that word its messages."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class OdezooError(Exception):
+    """Base class of every error odezoo raises on purpose."""
+
+
+class UnknownNameError(OdezooError, LookupError):
+    """A model, scheme, tag or dataset name that is not registered."""
+
+    def __init__(self, kind: str, name, choices: Iterable[str]):
+        self.kind = kind
+        self.name = name
+        self.choices = sorted(choices)
+        close = difflib.get_close_matches(str(name), self.choices, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        valid = ", ".join(self.choices) if self.choices else "(none registered)"
+        super().__init__(f"Unknown {kind} {name!r}.{hint} Valid {kind}s: {valid}.")
+
+    def __str__(self):  # LookupError would otherwise quote the message
+        return self.args[0]
+
+
+class SolverError(OdezooError):
+    """An ODE solve that failed (budget exhausted, NaN/Inf, step size underflow)."""
+
+
+class WeightsIntegrityError(OdezooError):
+    """A weight file whose sha256 differs from its manifest entry."""
+
+
+class PluginError(OdezooError):
+    """A plugin that cannot be registered (name clash, unsupported API version)."""
+
+
+def check_keys(what: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise ``TypeError`` naming the unknown keys and the valid ones."""
+    valid = sorted(valid)
+    bad = sorted(set(given) - set(valid))
+    if not bad:
+        return
+    hints = []
+    for key in bad:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(
+        f"{what} got unexpected config key(s) {', '.join(hints)}. "
+        f"Valid keys: {', '.join(valid) if valid else '(none)'}."
+    )
+
+
+def bad_value(arg: str, value, allowed: str) -> ValueError:
+    """A ``ValueError`` in the house form: ``Received: arg=value``, plus what is allowed."""
+    return ValueError(f"Invalid value for `{arg}`. Received: {arg}={value!r}. Allowed: {allowed}.")

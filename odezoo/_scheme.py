@@ -1,0 +1,223 @@
+"""The Scheme base class, explicit Runge-Kutta tableaux and the block context.
+
+A scheme advances a state by one step of size ``h`` of dy/dt = f(t, y). The
+same object serves as a network block (each step owns fresh weights), as a
+fixed-grid ODE solver (every field is the same f) and as the subject of an
+order test. Nothing here imports TensorFlow or Keras: ``step`` uses only
+arithmetic operators on whatever tensors the fields return, so a scheme runs on
+numpy arrays, TF tensors and Keras tensors alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from fractions import Fraction
+from typing import Any, Callable, Sequence
+
+from odezoo._errors import PluginError
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockContext:
+    """Where a network block sits; given to ``block_step`` and ``run_stage``.
+
+    Attributes:
+        block: index of the block within its stage (0-based).
+        stage: index of the stage (0-based).
+        stage_length: number of scheme blocks in the stage.
+        global_block: index of the block over the whole network.
+        total_blocks: number of scheme blocks in the network.
+        seed: the network's seed (for stochastic depth / drop-path), or None.
+        column: FractalNet's globally chosen column for this batch (an int
+            scalar tensor, -1 meaning "local drop-path"), or None outside
+            training / when the family does not choose one.
+    """
+
+    block: int = 0
+    stage: int = 0
+    stage_length: int = 1
+    global_block: int = 0
+    total_blocks: int = 1
+    seed: int | None = None
+    column: Any = None
+
+    def replace(self, **changes) -> "BlockContext":
+        return dataclasses.replace(self, **changes)
+
+
+class Scheme:
+    """A one-step (or two-state multistep) method for dy/dt = f(t, y).
+
+    Subclasses declare:
+        order: convergence order of :meth:`step` as an ODE solver.
+        num_fields: distinct fields one step calls.
+        state_size: 1, or 2 when the state is a pair (a history, or two halves).
+
+    and implement :meth:`step`. Constructor keyword arguments are the scheme's
+    options (``linear_multistep(p_L=0.8)``); the base accepts none.
+
+    Each field is called as ``fields[i](t, y)`` and returns dy/dt at (t, y).
+    """
+
+    name: str = None  # set by register_scheme
+    order: int = None
+    num_fields: int = 1
+    state_size: int = 1
+
+    def __init__(self):
+        pass
+
+    # -- state plumbing ------------------------------------------------------
+    def init(self, y0):
+        """The state a stage starts from, given its input ``y0``."""
+        return y0
+
+    def output(self, state):
+        """The output ``y`` carried by a state."""
+        return state
+
+    # -- the solver form ---------------------------------------------------------
+    def step(self, fields: Sequence[Callable], t, state, h):
+        """Advance ``state`` from ``t`` to ``t + h``: the consistent solver form."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement step().")
+
+    # -- the network form (optional) ---------------------------------------------
+    def build_block(self, block) -> None:
+        """Create per-block trainable coefficients on ``block`` (a Keras layer).
+
+        Called once when the owning :class:`odezoo.SchemeBlock` is built; the
+        scheme instance is owned by that block, so it may keep references
+        (``self.k = block.add_weight(...)``).
+        """
+
+    def block_step(self, fields, t, state, h, *, training=None, ctx: BlockContext = None):
+        """One network block; defaults to :meth:`step`."""
+        return self.step(fields, t, state, h)
+
+    def run_stage(self, blocks, state, *, training=None, ctx: BlockContext = None):
+        """Run a whole stage of :class:`odezoo.SchemeBlock` layers on ``state``.
+
+        The default calls each block's :meth:`block_step` in turn. ``ctx`` is
+        the stage's context; each block's own is ``block.context``.
+        """
+        column = None if ctx is None else ctx.column
+        for block in blocks:
+            state = block.advance(state, training=training, column=column)
+        return state
+
+    def test_problem(self):
+        """An order-test problem for schemes that y' = Ay + b·cos t does not fit.
+
+        Returns None (use the default linear problem) or a dict with keys
+        ``fields`` (a list of ``num_fields`` callables on numpy float64 states),
+        ``y0`` (the initial state, a pair when state_size is 2), ``t0``, ``t1``
+        and ``exact`` (a callable t -> state).
+        """
+        return None
+
+    def block_fields(self, channels: int) -> list[int]:
+        """Widths of the fields one network block needs, given the block's channels."""
+        return [channels] * self.num_fields
+
+    # -- introspection -----------------------------------------------------------
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The scheme's options: its constructor's keyword arguments."""
+        params = inspect.signature(cls.__init__).parameters
+        return [
+            p.name
+            for p in list(params.values())[1:]
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+
+    @classmethod
+    def option_defaults(cls) -> dict:
+        params = inspect.signature(cls.__init__).parameters
+        return {
+            p.name: p.default
+            for p in list(params.values())[1:]
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty
+        }
+
+
+def _as_fraction_free(x):
+    return float(x) if isinstance(x, Fraction) else x
+
+
+class ExplicitRungeKutta(Scheme):
+    """An explicit Runge-Kutta method from its Butcher tableau.
+
+    Subclasses set class attributes ``A`` (strictly lower-triangular, s×s, as
+    nested sequences; rows may be ragged, missing entries are 0), ``b`` (s
+    weights), optionally ``c`` (defaults to the row sums of A) and ``order``.
+    ``num_fields`` defaults to s, one field per stage, so a network block gets
+    one set of weights per stage and a solver passes the same f s times::
+
+        @odezoo.register_scheme("heun")
+        class Heun(odezoo.ExplicitRungeKutta):
+            order = 2
+            A = [[], [1]]
+            b = [1/2, 1/2]
+
+    The tableau is checked when the class is created (explicit, consistent
+    lengths, weights summing to 1).
+    """
+
+    A: Sequence[Sequence[float]] = None
+    b: Sequence[float] = None
+    c: Sequence[float] | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("A") is None and cls.__dict__.get("b") is None:
+            return  # an intermediate base class
+        if cls.A is None or cls.b is None:
+            raise PluginError(f"{cls.__qualname__}: an ExplicitRungeKutta needs both `A` and `b`.")
+        s = len(cls.b)
+        if len(cls.A) != s:
+            raise PluginError(
+                f"{cls.__qualname__}: A has {len(cls.A)} rows but b has {s} weights; they must match."
+            )
+        rows = []
+        for i, row in enumerate(cls.A):
+            row = list(row) + [0] * (s - len(row))
+            if len(row) > s or any(row[j] != 0 for j in range(i, s)):
+                raise PluginError(
+                    f"{cls.__qualname__}: A must be strictly lower triangular (explicit); "
+                    f"row {i} is {list(cls.A[i])!r}."
+                )
+            rows.append([float(v) for v in row])
+        c = [sum(r) for r in rows] if cls.c is None else [float(v) for v in cls.c]
+        if len(c) != s:
+            raise PluginError(f"{cls.__qualname__}: c has {len(c)} entries, expected {s}.")
+        if abs(sum(float(v) for v in cls.b) - 1.0) > 1e-12:
+            raise PluginError(
+                f"{cls.__qualname__}: the weights b sum to {sum(map(float, cls.b))!r}, not 1 "
+                "(the method would be inconsistent)."
+            )
+        cls._A, cls._b, cls._c = rows, [float(v) for v in cls.b], c
+        if "num_fields" not in cls.__dict__:
+            cls.num_fields = s
+
+    @property
+    def stages(self) -> int:
+        return len(self._b)
+
+    def step(self, fields, t, y, h):
+        s = self.stages
+        per_stage = [fields[i % len(fields)] for i in range(s)] if len(fields) != s else fields
+        ks = []
+        for i in range(s):
+            yi = y
+            for j in range(i):
+                a = self._A[i][j]
+                if a != 0.0:
+                    yi = yi + (h * a) * ks[j]
+            ks.append(per_stage[i](t + self._c[i] * h, yi))
+        incr = None
+        for bi, k in zip(self._b, ks):
+            if bi != 0.0:
+                term = bi * k
+                incr = term if incr is None else incr + term
+        return y + h * incr

@@ -1,0 +1,57 @@
+"""PolyInception (Zhang et al., "PolyNet", CVPR 2017) read as an approximate backward-Euler step."""
+
+import odezoo
+
+ODEZOO_PLUGIN_API = 1
+
+VARIANTS = ("poly2", "mpoly2", "way2")
+
+
+@odezoo.register_scheme("polyinception")
+class PolyInception(odezoo.Scheme):
+    """y + h·F(y) + h²·G(F(y)): a truncated series for backward Euler. Order 1.
+
+    Derivation. Backward Euler solves y_{n+1} = y_n + h·f(y_{n+1}); for a
+    linear field f(y) = Ay this is y_{n+1} = (I − hA)⁻¹ y_n
+    = (I + hA + h²A² + ...) y_n. Keeping two terms of the Neumann series gives
+    the solver form
+
+        y_{n+1} = y_n + h·F(t_{n+1}, y_n) + h²·G(t_{n+1}, F(t_{n+1}, y_n))
+
+    with F = G = f when solving; its local error is O(h²) for any smooth f, so
+    it is first order (consistent), like backward Euler itself.
+
+    Network forms (h = 1, ``variant`` chooses; Zhang et al. 2017):
+        poly2:  y + F(y) + F(F(y))  — one F, the series above (num_fields 1);
+        mpoly2: y + F(y) + G(F(y))  — a second, separately weighted G (2 fields);
+        way2:   y + F(y) + G(y)     — two parallel paths (2 fields), as a
+                 solver an Euler step of F + G, which the network form does not
+                 scale (it is not consistent for F = G = f).
+
+    Args:
+        variant: "poly2" (default), "mpoly2" or "way2".
+    """
+
+    order = 1
+    num_fields = 1
+
+    def __init__(self, variant="poly2"):
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"Invalid value for `variant`. Received: variant={variant!r}. Allowed: {', '.join(VARIANTS)}."
+            )
+        self.variant = variant
+        self.num_fields = 1 if variant == "poly2" else 2
+
+    def step(self, fields, t, y, h):
+        F, G = fields[0], fields[-1]
+        t1 = t + h
+        fy = F(t1, y)
+        return y + h * fy + (h * h) * G(t1, fy)
+
+    def block_step(self, fields, t, y, h, *, training=None, ctx=None):
+        F, G = fields[0], fields[-1]
+        fy = F(t, y)
+        if self.variant == "way2":
+            return y + h * fy + h * G(t, y)
+        return y + h * fy + (h * h) * G(t, fy)
