@@ -23,7 +23,7 @@ class LinearMultistep(odezoo.Scheme):
     The state is (u_n, u_{n−1}); ``init`` starts from (y0, y0), which makes the
     first step y0 + (1 + k)·h·f: an O(h) start that keeps the order at 1.
 
-    Network form (Lu et al. 2018), with a trainable k_n per block made in
+    Network form (Lu et al. 2018), with a trainable k_n per block (but a stage's first) made in
     :meth:`build_block` and initialised uniformly in [−0.1, 0] as in the paper::
 
         u_{n+1} = (1 − k_n)·u_n + k_n·u_{n−1} + h·f(u_n),
@@ -64,7 +64,8 @@ class LinearMultistep(odezoo.Scheme):
 
     # -- network form ---------------------------------------------------------
     def build_block(self, block):
-        self.k_n = block.add_weight(
+        if block.context.block > 0:  # a stage's first block is an Euler step: no k_n
+            self.k_n = block.add_weight(
             shape=(), name="k", trainable=True,
             initializer=keras.initializers.RandomUniform(-0.1, 0.0, seed=block.context.seed),
         )
