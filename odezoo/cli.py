@@ -1,0 +1,227 @@
+"""The ``odezoo`` command line: list, schemes, describe, plugins, demo.
+
+Every subcommand reads the registry through the public API. Bad input (an
+unknown name, a bad argument) exits with status 2 and one line on stderr,
+without a traceback (``--debug`` shows it). Keras and TensorFlow are not
+imported here; the built-in plugins may import Keras when the registry is
+first read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import warnings
+
+# Quieten TensorFlow's C++ INFO/WARNING logs before any plugin imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import odezoo  # noqa: E402  (after the environment default above)
+
+USER_ERRORS = (odezoo.OdezooError, LookupError, ValueError, TypeError)
+
+
+# --------------------------------------------------------------------------- tables
+def format_table(header, rows) -> str:
+    """Left-aligned columns separated by two spaces, a rule under the header."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in [list(header)] + rows) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def scheme_owners() -> dict:
+    """``{scheme name: owning plugin}``; schemes registered outside a plugin map to "(runtime)"."""
+    report = odezoo.plugin_report()
+    owners = {name: rec["name"] for rec in report["loaded"] for name in rec["schemes"]}
+    for name in report["runtime"]["schemes"]:
+        owners[name] = "(runtime)"
+    return owners
+
+
+def schemes_table(measured: dict | None = None) -> str:
+    """The registered schemes: name, order, num_fields, state_size, plugin.
+
+    Args:
+        measured: optional ``{name: slope}``, shown as a "measured" column.
+    """
+    owners = scheme_owners()
+    header = ["scheme", "order", "num_fields", "state_size", "plugin"]
+    if measured is not None:
+        header.insert(2, "measured")
+    rows = []
+    for name in odezoo.list_schemes():
+        cls = odezoo.get_scheme(name)
+        row = [name, cls.order, cls.num_fields, cls.state_size, owners.get(name, "?")]
+        if measured is not None:
+            slope = measured.get(name)
+            row.insert(2, "-" if slope is None else f"{slope:.2f}")
+        rows.append(row)
+    return format_table(header, rows)
+
+
+def registered_models() -> list[str]:
+    """Registered model names without their depth aliases."""
+    report = odezoo.plugin_report()
+    names = {n for rec in report["loaded"] for n in rec["models"]} | set(report["runtime"]["models"])
+    return sorted(names)
+
+
+def models_table() -> str:
+    """One row per registered model: name, kind, scheme, order, aliases."""
+    models = registered_models()
+    aliases = {m: [] for m in models}
+    for name in odezoo.list_models():
+        if name not in aliases:
+            family = odezoo.describe(name)["family"]
+            aliases.setdefault(family, []).append(name)
+    rows = []
+    for name in models:
+        info = odezoo.describe(name)
+        rows.append([name, info["kind"], info["scheme"], info["order"], ", ".join(aliases.get(name, [])) or "-"])
+    return format_table(["model", "kind", "scheme", "order", "aliases"], rows)
+
+
+def format_describe(info: dict) -> str:
+    """``describe()``'s dict as aligned ``key: value`` lines, defaults one per line."""
+    width = max(len(k) for k in info)
+    lines = []
+    for key, value in info.items():
+        if key == "defaults":
+            lines.append(f"{key}:")
+            lines.extend(f"  {k} = {v!r}" for k, v in value.items())
+        elif key == "weights":
+            lines.append(f"{key.ljust(width)}  {', '.join(value) if value else '(none)'}")
+        else:
+            lines.append(f"{key.ljust(width)}  {value}")
+    return "\n".join(lines)
+
+
+def format_plugins(report: dict) -> str:
+    lines = [f"loaded ({len(report['loaded'])}):"]
+    for rec in report["loaded"]:
+        made = [f"schemes: {', '.join(rec['schemes'])}"] if rec["schemes"] else []
+        made += [f"models: {', '.join(rec['models'])}"] if rec["models"] else []
+        api = "" if rec.get("api") is None else f", API {rec['api']}"
+        lines.append(f"  {rec['name']}  [{rec['source']}{api}]")
+        lines.append(f"      {'; '.join(made) if made else '(registered nothing)'}")
+    runtime = report.get("runtime", {})
+    if runtime.get("schemes") or runtime.get("models"):
+        lines.append("registered outside plugins:")
+        for kind in ("schemes", "models"):
+            if runtime.get(kind):
+                lines.append(f"  {kind}: {', '.join(runtime[kind])}")
+    lines.append(f"failures ({len(report['failures'])}):")
+    for fail in report["failures"]:
+        lines.append(f"  {fail['name']}  [{fail['source']}]")
+        lines.append(f"      {fail['error']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- commands
+def _cmd_list(args):
+    names = odezoo.list_models(args.pattern)
+    if not names:
+        raise LookupError(f"No model matches {args.pattern!r}. Models: {', '.join(odezoo.list_models())}.")
+    print("\n".join(names))
+
+
+def _cmd_schemes(args):
+    print(schemes_table())
+
+
+def _cmd_describe(args):
+    info = odezoo.describe(args.name)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str, ensure_ascii=False))
+    else:
+        print(format_describe(info))
+
+
+def _cmd_plugins(args):
+    report = odezoo.plugin_report()
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(format_plugins(report))
+
+
+def _cmd_demo(args):
+    from odezoo import _demo
+
+    _demo.run(model=args.model)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (status 2, as argparse's own)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="odezoo",
+        description="A Keras model zoo of neural networks read as differential equations.",
+    )
+    parser.add_argument("--version", action="version", version=f"odezoo {odezoo.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", help="registered models (aliases included), sorted")
+    p.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="fnmatch pattern, e.g. 'resnet*'")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("schemes", help="registered schemes: order, fields, state size, owning plugin")
+    p.set_defaults(func=_cmd_schemes)
+
+    p = sub.add_parser("describe", help="a model's metadata (odezoo.describe)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_describe)
+
+    p = sub.add_parser("plugins", help="loaded plugins and failures (odezoo.plugin_report)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("demo", help="tour the zoo: list it, build one model, run it")
+    p.add_argument("--model", default="lm_resnet", help="classifier to build (default: lm_resnet)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"odezoo: warning: {' '.join(str(message).split())}\n"
+
+
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit status (0, or 2 for bad input)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)  # argparse exits 2 on bad arguments
+    saved = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"odezoo: error: {message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `odezoo list | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+    finally:
+        warnings.formatwarning = saved
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
