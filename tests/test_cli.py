@@ -1,0 +1,118 @@
+"""The ``odezoo`` command line, run in-process through ``main`` (the demo end to end once)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import odezoo
+from odezoo import cli
+
+
+def run(capsys, *argv):
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_list_prints_sorted_names_and_filters(capsys):
+    status, out, err = run(capsys, "list")
+    assert status == 0 and out.split() == odezoo.list_models()
+    status, out, _ = run(capsys, "list", "revnet*")
+    assert status == 0 and out.split() == odezoo.list_models("revnet*") and "resnet" not in out.split()
+
+
+def test_list_with_a_pattern_matching_nothing_is_bad_input(capsys):
+    status, out, err = run(capsys, "list", "zzz*")
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and "'zzz*'" in err
+
+
+def test_schemes_shows_order_fields_state_and_owner(capsys):
+    status, out, _ = run(capsys, "schemes")
+    assert status == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert sorted(rows) == odezoo.list_schemes()
+    assert rows["rk4"] == ["rk4", "4", "4", "1", "explicit_rk"]
+    assert rows["reversible"][1:] == ["1", "2", "2", "reversible"]
+    assert rows["linear_multistep"][3] == "2"
+
+
+def test_describe_prints_every_key(capsys):
+    status, out, _ = run(capsys, "describe", "resnet")
+    assert status == 0
+    for key in odezoo.describe("resnet"):
+        assert key in out
+    assert "euler" in out and "He, Zhang, Ren & Sun" in out and "depth = 20" in out
+
+
+def test_describe_json_round_trips(capsys):
+    status, out, _ = run(capsys, "describe", "lm_resnet56", "--json")
+    info = json.loads(out)
+    assert status == 0 and info["defaults"]["depth"] == 56 and info["scheme"] == "linear_multistep"
+
+
+def test_plugins_lists_loaded_plugins_and_failures(capsys, monkeypatch):
+    status, out, _ = run(capsys, "plugins")
+    assert status == 0 and "families" in out and "schemes: heun, midpoint, rk4" in out
+    report = odezoo.plugin_report()
+    report["failures"] = [{"name": "shaky", "source": "/tmp/shaky.py", "error": "ImportError: no module named x"}]
+    monkeypatch.setattr(odezoo, "plugin_report", lambda: report)
+    status, out, _ = run(capsys, "plugins")
+    assert "failures (1):" in out and "shaky  [/tmp/shaky.py]" in out and "ImportError: no module named x" in out
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["describe", "nope"], "'nope'"),
+        (["describe", "resnte"], "Did you mean 'resnet'"),
+        (["demo", "--model", "nope"], "'nope'"),
+    ],
+)
+def test_bad_names_exit_2_with_one_line(capsys, argv, expected):
+    status, out, err = run(capsys, *argv)
+    assert status == 2 and out == ""
+    assert err.startswith("odezoo: error: ") and err.count("\n") == 1
+    assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], [], ["describe"], ["list", "a", "b"], ["schemes", "--bogus"]])
+def test_bad_arguments_exit_2_with_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    _, err = capsys.readouterr()
+    assert info.value.code == 2
+    assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
+
+
+def test_debug_flag_shows_the_exception(capsys):
+    with pytest.raises(odezoo.UnknownNameError):
+        cli.main(["--debug", "describe", "nope"])
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and odezoo.__version__ in capsys.readouterr().out
+
+
+def test_demo_end_to_end():
+    """The README's main job, through the installed console script when there is one."""
+    exe = shutil.which("odezoo")
+    cmd = [exe, "demo"] if exe else [sys.executable, "-m", "odezoo", "demo"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for name in odezoo.list_models() + odezoo.list_schemes():
+        assert name in out  # the whole zoo is listed
+    rk4 = next(line for line in out.splitlines() if line.startswith("rk4 "))
+    assert abs(float(rk4.split()[2]) - 4.0) < 0.3  # measured order beside the declared one
+    assert "Building lm_resnet" in out and "linear_multistep (order 1)" in out
+    assert "output (4, 10)" in out and "rows sum to 1.0000" in out
+    seconds = float(out.rsplit("Done in ", 1)[1].split()[0])
+    assert seconds < 30
