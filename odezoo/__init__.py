@@ -25,29 +25,16 @@ from odezoo._scheme import BlockContext, ExplicitRungeKutta, Scheme
 
 __version__ = "0.1.0"
 
-# The serializable layers register themselves with Keras on import, so that
-# keras.models.load_model in a fresh process needs only `import odezoo`.
-from odezoo import _layers  # noqa: E402,F401
-from odezoo._layers import SchemeBlock  # noqa: E402
+from odezoo import _keras_hook  # noqa: E402
 
-
-def _register_tf_layers():
-    """Register the TensorFlow-only layers (ODE block, flow) when Keras runs on TensorFlow."""
-    import importlib
-    import importlib.util
-
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return  # imported on first use instead (odezoo.ODEBlock)
-    for module in ("odezoo._odeblock", "odezoo._flow"):
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
-_register_tf_layers()
+# The serializable layers must be registered with Keras before a saved model is
+# loaded, but `import odezoo` (the registry, odezoo.data) must not import Keras
+# or TensorFlow. So they register as soon as Keras is imported, whichever
+# comes first.
+_keras_hook.install()
 
 _LAZY = {
+    "SchemeBlock": ("odezoo._layers", "SchemeBlock"),
     "ODEBlock": ("odezoo._odeblock", "ODEBlock"),
     "odeint": ("odezoo._odeblock", "odeint"),
 }

@@ -67,7 +67,9 @@ def test_saved_models_load_in_a_fresh_process_after_import_odezoo(tmp_path):
         model.save(str(tmp_path / f"{family}.keras"))
         np.save(tmp_path / f"{family}.npy", np.asarray(model.predict(x, verbose=0)))
     script = textwrap.dedent(f"""
-        import numpy as np, keras, odezoo
+        import numpy as np
+        import odezoo  # before keras: the layers register when keras is imported
+        import keras
         x = np.load({str(tmp_path / 'x.npy')!r})
         for family in {FAMILIES!r}:
             model = keras.models.load_model({str(tmp_path)!r} + "/" + family + ".keras")
@@ -78,6 +80,12 @@ def test_saved_models_load_in_a_fresh_process_after_import_odezoo(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert "LOADED-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_import_odezoo_does_not_import_keras_or_tensorflow():
+    script = "import sys, odezoo; print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 
 
 def test_any_registered_scheme_drives_a_family():
