@@ -1,0 +1,186 @@
+"""Manifests, integrity, pretrained loading, `odezoo train` checkpoints, resume and atomic writes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import odezoo
+from odezoo import _train, _weights
+from odezoo._weights import ManifestError
+
+TINY = "test_tiny_classifier"
+CALLS = []
+
+
+def _register_tiny():
+    if TINY in odezoo.list_models():
+        return
+
+    @odezoo.register_model(TINY, kind="classifier", family=TINY, paper="(test)", ode_reading="(test)")
+    def tiny(*, input_shape=(8, 8, 1), num_classes=10, width=8):
+        import keras
+
+        CALLS.append(width)
+        inputs = keras.Input(input_shape)
+        x = odezoo.nets.normalization_layer("auto", input_shape)(inputs)
+        x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(width, activation="relu")(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x), name=TINY)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """A user zoo with one trained tiny model (digits, 2 epochs)."""
+    _register_tiny()
+    out = str(tmp_path_factory.mktemp("zoo"))
+    entry = _train.train(TINY, dataset="digits", epochs=2, batch_size=128, lr=1e-2, seed=0, out=out,
+                         config={"width": 16}, default=True, verbose=0)
+    return out, entry
+
+
+@pytest.fixture
+def use_zoo(zoo, monkeypatch):
+    monkeypatch.setenv("ODEZOO_WEIGHTS_DIR", zoo[0])
+    return zoo
+
+
+def test_train_writes_weights_and_a_valid_manifest_entry(zoo):
+    out, entry = zoo
+    entries = _weights.read_manifest(out)
+    assert list(entries) == [f"{TINY}.digits"]
+    saved = entries[f"{TINY}.digits"]
+    assert saved == entry
+    assert saved["sha256"] == _weights.sha256_of(os.path.join(out, saved["file"]))
+    assert saved["config"]["width"] == 16 and saved["config"]["input_shape"] == [8, 8, 1]
+    assert 0.5 < saved["metrics"]["accuracy"] <= 1.0
+    assert {"tensorflow", "keras", "tensorflow_probability"} <= set(saved["versions"])
+    assert saved["command"].startswith(f"odezoo train {TINY} --dataset digits --epochs 2")
+    assert not [f for f in os.listdir(out) if "ckpt" in f or f.startswith(".tmp")]  # no leftovers
+
+
+def test_pretrained_loads_default_tag_and_remeasures_its_metric(use_zoo):
+    _, entry = use_zoo
+    model = odezoo.build(TINY, pretrained=True)
+    assert model.zoo_entry["tag"] == "digits"
+    x, y = odezoo.data.load("digits", "test")
+    acc = float(np.mean(np.argmax(model.predict(x, verbose=0), 1) == y))  # raw pixels in
+    assert acc == pytest.approx(entry["metrics"]["accuracy"], abs=1e-9)
+    assert odezoo.describe(TINY)["weights"] == ["digits"]
+
+
+def test_unknown_tag_lists_available_ones(use_zoo):
+    with pytest.raises(odezoo.UnknownNameError, match=r"'digitz'.*Did you mean 'digits'.*digits"):
+        odezoo.build(TINY, pretrained="digitz")
+
+
+def test_conflicting_config_is_a_value_error_naming_it(use_zoo):
+    with pytest.raises(ValueError, match="width=32 but the tag has width=16"):
+        odezoo.build(TINY, pretrained="digits", width=32)
+    assert odezoo.build(TINY, pretrained="digits", width=16).zoo_entry["config"]["width"] == 16
+
+
+def test_hash_mismatch_raises_before_the_model_is_built(zoo, tmp_path, monkeypatch):
+    out, entry = zoo
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = open(os.path.join(out, entry["file"]), "rb").read()
+    (bad / entry["file"]).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    (bad / "manifest.json").write_text(open(os.path.join(out, "manifest.json")).read())
+    monkeypatch.setenv("ODEZOO_WEIGHTS_DIR", str(bad))
+    CALLS.clear()
+    with pytest.raises(odezoo.WeightsIntegrityError) as err:
+        odezoo.build(TINY, pretrained=True)
+    assert entry["sha256"] in str(err.value) and entry["file"] in str(err.value)
+    assert CALLS == []  # nothing was built, so nothing was touched
+
+
+def _manifest_with(tmp_path, **changes):
+    entry = {"model": TINY, "tag": "x", "file": "w.weights.h5", "sha256": "0" * 64, "dataset": "digits",
+             "split": "test", "metrics": {"accuracy": 0.9}, "config": {}, "versions": {}, "device": "cpu",
+             "strategy": "default", "seed": 0, "date": "2026-01-01", "default": True, "command": "odezoo train"}
+    entry.update(changes)
+    doc = {"format": _weights.FORMAT, "version": 1, "entries": {f"{TINY}.x": entry}}
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.weights.h5", "a/../../b.h5"])
+def test_path_escape_is_refused(tmp_path, path):
+    with pytest.raises(ManifestError, match=r"'file'.*leaves its folder"):
+        _weights.read_manifest(_manifest_with(tmp_path, file=path))
+
+
+def test_symlink_pointing_outward_is_refused(tmp_path):
+    outside = tmp_path / "outside.h5"
+    outside.write_bytes(b"x")
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    os.symlink(outside, zoo / "link.weights.h5")
+    with pytest.raises(ManifestError, match="resolves outside"):
+        _weights.read_manifest(_manifest_with(zoo, file="link.weights.h5"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sha256", "xyz", "'sha256' is not 64"),
+    ("seed", "zero", "field 'seed' has the wrong type"),
+    ("metrics", {"acc": 1.0}, "bad item 'acc'"),
+    ("default", "yes", "field 'default' has the wrong type"),
+])
+def test_malformed_entry_names_entry_and_field(tmp_path, field, value, message):
+    with pytest.raises(ManifestError, match=rf"entry '{TINY}\.x'.*{message}|{message}"):
+        _weights.read_manifest(_manifest_with(tmp_path, **{field: value}))
+
+
+def test_missing_field_is_named(tmp_path):
+    folder = _manifest_with(tmp_path)
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    del doc["entries"][f"{TINY}.x"]["command"]
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=rf"entry '{TINY}\.x' lacks the field 'command'"):
+        _weights.read_manifest(folder)
+
+
+def test_failed_manifest_write_leaves_the_old_one_intact(zoo, tmp_path, monkeypatch):
+    out, entry = zoo
+    folder = tmp_path / "z"
+    folder.mkdir()
+    (folder / entry["file"]).write_bytes(open(os.path.join(out, entry["file"]), "rb").read())
+    (folder / "manifest.json").write_text(open(os.path.join(out, "manifest.json")).read())
+    before = (folder / "manifest.json").read_text()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_weights.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        _weights.add_entry(str(folder), dict(entry, tag="other", default=False))
+    assert (folder / "manifest.json").read_text() == before
+    assert [f for f in os.listdir(folder) if f.startswith(".tmp")] == []
+
+
+def test_resume_after_a_crash_keeps_finished_epochs(tmp_path, capsys):
+    _register_tiny()
+    out = str(tmp_path)
+    steps_per_epoch = -(-1437 // 256)
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):
+        _train.train(TINY, dataset="digits", epochs=3, batch_size=256, lr=1e-2, seed=1, out=out, verbose=0,
+                     _crash_after_batches=steps_per_epoch + 2)  # inside the second epoch
+    state = json.load(open(os.path.join(out, f"{TINY}.digits.ckpt.json")))
+    assert state["epochs_done"] == 1
+    assert not os.path.exists(os.path.join(out, "manifest.json"))  # nothing half-written
+    entry = _train.train(TINY, dataset="digits", epochs=3, batch_size=256, lr=1e-2, seed=1, out=out, verbose=1,
+                         resume=True)
+    printed = capsys.readouterr().out
+    assert "after epoch 1" in printed and "Epoch 2/3" in printed and "Epoch 1/3" not in printed
+    assert entry["epochs"] == 3 and entry["metrics"]["accuracy"] > 0.5
+
+
+def test_train_rejects_bad_input(tmp_path):
+    _register_tiny()
+    with pytest.raises(odezoo.UnknownNameError, match="'cifar100'"):
+        _train.train(TINY, dataset="cifar100", epochs=1, out=str(tmp_path))
+    with pytest.raises(ValueError, match="epochs=0"):
+        _train.train(TINY, dataset="digits", epochs=0, out=str(tmp_path))
+    assert os.listdir(tmp_path) == []
