@@ -564,7 +564,7 @@ class ODEBlock(keras.layers.Layer):
 
         return fwd, bwd
 
-    def _solve(self, inputs, training):
+    def _solve(self, inputs, training, recompute=False):
         dtype = inputs.dtype
         y0 = inputs
         if self.augment_dims:
@@ -574,6 +574,8 @@ class ODEBlock(keras.layers.Layer):
         times = tf.constant(times, dtype)
         field = _Field(self.field, training, dtype, None, None)
         fwd, bwd = self._hooks()
+        if recompute:  # backprop's recompute: its field calls are the backward's
+            fwd, bwd = (lambda info: [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32))]), None
         guard = TFPGuard(self._guard_state, 0) if self.solver in ("tfp_dopri5", "bdf") else None
         states, info = solve(field, y0, tf.constant(self.t0, dtype), times, solver=self.solver,
                              rtol=self.rtol, atol=self.atol, first_step=self.first_step,
@@ -597,10 +599,55 @@ class ODEBlock(keras.layers.Layer):
             fn = tf.function(lambda x: self._solve(x, training), jit_compile=True,
                              autograph=False, reduce_retracing=True)
             self._compiled[training] = fn
-        out = fn(inputs)
+        if resolve_gradient(self.solver, self.gradient) == "backprop":
+            out = self._backprop_call(fn, inputs, training)
+        else:
+            out = fn(inputs)
         if tf.executing_eagerly():
             self.check_status(direction="forward")
         return out
+
+    def _backprop_call(self, fn, inputs, training):
+        """Backprop through the steps, compiled whatever the caller's context.
+
+        Differentiating a nested ``jit_compile`` function whose while_loop keeps
+        its intermediates fails outside XLA ("TensorList crossing the XLA/TF
+        boundary"), so the gradient is a second compiled function that recomputes
+        the solve under a tape and returns the VJP (the recompute's field calls
+        are counted in ``nfe_backward``).
+        """
+        key = ("vjp", training)
+        vjp = self._compiled.get(key)
+        if vjp is None:
+            def vjp_fn(x, dy, variables):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = self._solve(x, training, recompute=True)
+                gx, *gv = tape.gradient(y, [x] + list(variables), output_gradients=dy,
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return gx, gv
+
+            vjp = tf.function(vjp_fn, jit_compile=True, autograph=False, reduce_retracing=True)
+            self._compiled[key] = vjp
+
+        @tf.custom_gradient
+        def run(x):
+            from tensorflow.python.eager import record  # eager custom_gradient keeps the tape recording
+
+            with record.stop_recording():
+                y = fn(x)
+
+            def grad(dy, variables=None):
+                variables = list(variables or [])
+                if not variables:
+                    gx, _ = vjp(x, dy, [])
+                    return gx, []
+                gx, gv = vjp(x, dy, variables)
+                return gx, list(gv)
+
+            return y, grad
+
+        return run(inputs)
 
     def check_status(self, direction="both"):
         """Raise :class:`odezoo.SolverError` if the last solve failed (reads the status variable)."""
