@@ -78,7 +78,8 @@ def _owner_of(obj) -> str:
 
 
 def _describe_owner(plugin_name: str) -> str:
-    for rec in _loaded:
+    current = _current_plugin()
+    for rec in _loaded + ([current] if current is not None else []):
         if rec.name == plugin_name:
             return f"plugin {rec.name!r} ({rec.source})"
     return f"{plugin_name!r}" if not plugin_name.startswith("module ") else plugin_name
@@ -119,7 +120,14 @@ def register_scheme(name: str):
                 raise PluginError(
                     f"Scheme name {name!r} is already registered by {_describe_owner(existing[1])} "
                     f"({existing[0].__module__}.{existing[0].__qualname__}); "
-                    f"{_owner_of(cls)} tried to register {cls.__module__}.{cls.__qualname__} under it."
+                    f"{_describe_owner(_owner_of(cls))} tried to register "
+                    f"{cls.__module__}.{cls.__qualname__} under it."
+                )
+            own = cls.__dict__.get("name")
+            if own is not None and own in _schemes and _schemes[own][0] is cls:
+                raise PluginError(
+                    f"{cls.__module__}.{cls.__qualname__} is already registered as {own!r}; a class has one "
+                    f"name (saved models record it). Register a subclass under {name!r} instead."
                 )
             _schemes[name] = (cls, _owner_of(cls))
             cls.name = name
@@ -170,7 +178,8 @@ def register_model(
                 raise PluginError(
                     f"Model name {name!r} is already registered by {_describe_owner(existing.plugin)} "
                     f"({existing.builder.__module__}.{existing.builder.__qualname__}); "
-                    f"{_owner_of(builder)} tried to register {builder.__module__}.{builder.__qualname__}."
+                    f"{_describe_owner(_owner_of(builder))} tried to register "
+                    f"{builder.__module__}.{builder.__qualname__}."
                 )
             for alias in aliases:
                 taken = _aliases.get(alias)
@@ -227,7 +236,10 @@ def _load_one(name: str, source: str, importer: Callable[[], Any]) -> None:
                     f"declares ODEZOO_PLUGIN_API = {api!r}; this odezoo supports "
                     f"{', '.join(map(str, SUPPORTED_PLUGIN_APIS))}"
                 )
-    except Exception as exc:  # a broken plugin must not break the others
+    except KeyboardInterrupt:
+        _unregister(record)
+        raise
+    except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not break the others
         _unregister(record)
         message = f"{type(exc).__name__}: {exc}"
         _failures.append(

@@ -1,5 +1,6 @@
 """The registry contract: listing, describe, errors, registration rules, and check_scheme."""
 
+import numpy as np
 import pytest
 
 import odezoo
@@ -274,3 +275,37 @@ def test_check_scheme_builds_and_round_trips_a_network_block(scratch_names):
     finally:
         SSPRK3.name = None
     assert result["network"] == "ok"
+
+
+# -- fixes found in review --------------------------------------------------------
+def test_a_registered_class_cannot_take_a_second_name():
+    euler = odezoo.get_scheme("euler")
+    with pytest.raises(odezoo.PluginError, match=r"already registered as 'euler'.*subclass"):
+        odezoo.register_scheme("test_euler_again")(euler)
+    assert euler.name == "euler" and "test_euler_again" not in odezoo.list_schemes()
+
+
+def test_convergence_slope_explains_a_problem_solved_below_round_off():
+    from odezoo.testing import convergence_slope
+
+    class Exact(odezoo.Scheme):
+        order, num_fields = 1, 1
+
+        def step(self, fields, t, y, h):
+            return y  # y' = 0 below is solved exactly
+
+        def test_problem(self):
+            return {"fields": [lambda t, y: 0 * y], "y0": np.array([1.0]), "t0": 0.0, "t1": 1.0,
+                    "exact": lambda t: np.array([1.0])}
+
+    with pytest.raises(AssertionError, match="below round-off"):
+        convergence_slope(Exact())
+
+
+def test_unregistered_subclass_is_not_network_checked_under_its_parents_name():
+    rk4 = odezoo.get_scheme("rk4")
+
+    class MyRK4(rk4):
+        pass
+
+    assert odezoo.testing.check_scheme(MyRK4)["network"].startswith("skipped")
