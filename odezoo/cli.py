@@ -1,4 +1,4 @@
-"""The ``odezoo`` command line: list, schemes, describe, plugins, demo.
+"""The ``odezoo`` command line: list, schemes, describe, plugins, train, eval, demo.
 
 Every subcommand reads the registry through the public API. Bad input (an
 unknown name, a bad argument) exits with status 2 and one line on stderr,
@@ -158,6 +158,43 @@ def _cmd_demo(args):
     _demo.run(model=args.model)
 
 
+def parse_config(items) -> dict:
+    """``["depth=20", "variant=way2", "hidden=[32, 32]"]`` → dict; values are JSON where they parse."""
+    config = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Invalid value for `--config`. Received: {item!r}. Allowed: KEY=VALUE, e.g. depth=20.")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        config[key.strip()] = value
+    return config
+
+
+def _cmd_train(args):
+    from odezoo import _train
+
+    entry = _train.train(args.name, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, seed=args.seed, out=args.out, config=parse_config(args.config), tag=args.tag,
+                         default=args.default, resume=args.resume, verbose=1 if sys.stdout.isatty() else 2)
+    key = f"{entry['model']}.{entry['tag']}"
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items())
+    print(f"{key}: {metrics} on {entry['dataset']} {entry['split']}; "
+          f"weights {os.path.join(args.out, entry['file'])}, manifest {os.path.join(args.out, 'manifest.json')}")
+
+
+def _cmd_eval(args):
+    from odezoo import _train
+
+    entry, measured = _train.eval_pretrained(args.name, args.pretrained)
+    rows = [[name, f"{value:.4f}", f"{entry['metrics'].get(name, float('nan')):.4f}"]
+            for name, value in measured.items()]
+    print(f"{entry['model']}.{entry['tag']} on {entry['dataset']} {entry['split']}")
+    print(format_table(["metric", "measured", "manifest"], rows))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (status 2, as argparse's own)."""
 
@@ -189,6 +226,25 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="loaded plugins and failures (odezoo.plugin_report)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("train", help="train a model; write weights and a manifest entry into --out")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--dataset", required=True, help="digits, fashion_mnist, mnist, cifar10; flows: toy densities, digits")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for checkpoints, weights and manifest.json")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE", help="build config (repeatable; JSON values)")
+    p.add_argument("--tag", help="manifest tag (default: the dataset's name)")
+    p.add_argument("--default", action="store_true", help="mark the entry the model's default tag")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished epoch's checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="re-measure a pretrained model's metrics on its test split")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--pretrained", default=None, metavar="TAG", help="weight tag (default: the default tag)")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="tour the zoo: list it, build one model, run it")
     p.add_argument("--model", default="lm_resnet", help="classifier to build (default: lm_resnet)")
