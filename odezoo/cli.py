@@ -155,7 +155,7 @@ def _cmd_plugins(args):
 def _cmd_demo(args):
     from odezoo import _demo
 
-    _demo.run(model=args.model)
+    _demo.run(model=args.model, out_dir=args.out)
 
 
 def parse_config(items) -> dict:
@@ -246,8 +246,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, metavar="TAG", help="weight tag (default: the default tag)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("demo", help="tour the zoo: list it, build one model, run it")
-    p.add_argument("--model", default="lm_resnet", help="classifier to build (default: lm_resnet)")
+    p = sub.add_parser("demo", help="the zoo, its pretrained models re-measured, a flow density PNG")
+    p.add_argument("--model", default="lm_resnet", help="classifier to summarise (default: lm_resnet)")
+    p.add_argument("--out", default="odezoo-demo", metavar="DIR", help="folder for the density PNG")
     p.set_defaults(func=_cmd_demo)
     return parser
 

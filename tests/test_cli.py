@@ -100,19 +100,31 @@ def test_version(capsys):
     assert info.value.code == 0 and odezoo.__version__ in capsys.readouterr().out
 
 
-def test_demo_end_to_end():
+def test_demo_end_to_end(tmp_path):
     """The README's main job, through the installed console script when there is one."""
     exe = shutil.which("odezoo")
-    cmd = [exe, "demo"] if exe else [sys.executable, "-m", "odezoo", "demo"]
+    cmd = ([exe] if exe else [sys.executable, "-m", "odezoo"]) + ["demo", "--out", str(tmp_path)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    env.pop("ODEZOO_WEIGHTS_DIR", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for name in odezoo.list_models() + odezoo.list_schemes():
         assert name in out  # the whole zoo is listed
     rk4 = next(line for line in out.splitlines() if line.startswith("rk4 "))
     assert abs(float(rk4.split()[2]) - 4.0) < 0.3  # measured order beside the declared one
-    assert "Building lm_resnet" in out and "linear_multistep (order 1)" in out
-    assert "output (4, 10)" in out and "rows sum to 1.0000" in out
+    assert "== Pretrained lm_resnet" in out and "linear_multistep (order 1)" in out
+    # every shipped classifier whose data is at hand is re-measured and matches its manifest
+    from odezoo import _weights
+
+    table = out.split("== Pretrained classifiers")[1].split("== Pretrained FFJORD")[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip() and not line.startswith("  ")]
+    shipped = [e for e in _weights.entries().values()
+               if odezoo.describe(e["model"])["kind"] == "classifier" and e["dataset"] == "digits"]
+    assert len(rows) >= len(shipped)
+    for row in rows:
+        assert abs(float(row[4]) - float(row[5])) <= 0.005, row
+    if odezoo.describe("ffjord")["weights"]:
+        assert list(tmp_path.glob("ffjord_*_density.png"))
     seconds = float(out.rsplit("Done in ", 1)[1].split()[0])
-    assert seconds < 30
+    assert seconds < 180
