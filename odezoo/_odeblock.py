@@ -593,7 +593,8 @@ class ODEBlock(keras.layers.Layer):
         inputs = tf.convert_to_tensor(inputs)
         if inputs.dtype != self.compute_dtype:
             inputs = tf.cast(inputs, self.compute_dtype)
-        training = None if training is None else bool(training)
+        # a Python flag selects the trace; a symbolic one (rare) falls back to the call context
+        training = bool(training) if isinstance(training, (bool, int, np.bool_)) else None
         fn = self._compiled.get(training)
         if fn is None:
             fn = tf.function(lambda x: self._solve(x, training), jit_compile=True,
@@ -787,6 +788,8 @@ class ODEClassifier(keras.Model):
         return logs
 
     def _with_guard(self, callbacks):
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            return callbacks  # fit's own validation pass: the guard is already in the list
         callbacks = list(callbacks or [])
         blocks = self.ode_blocks()
         if blocks:
@@ -819,8 +822,7 @@ def ode_classifier(*, name, input_shape, num_classes, solver, rtol, atol, num_st
     input_shape = nets.check_input_shape(input_shape)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise bad_value("num_classes", num_classes, "an int >= 2")
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise bad_value("channels", channels, "a positive int")
+    _check_positive("channels", channels, integer=True)
     if classifier_activation not in ("softmax", None):
         raise bad_value("classifier_activation", classifier_activation, "'softmax' or None")
     groups = min(32, channels)

@@ -58,7 +58,8 @@ def test_rknet_trains_and_round_trips(tmp_path):
     model = odezoo.build("rknet", input_shape=(8, 8, 1), channels=8, num_steps=2)
     assert model.get_layer("ode_block").solver == "rk4"
     model.compile("adam", "sparse_categorical_crossentropy", jit_compile=False)  # the solve is XLA anyway
-    logs = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    logs = model.fit(x, y, batch_size=16, epochs=1, verbose=0, validation_data=(x, y)).history
+    assert logs["val_nfe_forward"][0] == 8
     assert logs["nfe_forward"][0] == 8 and logs["nfe_backward"][0] == 8  # backprop recomputes the solve
     path = str(tmp_path / "rknet.keras")
     model.save(path)

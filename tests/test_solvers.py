@@ -58,7 +58,7 @@ _SLOW = pytest.mark.slow
 
 @pytest.mark.parametrize("solver,problem", [
     ("dopri5", "linear"), ("dopri5", "lotka_volterra"), ("dopri5", "van_der_pol"),
-    ("tfp_dopri5", "linear"),
+    pytest.param("tfp_dopri5", "linear", marks=_SLOW),  # tfp is also checked in test_tight_tolerance_matches_tfp
     pytest.param("tfp_dopri5", "lotka_volterra", marks=_SLOW),
     pytest.param("tfp_dopri5", "van_der_pol", marks=_SLOW),
 ])
@@ -218,7 +218,7 @@ def test_adjoint_gradient_reaches_constants_and_ffjord():
 
 
 # --------------------------------------------------------------------------- NFE
-@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("jit", [False, pytest.param(True, marks=_SLOW)])  # XLA: test_odeblock's twin
 def test_nfe_equals_true_field_calls(jit):
     calls = tf.Variable(0, dtype=tf.int32)
     w = tf.Variable([[-0.5, 1.0], [-1.0, -0.3]], dtype=tf.float32)
@@ -323,3 +323,19 @@ def test_xla_drops_assert():
     assert float(xla(tf.constant(-1.0))) == 0.0  # the assertion was silently dropped
     with pytest.raises(tf.errors.InvalidArgumentError):
         graph(tf.constant(-1.0))
+
+
+def test_bdf_on_robertson():
+    def np_f(t, y):
+        return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
+                         3e7 * y[1] ** 2])
+
+    def tf_f(t, y):
+        return tf.stack([-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
+                         3e7 * y[1] ** 2])
+
+    ts = np.array([0.0, 1.0, 10.0, 100.0])
+    ref = solve_ivp(np_f, (0, 100), [1.0, 0, 0], t_eval=ts, method="Radau", rtol=1e-12, atol=1e-14).y.T
+    ys = odeint(tf_f, tf.constant([1.0, 0, 0], F64), tf.constant(ts), solver="bdf", rtol=1e-6, atol=1e-10)
+    theirs = solve_ivp(np_f, (0, 100), [1.0, 0, 0], t_eval=ts, method="BDF", rtol=1e-6, atol=1e-10).y.T
+    assert np.abs(ys.numpy() - ref).max() <= 4 * np.abs(theirs - ref).max()
