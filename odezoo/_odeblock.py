@@ -167,28 +167,39 @@ class TFPGuard:
     is reached) and records why; the caller then reports the failure. A
     non-finite cotangent is replaced by zeros before tfp's adjoint sees it.
 
-    ``state`` is an int32 variable ``[calls, reason]``; it must be created
-    outside the compiled function (the layer makes it in ``build``).
+    ``state`` is an int32 variable ``[calls, calls past the budget, non-finite
+    values]`` updated only by atomic adds (tfp's backward runs in a gradient
+    graph without automatic control dependencies, so read-modify-write updates
+    would race); it must be created outside the compiled function (the layer
+    makes it in ``build``).
     """
 
     def __init__(self, state_variable, budget):
+        if isinstance(state_variable, keras.Variable):  # the layer's weight: use its tf.Variable
+            state_variable = state_variable.value
         self.v = state_variable
         self.budget = int(budget)
 
     def reset(self):
-        return self.v.assign([0, 0])
+        return self.v.assign(tf.zeros([3], tf.int32))
+
+    @staticmethod
+    def status(state):
+        """(calls, reason) from a read of the state."""
+        reason = tf.where(state[2] > 0, _dopri5.NONFINITE, tf.where(state[1] > 0, _dopri5.MAX_STEPS, _dopri5.OK))
+        return state[0], reason
 
     def field(self, f):
         def guarded(t, y, **kw):
             dy = f(t, y, **kw)
             flat = tf.nest.flatten(dy)
-            calls = self.v[0] + 1
             finite = _dopri5._all_finite([tf.convert_to_tensor(x) for x in flat])
-            over = calls > self.budget
-            reason = tf.where(over, _dopri5.MAX_STEPS, tf.where(finite, _dopri5.OK, _dopri5.NONFINITE))
-            self.v.assign(tf.stack([calls, tf.maximum(self.v[1], reason)]))
+            over = self.v[0] >= self.budget
+            upd = self.v.scatter_nd_add([[0], [1], [2]], tf.stack([
+                1, tf.cast(over, tf.int32), tf.cast(tf.logical_not(finite), tf.int32)]))
             bad = tf.logical_or(over, tf.logical_not(finite))
-            out = [tf.where(bad, tf.zeros_like(x), x) for x in flat]
+            with tf.control_dependencies([upd]):  # keeps the count in graphs that prune unused ops
+                out = [tf.where(bad, tf.zeros_like(x), x) for x in flat]
             return tf.nest.pack_sequence_as(dy, out)
 
         return guarded
@@ -202,7 +213,8 @@ class TFPGuard:
             def grad(*dys):
                 dys = [tf.zeros_like(x) if d is None else d for d, x in zip(dys, xs)]
                 finite = _dopri5._all_finite(dys)
-                with tf.control_dependencies([v.assign(tf.stack([0, tf.where(finite, 0, _dopri5.NONFINITE)]))]):
+                reset = v.assign(tf.stack([0, 0, tf.where(finite, 0, 1)]))
+                with tf.control_dependencies([reset]):
                     return [tf.where(finite, d, tf.zeros_like(d)) for d in dys]
 
             return [tf.identity(x) for x in xs], grad
@@ -217,16 +229,44 @@ class TFPGuard:
         def ident(*xs):
             def grad(*dys):
                 dys = [tf.zeros_like(x) if d is None else d for d, x in zip(dys, xs)]
-                state = v.read_value()
-                info = dict(reason=state[1], nfe=state[0], steps=tf.constant(-1), t=tf.constant(np.nan))
+                with tf.control_dependencies(dys):  # read after tfp's backward solve has run
+                    calls, reason = TFPGuard.status(v.read_value())
+                info = dict(reason=reason, nfe=calls, steps=tf.constant(-1), t=tf.constant(np.nan))
                 deps = _dopri5._run_hook(on_backward, info)
-                failed = tf.not_equal(state[1], 0)
+                failed = tf.not_equal(reason, 0)
                 with tf.control_dependencies(deps):
                     return [tf.where(failed, tf.fill(tf.shape(d), tf.constant(np.nan, d.dtype)), d) for d in dys]
 
             return [tf.identity(x) for x in xs], grad
 
         return ident(*ys)
+
+
+def _no_gradient_through_map(x, fn):
+    """``fn(x)`` with a clear error, instead of TensorFlow's, when a gradient is asked for.
+
+    tfp's adjoint inside ``tf.map_fn`` fails to differentiate when the field reads
+    variables ("... is in list of internal_captures but not in
+    internal_capture_to_output"), so the per-sample BDF is inference-only.
+    """
+
+    @tf.custom_gradient
+    def run(x):
+        from tensorflow.python.eager import record
+
+        with record.stop_recording():
+            y = fn(x)
+
+        def grad(dy, variables=None):
+            raise ValueError(
+                "ODEBlock(solver='bdf') solves each sample as its own system (tf.map_fn) and has no "
+                "gradient: tfp's adjoint cannot be differentiated through tf.map_fn. Train with "
+                "solver='dopri5' (or 'tfp_dopri5') and switch to 'bdf' for inference, or use "
+                "odezoo.odeint(..., solver='bdf') on a single system.")
+
+        return y, grad
+
+    return run(x)
 
 
 def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guard, batch_axis=None,
@@ -261,16 +301,18 @@ def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guar
         return res.states
 
     if kind == "bdf" and batch_axis == 0:
-        states = tf.map_fn(lambda y: one(y[None])[:, 0], y_in, fn_output_signature=dtype)
+        states = _no_gradient_through_map(
+            y_in, lambda y_in: tf.map_fn(lambda y: one(y[None])[:, 0], y_in, fn_output_signature=dtype))
         states = tf.transpose(states, [1, 0] + list(range(2, states.shape.rank)))
     else:
         states = one(y_in)
-    state = guard.v.read_value()
-    info = dict(reason=state[1], nfe=state[0], steps=tf.constant(-1), accepted=tf.constant(-1),
-                t=tf.where(tf.equal(state[1], 0), times[-1], tf.constant(np.nan, dtype)))
+    with tf.control_dependencies([states]):
+        calls, reason = TFPGuard.status(guard.v.read_value())
+    info = dict(reason=reason, nfe=calls, steps=tf.constant(-1), accepted=tf.constant(-1),
+                t=tf.where(tf.equal(reason, 0), times[-1], tf.constant(np.nan, dtype)))
     deps = _dopri5._run_hook(on_forward, info)
     with tf.control_dependencies(deps):
-        states = tf.where(tf.equal(state[1], 0), states, tf.constant(np.nan, dtype))
+        states = tf.where(tf.equal(reason, 0), states, tf.constant(np.nan, dtype))
     (states,) = guard.guard_cotangents([states])
     return states, info
 
@@ -379,7 +421,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     guard_state = None
     if solver in ("tfp_dopri5", "bdf"):
         with tf.init_scope():
-            guard_state = tf.Variable([0, 0], dtype=tf.int32, trainable=False)
+            guard_state = tf.Variable([0, 0, 0], dtype=tf.int32, trainable=False)
     if t.shape[0] == 1:
         states, info = tf.expand_dims(y0, 0), dict(reason=tf.constant(0), t=t[0], steps=tf.constant(0))
         return states
@@ -538,7 +580,7 @@ class ODEBlock(keras.layers.Layer):
         self.nfe_backward = self.add_weight(name="nfe_backward", shape=(), dtype="int32", **agg)
         self.solver_status = self.add_weight(name="solver_status", shape=(4,), dtype="int32", **agg)
         self.time_reached = self.add_weight(name="time_reached", shape=(2,), dtype="float32", **agg)
-        self._guard_state = self.add_weight(name="tfp_guard", shape=(2,), dtype="int32", **agg)
+        self._guard_state = self.add_weight(name="tfp_guard", shape=(3,), dtype="int32", **agg)
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)

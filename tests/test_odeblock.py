@@ -154,3 +154,46 @@ def test_eager_gradients_adjoint_vs_rk4_backprop():
             assert int(block.nfe_backward.numpy()) == 4 * 32  # the recompute's field calls
     for a, b in zip(*grads):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_tfp_dopri5_block_guards_nan():
+    with pytest.raises(odezoo.SolverError, match="status 2"):
+        ODEBlock(CountingField(nan_after=0.5), solver="tfp_dopri5")(tf.ones((2, 3)))
+
+
+@pytest.mark.slow
+def test_tfp_dopri5_block_nfe_and_gradient_match_dopri5():
+    x = tf.random.normal((3, 2), seed=5)
+    field = CountingField()
+    grads, outs = [], []
+    for solver in ("dopri5", "tfp_dopri5"):
+        block = ODEBlock(field, solver=solver, rtol=1e-7, atol=1e-9)
+        block.build(x.shape)
+        field.calls.assign(0)
+        with tf.GradientTape() as tape:
+            y = block(x)
+            forward = int(field.calls.numpy())
+            loss = tf.reduce_sum(y ** 2)
+        grads.append(tape.gradient(loss, field.w).numpy())
+        outs.append(y.numpy())
+        assert int(block.nfe_forward.numpy()) == forward
+        backward = int(field.calls.numpy()) - forward
+        if solver == "dopri5":
+            assert int(block.nfe_backward.numpy()) == backward
+        else:  # tfp's adjoint makes a few calls (time derivatives) after the guard's count is read
+            assert backward - 8 <= int(block.nfe_backward.numpy()) <= backward
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
+    np.testing.assert_allclose(grads[1], grads[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bdf_block_is_inference_only_with_a_clear_error():
+    x = tf.random.normal((3, 2), seed=6)
+    field = CountingField()
+    y_ref = ODEBlock(field, rtol=1e-7, atol=1e-9)(x)
+    block = ODEBlock(field, solver="bdf", rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(block(x).numpy(), y_ref.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="solver='bdf'.*no gradient"):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            tf.reduce_sum(ODEBlock(field, solver="bdf")(x))
