@@ -642,7 +642,11 @@ class ODEBlock(keras.layers.Layer):
             fn = tf.function(lambda x: self._solve(x, training), jit_compile=True,
                              autograph=False, reduce_retracing=True)
             self._compiled[training] = fn
-        if resolve_gradient(self.solver, self.gradient) == "backprop":
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            # in a replica: the counters' ONLY_FIRST_REPLICA assignment is a merge_call, which a
+            # nested tf.function cannot hold; the replica step is the compiled function here
+            out = self._solve(inputs, training)
+        elif resolve_gradient(self.solver, self.gradient) == "backprop":
             out = self._backprop_call(fn, inputs, training)
         else:
             out = fn(inputs)

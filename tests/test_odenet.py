@@ -76,3 +76,30 @@ def test_rknet_round_trips_with_validation(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+_DISTRIBUTED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, odezoo
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = odezoo.build("odenet", input_shape=(8, 8, 1), channels=8)
+    model.compile("adam", "sparse_categorical_crossentropy")
+x = np.random.default_rng(0).integers(0, 17, (32, 8, 8, 1)).astype("float32")
+logs = model.fit(x, np.arange(32) % 10, batch_size=16, epochs=1, verbose=0).history
+block = model.get_layer("ode_block")
+assert logs["nfe_forward"][0] == block.nfe_forward.numpy() > 0, logs
+assert logs["nfe_backward"][0] == block.nfe_backward.numpy() > 0, logs
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_nfe_counters_under_mirrored_strategy():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _DISTRIBUTED], capture_output=True, text=True, timeout=600)
+    assert out.stdout.strip().endswith("OK"), out.stderr[-3000:]
