@@ -30,6 +30,8 @@ def _command(name, args: dict) -> str:
     parts = ["odezoo", "train", name]
     for flag in ("dataset", "epochs", "batch_size", "lr", "seed"):
         parts += [f"--{flag.replace('_', '-')}", str(args[flag])]
+    if args.get("lr_schedule", "constant") != "constant":
+        parts += ["--lr-schedule", args["lr_schedule"]]
     parts += ["--out", "DIR"]
     for key, value in sorted((args.get("config") or {}).items()):
         parts += ["--config", f"{key}={json.dumps(value)}"]
@@ -137,9 +139,28 @@ class _Checkpoint:
         return Checkpoint(*args, **kwargs)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _learning_rate(lr, schedule, epochs, steps_per_epoch):
+    if schedule == "constant":
+        return lr
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps_per_epoch)
+
+
+def _train_size(kind, dataset):
+    if kind == "classifier" or dataset == "digits":
+        return len(data.load(dataset, "train")[0])
+    return data.TOY_SPLIT_SIZE["train"]
+
+
 def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config=None, tag=None,
-          default=False, resume=False, verbose=1, _crash_after_batches=None) -> dict:
+          default=False, resume=False, lr_schedule="constant", verbose=1, _crash_after_batches=None) -> dict:
     """Train ``name`` on ``dataset`` and write weights + manifest entry into ``out``.
+
+    ``lr_schedule``: "constant" (Adam at ``lr``) or "cosine" (decayed to 0 over the run).
 
     Returns the manifest entry (with the measured test metrics).
     """
@@ -156,6 +177,8 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
                            ("seed", seed, isinstance(seed, int))):
         if not ok:
             raise bad_value(arg, value, "a positive number" if arg != "seed" else "an int")
+    if lr_schedule not in LR_SCHEDULES:
+        raise bad_value("lr_schedule", lr_schedule, ", ".join(LR_SCHEDULES))
     tag = tag or dataset
     _registry._check_name("weight tag", tag)
     key = f"{spec.name}.{tag}"
@@ -178,11 +201,13 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
         from odezoo import _builder
 
         model = _builder.build(name, **build_config)
+        steps = -(-_train_size(spec.kind, dataset) // batch_size)
+        optimizer = keras.optimizers.Adam(_learning_rate(lr, lr_schedule, epochs, steps))
         if spec.kind == "classifier":
-            model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+            model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                           metrics=["accuracy"], jit_compile=True)
         else:
-            model.compile(optimizer=keras.optimizers.Adam(lr), jit_compile=True)
+            model.compile(optimizer=optimizer, jit_compile=True)
 
     callbacks = [_Checkpoint(ckpt, state_path, _crash_after_batches)]
     if initial_epoch < epochs:
@@ -220,8 +245,8 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "default": bool(default),
         "command": _command(name, dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                       config=config, tag=tag, default=default)),
-        "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                       config=config, tag=tag, default=default, lr_schedule=lr_schedule)),
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule,
     }
     _weights.add_entry(out, entry)
     for path in (ckpt, state_path):

@@ -44,6 +44,7 @@ ENTRY_FIELDS = {
     "epochs": (int, False),
     "batch_size": (int, False),
     "lr": ((int, float), False),
+    "lr_schedule": (str, False),
     "notes": (str, False),
 }
 METRIC_NAMES = ("accuracy", "nll", "bits_per_dim", "kl")

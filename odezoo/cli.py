@@ -178,7 +178,8 @@ def _cmd_train(args):
 
     entry = _train.train(args.name, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, out=args.out, config=parse_config(args.config), tag=args.tag,
-                         default=args.default, resume=args.resume, verbose=1 if sys.stdout.isatty() else 2)
+                         default=args.default, resume=args.resume, lr_schedule=args.lr_schedule,
+                         verbose=1 if sys.stdout.isatty() else 2)
     key = f"{entry['model']}.{entry['tag']}"
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items())
     print(f"{key}: {metrics} on {entry['dataset']} {entry['split']}; "
@@ -233,6 +234,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="constant (default) or cosine decay to 0 over the run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for checkpoints, weights and manifest.json")
     p.add_argument("--config", action="append", metavar="KEY=VALUE", help="build config (repeatable; JSON values)")

@@ -184,3 +184,12 @@ def test_train_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="epochs=0"):
         _train.train(TINY, dataset="digits", epochs=0, out=str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+def test_cosine_schedule_is_recorded_and_reproducible_from_the_command(tmp_path):
+    _register_tiny()
+    entry = _train.train(TINY, dataset="digits", epochs=1, batch_size=256, lr=1e-2, seed=2, out=str(tmp_path),
+                         lr_schedule="cosine", verbose=0)
+    assert entry["lr_schedule"] == "cosine" and "--lr-schedule cosine" in entry["command"]
+    with pytest.raises(ValueError, match="lr_schedule='step'"):
+        _train.train(TINY, dataset="digits", epochs=1, out=str(tmp_path), lr_schedule="step")
