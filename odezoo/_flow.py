@@ -198,7 +198,7 @@ class FFJORDFlow(keras.Model):
         if value not in TRACES:
             raise bad_value("trace", value, ", ".join(map(repr, TRACES)))
         self._trace = value
-        self._compiled = {}
+        self._stale_keras_functions()
 
     @property
     def noise(self):
@@ -209,7 +209,7 @@ class FFJORDFlow(keras.Model):
         if value not in NOISES:
             raise bad_value("noise", value, ", ".join(map(repr, NOISES)))
         self._noise = value
-        self._compiled = {}
+        self._stale_keras_functions()
 
     @property
     def solver(self):
@@ -220,7 +220,7 @@ class FFJORDFlow(keras.Model):
         if value not in SOLVERS:
             raise bad_value("solver", value, ", ".join(map(repr, SOLVERS)))
         self._solver = value
-        self._compiled = {}
+        self._stale_keras_functions()
 
     @property
     def rtol(self):
@@ -231,7 +231,7 @@ class FFJORDFlow(keras.Model):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise bad_value("rtol", value, "a positive float")
         self._rtol = float(value)
-        self._compiled = {}
+        self._stale_keras_functions()
 
     @property
     def atol(self):
@@ -242,7 +242,13 @@ class FFJORDFlow(keras.Model):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise bad_value("atol", value, "a positive float")
         self._atol = float(value)
-        self._compiled = {}
+        self._stale_keras_functions()
+
+    def _stale_keras_functions(self):
+        """Keras traced fit/evaluate/predict with the old setting: have them traced again."""
+        for attr in ("train_function", "test_function", "predict_function"):
+            if getattr(self, attr, None) is not None:
+                setattr(self, attr, None)
 
     def build(self, input_shape):
         for field in self.fields:
@@ -325,6 +331,9 @@ class FFJORDFlow(keras.Model):
     def _fn(self, key, builder):
         # One trace for every batch size (XLA still compiles per concrete shape), so that
         # the same input always runs the same executable: seeded sampling is bit-reproducible.
+        # Settings are read while tracing, so they are part of the key: switching back and forth
+        # reuses what was compiled before.
+        key = (key, self.trace, self.noise, self.solver, self.rtol, self.atol)
         fn = self._compiled.get(key)
         if fn is None:
             spec = tf.TensorSpec([None, self.data_dim], tf.float32)
