@@ -50,8 +50,10 @@ class Reversible(odezoo.Scheme):
 
     :meth:`run_stage` (TensorFlow backend, training) runs a whole stage under one
     custom gradient that keeps no activations: the backward pass reconstructs
-    each block's input from its output and recomputes that block's gradient,
-    so activation memory does not grow with depth.
+    each block's input from its output, only once the gradient of the block
+    above exists, and recomputes that block's gradient. Measured
+    (benchmarks/README.md): activation memory per sample stays flat from depth
+    20 to 110 in graph mode; under XLA it grows 1.8× (ResNet: 5×).
     """
 
     order, num_fields, state_size = 1, 2, 2
@@ -120,12 +122,17 @@ def _tf_reversible_stage(blocks, state, training):
         out1, out2 = forward(y1, y2)
 
         def grad(d1, d2, variables=None):
-            # Reconstruct after the upstream gradient exists, not earlier.
-            with tf.control_dependencies([d1, d2]):
-                z1, z2 = tf.identity(out1), tf.identity(out2)
+            z1, z2 = out1, out2
             var_grads = {}
             with _frozen_batchnorm_statistics(blocks):
                 for b in reversed(blocks):
+                    # Reconstruct EACH block only once the gradient above it exists.
+                    # Ordering only the first (as before) lets the executor rebuild the
+                    # whole stage ahead of the backward chain and hold every block's
+                    # activations. A data dependency, because XLA (jit_compile) drops
+                    # control dependencies between pure ops.
+                    zero = 0.0 * (tf.reshape(d1, [-1])[0] + tf.reshape(d2, [-1])[0])
+                    z1, z2 = z1 + zero, z2 + zero
                     F, G = b.fields_for_training(training)
                     h, t = b.h, b.t
                     w_g = [v.value for v in b.fields[1].trainable_variables]
