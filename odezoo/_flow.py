@@ -121,6 +121,34 @@ def exact_trace(ode_fn, state_shape, dtype):
     return augmented
 
 
+def _positive(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+class _Setting:
+    """A model setting switchable after training or loading (``flow.trace = "exact"``).
+
+    Validated on assignment; settings are read while tracing, so an assignment
+    makes Keras trace fit/evaluate/predict again (odezoo's own compiled
+    functions are keyed by the settings).
+    """
+
+    def __init__(self, valid, allowed, convert=None):
+        self.valid, self.allowed, self.convert = valid, allowed, convert
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.__dict__.get("_setting_" + self.name)
+
+    def __set__(self, obj, value):
+        if not self.valid(value):
+            raise bad_value(self.name, value, self.allowed)
+        obj.__dict__["_setting_" + self.name] = self.convert(value) if self.convert else value
+        obj._stale_keras_functions()
+
+
 class _SolveResults:
     """The part of ``tfp.math.ode.Results`` tfp's FFJORD reads."""
 
@@ -153,6 +181,12 @@ class FFJORDFlow(keras.Model):
     ``nfe_forward`` and ``nfe_backward``.
     """
 
+    trace = _Setting(lambda v: v in TRACES, ", ".join(map(repr, TRACES)))
+    noise = _Setting(lambda v: v in NOISES, ", ".join(map(repr, NOISES)))
+    solver = _Setting(lambda v: v in SOLVERS, ", ".join(map(repr, SOLVERS)))
+    rtol = _Setting(_positive, "a positive float", float)
+    atol = _Setting(_positive, "a positive float", float)
+
     def __init__(self, data_dim, hidden=(64, 64, 64), activation="tanh", trace="hutchinson",
                  noise="rademacher", solver="dopri5", rtol=1e-5, atol=1e-5, num_blocks=1, t1=1.0,
                  max_steps=10000, data_log_scale=0.0, eval_probes=4, seed=None, **kwargs):
@@ -164,9 +198,8 @@ class FFJORDFlow(keras.Model):
         hidden = tuple(hidden)
         if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
             raise bad_value("hidden", hidden, "a non-empty sequence of positive ints")
-        for arg, value in (("rtol", rtol), ("atol", atol), ("t1", t1)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise bad_value(arg, value, "a positive float")
+        if not _positive(t1):
+            raise bad_value("t1", t1, "a positive float")
         if not isinstance(max_steps, int) or max_steps < 1:
             raise bad_value("max_steps", max_steps, "a positive int")
         if not isinstance(eval_probes, int) or eval_probes < 1:
@@ -180,70 +213,13 @@ class FFJORDFlow(keras.Model):
         self.data_log_scale = float(data_log_scale)
         self.eval_probes = eval_probes
         self.seed = seed
-        self._trace = self._noise = self._solver = None
-        self.trace, self.noise, self.solver = trace, noise, solver
-        self._rtol, self._atol = float(rtol), float(atol)
+        self.trace, self.noise, self.solver, self.rtol, self.atol = trace, noise, solver, rtol, atol
         self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
         self._noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self._compiled = {}
         self.build((None, data_dim))
 
-    # -- switchable settings ---------------------------------------------------------
-    @property
-    def trace(self):
-        return self._trace
-
-    @trace.setter
-    def trace(self, value):
-        if value not in TRACES:
-            raise bad_value("trace", value, ", ".join(map(repr, TRACES)))
-        self._trace = value
-        self._stale_keras_functions()
-
-    @property
-    def noise(self):
-        return self._noise
-
-    @noise.setter
-    def noise(self, value):
-        if value not in NOISES:
-            raise bad_value("noise", value, ", ".join(map(repr, NOISES)))
-        self._noise = value
-        self._stale_keras_functions()
-
-    @property
-    def solver(self):
-        return self._solver
-
-    @solver.setter
-    def solver(self, value):
-        if value not in SOLVERS:
-            raise bad_value("solver", value, ", ".join(map(repr, SOLVERS)))
-        self._solver = value
-        self._stale_keras_functions()
-
-    @property
-    def rtol(self):
-        return self._rtol
-
-    @rtol.setter
-    def rtol(self, value):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise bad_value("rtol", value, "a positive float")
-        self._rtol = float(value)
-        self._stale_keras_functions()
-
-    @property
-    def atol(self):
-        return self._atol
-
-    @atol.setter
-    def atol(self, value):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise bad_value("atol", value, "a positive float")
-        self._atol = float(value)
-        self._stale_keras_functions()
-
+    # -- switchable settings (class-level _Setting descriptors, see below) -------------
     def _stale_keras_functions(self):
         """Keras traced fit/evaluate/predict with the old setting: have them traced again."""
         for attr in ("train_function", "test_function", "predict_function"):
