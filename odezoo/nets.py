@@ -160,6 +160,17 @@ def residual_classifier(
     return keras.Model(inputs, outputs, name=name)
 
 
-__all__ = ["residual_classifier", "blocks_per_stage", "valid_depths", "normalization_layer",
+def ode_classifier(**config):
+    """ODE-Net's skeleton (TensorFlow only): conv stem, one :class:`odezoo.ODEBlock`, head.
+
+    See ``odezoo._odeblock.ode_classifier`` for the arguments; the ``odenet`` and
+    ``rknet`` builders call it.
+    """
+    from odezoo._odeblock import ode_classifier as build
+
+    return build(**config)
+
+
+__all__ = ["residual_classifier", "ode_classifier", "blocks_per_stage", "valid_depths", "normalization_layer",
            "NORMALIZATION", "check_input_shape"]
 _ = check_keys  # re-exported helper for plugin builders

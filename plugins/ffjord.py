@@ -15,12 +15,12 @@ ODEZOO_PLUGIN_API = 1
 def ffjord(*, data_dim=2, hidden=(64, 64, 64), activation="tanh", trace="hutchinson", noise="rademacher",
            solver="dopri5", rtol=1e-5, atol=1e-5, num_blocks=1, t1=1.0, max_steps=10000, data_log_scale=0.0,
            eval_probes=4, seed=None):
-    """A FFJORD density model on ``data_dim``-dimensional data (``odezoo.layers``' FFJORDFlow).
+    """A FFJORD density model on ``data_dim``-dimensional data (:class:`odezoo.layers.FFJORDFlow`).
 
     Returns a Keras model with ``log_prob``, ``sample``, ``to_latent``, ``to_data``;
     ``fit(x)`` trains by maximum likelihood.
     """
-    from odezoo._flow import FFJORDFlow
+    from odezoo.layers import FFJORDFlow
 
     return FFJORDFlow(data_dim=data_dim, hidden=hidden, activation=activation, trace=trace, noise=noise,
                       solver=solver, rtol=rtol, atol=atol, num_blocks=num_blocks, t1=t1, max_steps=max_steps,

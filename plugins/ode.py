@@ -9,7 +9,7 @@ registers the builders.
 """
 
 import odezoo
-from odezoo._odeblock import ode_classifier
+from odezoo.nets import ode_classifier
 
 ODEZOO_PLUGIN_API = 1
 
