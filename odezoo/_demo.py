@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 
 import odezoo
 from odezoo import _train, _weights, cli, data

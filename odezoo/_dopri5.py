@@ -348,9 +348,8 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
 
     Returns ``(outputs, info)`` as :func:`integrate`.
     """
-    ny, nc = len(y0), len(constants)
+    ny = len(y0)
     times = tf.convert_to_tensor(times)
-    n = times.shape[0]
     eager = tf.executing_eagerly()
 
     @tf.custom_gradient
@@ -380,7 +379,6 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
     res = _solve(*y0, *constants)
     outputs = list(res[:ny])
     info = dict(zip(("reason", "nfe", "steps", "accepted", "t"), res[ny:]))
-    del n
     return outputs, info
 
 

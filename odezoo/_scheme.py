@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 from odezoo._errors import PluginError
@@ -139,10 +138,6 @@ class Scheme:
             for p in list(params.values())[1:]
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty
         }
-
-
-def _as_fraction_free(x):
-    return float(x) if isinstance(x, Fraction) else x
 
 
 class ExplicitRungeKutta(Scheme):

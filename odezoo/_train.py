@@ -20,7 +20,7 @@ import shlex
 import numpy as np
 
 from odezoo import _registry, _weights, data
-from odezoo._errors import OdezooError, UnknownNameError, bad_value
+from odezoo._errors import UnknownNameError, bad_value
 
 FLOW_DATASETS = data.TOY_DENSITIES + ("digits",)
 DIGITS_LEVELS = 17  # digits pixel values 0..16
@@ -111,32 +111,29 @@ def evaluate(model, kind, dataset) -> dict:
     return metrics
 
 
-class _Checkpoint:
-    """Keras callback: after each finished epoch, save the model (with optimizer) atomically."""
+def _checkpoint_callback(path, state_path, crash_after=None):
+    """A Keras callback: after each finished epoch, save the model (with optimizer) atomically.
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    ``crash_after`` (tests only) raises KeyboardInterrupt after that many batches.
+    """
+    import keras
 
-        class Checkpoint(keras.callbacks.Callback):
-            def __init__(self, path, state_path, crash_after=None):
-                super().__init__()
-                self.path, self.state_path, self.crash_after = path, state_path, crash_after
-                self._batches = 0
+    class Checkpoint(keras.callbacks.Callback):
+        batches = 0
 
-            def on_train_batch_end(self, batch, logs=None):
-                self._batches += 1
-                if self.crash_after is not None and self._batches >= self.crash_after:
-                    raise KeyboardInterrupt(f"simulated crash after {self._batches} batches")
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+            if crash_after is not None and self.batches >= crash_after:
+                raise KeyboardInterrupt(f"simulated crash after {self.batches} batches")
 
-            def on_epoch_end(self, epoch, logs=None):
-                folder = os.path.dirname(self.path)
-                tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(self.path)}")
-                self.model.save(tmp)
-                os.replace(tmp, self.path)
-                state = {"epochs_done": epoch + 1, "logs": {k: float(v) for k, v in (logs or {}).items()}}
-                _weights.write_atomic(self.state_path, json.dumps(state).encode())
+        def on_epoch_end(self, epoch, logs=None):
+            tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+            self.model.save(tmp)
+            os.replace(tmp, path)
+            state = {"epochs_done": epoch + 1, "logs": {k: float(v) for k, v in (logs or {}).items()}}
+            _weights.write_atomic(state_path, json.dumps(state).encode())
 
-        return Checkpoint(*args, **kwargs)
+    return Checkpoint()
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -209,7 +206,7 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
         else:
             model.compile(optimizer=optimizer, jit_compile=True)
 
-    callbacks = [_Checkpoint(ckpt, state_path, _crash_after_batches)]
+    callbacks = [_checkpoint_callback(ckpt, state_path, _crash_after_batches)]
     if initial_epoch < epochs:
         if spec.kind == "classifier":
             x, y = data.load(dataset, "train")
@@ -265,4 +262,4 @@ def eval_pretrained(name, tag) -> dict:
     return entry, evaluate(model, spec.kind, entry["dataset"])
 
 
-__all__ = ["train", "evaluate", "eval_pretrained", "OdezooError"]
+__all__ = ["train", "evaluate", "eval_pretrained"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from odezoo._errors import bad_value, check_keys
+from odezoo._errors import bad_value
 from odezoo._layers import (
     ColumnSampler,
     ConvFieldFactory,
@@ -173,4 +173,3 @@ def ode_classifier(**config):
 
 __all__ = ["residual_classifier", "ode_classifier", "blocks_per_stage", "valid_depths", "normalization_layer",
            "NORMALIZATION", "check_input_shape"]
-_ = check_keys  # re-exported helper for plugin builders

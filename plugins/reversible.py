@@ -110,8 +110,6 @@ class Reversible(odezoo.Scheme):
 def _tf_reversible_stage(blocks, state, training):
     import tensorflow as tf
 
-    trainable = [v for b in blocks for v in b.trainable_variables]
-
     def forward(y1, y2):
         for b in blocks:
             y1, y2 = b.scheme.step(b.fields_for_training(training), b.t, (y1, y2), b.h)
@@ -157,7 +155,6 @@ def _tf_reversible_stage(blocks, state, training):
 
         return (out1, out2), grad
 
-    del trainable
     return stage(*state)
 
 

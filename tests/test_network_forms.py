@@ -6,7 +6,6 @@ import pytest
 keras = pytest.importorskip("keras")
 from keras import ops  # noqa: E402
 
-import odezoo  # noqa: E402
 from odezoo import BlockContext  # noqa: E402
 from odezoo.layers import ConvFieldFactory, SchemeBlock, SchemeStage  # noqa: E402
 
