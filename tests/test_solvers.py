@@ -217,6 +217,38 @@ def test_adjoint_gradient_reaches_constants_and_ffjord():
     assert np.all(np.isfinite(gw.numpy()))
 
 
+# --------------------------------------------------------------------------- step-size controllers
+def _integrate(controller, f, y0, t1, tol):
+    out, info = _dopri5.integrate(f, 0.0, [tf.constant(y0, F64)], tf.constant([t1], F64), rtol=tol, atol=tol,
+                                  controller=controller)
+    return out[0][0].numpy(), int(info["nfe"]), int(info["steps"]) - int(info["accepted"])
+
+
+@pytest.mark.parametrize("problem", ["decay", "logistic"])
+def test_controllers_against_closed_form(problem):
+    """Both controllers meet the tolerance; the predictive one follows growing steps with fewer calls."""
+    if problem == "decay":  # y' = -y/(1+t)^2: the steps grow all the way
+        f, y0, t1 = (lambda t, y: [-y[0] / (1.0 + t) ** 2]), np.array([1.0, 2.0]), 30.0
+        exact = y0 * np.exp(1.0 / (1.0 + t1) - 1.0)
+    else:  # y' = y(1-y): a transition, then growing steps
+        f, y0, t1 = (lambda t, y: [y[0] * (1.0 - y[0])]), np.array([0.01, 0.02]), 20.0
+        exact = 1.0 / (1.0 + (1.0 / y0 - 1.0) * np.exp(-t1))
+    for tol in (1e-4, 1e-7):
+        nfe = {}
+        for controller in _dopri5.CONTROLLERS:
+            y, nfe[controller], rejected = _integrate(controller, f, y0, t1, tol)
+            assert np.abs(y - exact).max() / np.abs(exact).max() <= 20 * tol, (controller, tol)
+            assert rejected <= 1, (controller, tol, rejected)
+        assert nfe["predictive"] < nfe["pi"], (tol, nfe)
+
+
+def test_invalid_controller_names_the_choices():
+    with pytest.raises(ValueError, match=r"controller='pid'.*'predictive', 'pi'"):
+        _dopri5.DormandPrince(controller="pid")
+    with pytest.raises(ValueError, match=r"controller='PI'.*'predictive', 'pi'"):
+        _integrate("PI", lambda t, y: [-y[0]], np.array([1.0]), 1.0, 1e-3)
+
+
 # --------------------------------------------------------------------------- NFE
 @pytest.mark.parametrize("jit", [False, pytest.param(True, marks=_SLOW)])  # XLA: test_odeblock's twin
 def test_nfe_equals_true_field_calls(jit):
