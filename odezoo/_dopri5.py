@@ -12,7 +12,9 @@ plugs into ``tfp.bijectors.FFJORD(ode_solve_fn=solver.solve)``, and adds:
 * Step-size control on the RMS error norm
   ``err = sqrt(mean((e / (atol + rtol·max(|y0|, |y1|)))²))`` of Dormand & Prince's
   embedded estimate ``e`` (the same norm and scale as torchdiffeq, diffrax and
-  ``dopri5.f``), a step accepted when ``err <= 1``, safety 0.9, the step ratio kept
+  ``dopri5.f``; the weights of ``dopri5.f``, scipy's RK45 and MATLAB's ode45, whereas
+  torchdiffeq's and diffrax's Dopri5 use exactly 2/3 of them, i.e. control 1.5x more
+  loosely at equal tolerances), a step accepted when ``err <= 1``, safety 0.9, the step ratio kept
   in [0.2, 10] and no growth right after a rejection (Hairer, Nørsett & Wanner I,
   II.4). ``err`` is O(h⁵), so k = 5 below. Two controllers (``controller=``):
 

@@ -95,6 +95,13 @@ def rel_errors(arrays, ref):
     return h, g
 
 
+def _quartiles(xs):
+    """[q25, median, q75] of a list (None if empty)."""
+    if not xs:
+        return None
+    return [float(np.percentile(xs, q)) for q in (25, 50, 75)]
+
+
 def summarise(outdir, passes, tols):
     ref = dict(np.load(os.path.join(outdir, "ref_f64_1e-10.npz")))
     rows = []
@@ -117,6 +124,9 @@ def summarise(outdir, passes, tols):
                 framework=fw, mode=mode, label=label, tol=tol, passes=len(recs),
                 fwd_ms=med("fwd_ms"), fwd_grad_ms=med("fwd_grad_ms"),
                 fwd_ms_passes=[r["fwd_ms"] for r in recs], fwd_grad_ms_passes=[r["fwd_grad_ms"] for r in recs],
+                # every timed call of every pass pooled: quartiles (the spread on a loaded machine)
+                fwd_ms_q=_quartiles([1e3 * x for r in recs for x in r.get("fwd_times_s", [])]),
+                fwd_grad_ms_q=_quartiles([1e3 * x for r in recs for x in r.get("fwd_grad_times_s", [])]),
                 nfe_fwd=counted[0]["nfe_fwd"] if counted else None,
                 nfe_bwd=counted[0]["nfe_bwd"] if counted else None, nfe_all_passes=nfe,
                 nfe_layer_counters=counted[0].get("nfe_layer_counters") if counted else None,
@@ -136,13 +146,16 @@ def summarise(outdir, passes, tols):
 
 
 def markdown(rows):
-    out = ["| configuration | tol | fwd ms | fwd+grad ms | fwd+grad ms per pass | x odezoo (within pass, median) "
+    out = ["| configuration | tol | fwd ms | fwd+grad ms | fwd+grad IQR ms (all calls) | fwd+grad ms per pass "
+           "| x odezoo (within pass, median) "
            "| NFE fwd | NFE bwd | rel. err h(1) | rel. err grad | compile s fwd / grad |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per = " / ".join(f"{x:.1f}" for x in r["fwd_grad_ms_passes"])
+        q = r.get("fwd_grad_ms_q")
+        iqr = f"{q[0]:.1f}-{q[2]:.1f}" if q else "n/a"
         out.append(
-            f"| {r['label']} | {r['tol']:g} | {r['fwd_ms']:.1f} | **{r['fwd_grad_ms']:.1f}** | {per} "
+            f"| {r['label']} | {r['tol']:g} | {r['fwd_ms']:.1f} | **{r['fwd_grad_ms']:.1f}** | {iqr} | {per} "
             f"| {r.get('fwd_grad_vs_odezoo_median', float('nan')):.2f} | {r['nfe_fwd']} | {r['nfe_bwd']} "
             f"| {r['h_rel_err']:.1e} | {r['grad_rel_err']:.1e} "
             f"| {r['compile_s'][0]:.1f} / {r['compile_s'][1]:.1f} |")
