@@ -2,7 +2,9 @@
 
 The public API is re-exported here explicitly. Names that need Keras or
 TensorFlow (the layers, ``odeint``) are resolved lazily, so ``import odezoo``
-and the registry stay light.
+and the registry stay light, and under Keras's JAX backend TensorFlow is
+imported only when a TensorFlow-only part (``odeint``, ``odezoo.data.dataset``)
+is used; ``ODEBlock`` there raises an error naming the backend it needs.
 """
 
 from odezoo._builder import build, describe
@@ -54,6 +56,8 @@ def __getattr__(name):
 
     if name in _LAZY:
         module, attr = _LAZY[name]
+        if attr in _keras_hook.TF_ONLY_LAYERS:
+            _keras_hook.require_tensorflow(f"odezoo.{attr}")
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value

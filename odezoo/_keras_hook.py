@@ -6,6 +6,13 @@ must stay free of Keras/TensorFlow (``odezoo.data.load`` returns numpy arrays
 without importing TensorFlow). If Keras is already imported, the layer modules
 are imported at once; otherwise a one-shot import hook runs them right after
 Keras's own module has finished executing.
+
+Under another Keras backend (JAX) only the backend-neutral layers register;
+the TensorFlow-only layers (the ODE solvers' layers and the flow) are
+stood in for by placeholders whose ``from_config`` raises :class:`BackendError`,
+so loading a saved ODE-Net under JAX names the backend it needs.
+:func:`require_tensorflow` is the same check for code that asks for one of
+those layers by name.
 """
 
 from __future__ import annotations
@@ -15,9 +22,46 @@ import importlib.abc
 import importlib.util
 import sys
 
+from odezoo._errors import OdezooError
+
 # TensorFlow-only modules, registered only when Keras runs on TensorFlow.
 _CORE = ("odezoo._layers",)
 _TF_ONLY = ("odezoo._odeblock", "odezoo._flow")
+# The serializable layers those modules define: public name -> module.
+TF_ONLY_LAYERS = {
+    "ODEBlock": "odezoo._odeblock",
+    "ODEConvField": "odezoo._odeblock",
+    "ODEClassifier": "odezoo._odeblock",
+    "FFJORDFlow": "odezoo._flow",
+    "TimeMLPField": "odezoo._flow",
+}
+
+
+class BackendError(OdezooError, ImportError):
+    """A TensorFlow-only part of odezoo asked for while Keras runs on another backend."""
+
+
+def require_tensorflow(what: str) -> None:
+    """Raise :class:`BackendError` unless Keras runs on TensorFlow; ``what`` names the part asked for."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise BackendError(
+            f"{what} needs Keras's TensorFlow backend (odezoo's ODE solvers and the FFJORD flow are "
+            f"written in TensorFlow and TensorFlow Probability), but Keras is running on {backend!r}. "
+            "Set KERAS_BACKEND=tensorflow before Keras is imported. Under other backends the "
+            "discretisation families (resnet, polynet, fractalnet, revnet, lm_resnet) work; "
+            "see docs/backends.md."
+        )
+
+
+def _placeholder(name):
+    def from_config(cls, config):
+        require_tensorflow(f"Loading odezoo's {name} layer")
+
+    return type(name, (), {"__doc__": f"Stands in for odezoo's TensorFlow-only {name} under other backends.",
+                           "from_config": classmethod(from_config)})
 
 
 def register_layers() -> None:
@@ -29,6 +73,10 @@ def register_layers() -> None:
         for name in _TF_ONLY:
             if importlib.util.find_spec(name) is not None:
                 importlib.import_module(name)
+    else:
+        custom = keras.saving.get_custom_objects()
+        for name in TF_ONLY_LAYERS:
+            custom.setdefault(f"odezoo>{name}", _placeholder(name))
 
 
 class _AfterExec(importlib.abc.Loader):

@@ -121,6 +121,13 @@ class SchemeBlock(keras.layers.Layer):
             if not field.built:
                 field.build((), tuple(input_shape[:-1]) + (width,))
         self.scheme.build_block(self)
+        # A scheme keeps its random state (drop-path, stochastic depth) on itself, a plain
+        # object Keras does not see. Track those SeedGenerators here: the JAX backend threads
+        # layer state through its compiled steps explicitly, and an untracked generator is
+        # traced as a constant, so every training step would draw the same mask.
+        seeds = [v for v in vars(self.scheme).values() if isinstance(v, keras.random.SeedGenerator)]
+        if seeds:
+            self.scheme_seed_generators = seeds
 
     def fields_for_training(self, training):
         """The fields as callables ``(t, y)`` that pass ``training`` on explicitly.

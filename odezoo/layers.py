@@ -14,14 +14,11 @@ from odezoo._layers import (
     make_scheme,
 )
 
-# TensorFlow-only layers, imported on first use (the families stay backend-neutral).
-_TF_ONLY = {
-    "ODEBlock": "odezoo._odeblock",
-    "ODEConvField": "odezoo._odeblock",
-    "ODEClassifier": "odezoo._odeblock",
-    "FFJORDFlow": "odezoo._flow",
-    "TimeMLPField": "odezoo._flow",
-}
+from odezoo._keras_hook import TF_ONLY_LAYERS as _TF_ONLY
+from odezoo._keras_hook import require_tensorflow as _require_tensorflow
+
+# The TensorFlow-only layers are imported on first use (the families stay backend-neutral);
+# under another Keras backend asking for one raises an error naming the backend it needs.
 
 __all__ = ["SchemeBlock", "SchemeStage", "ConvField", "ConvFieldFactory", "DownsampleBlock",
            "Normalize", "ColumnSampler", "make_scheme", *_TF_ONLY]
@@ -31,5 +28,6 @@ def __getattr__(name):
     if name in _TF_ONLY:
         import importlib
 
+        _require_tensorflow(f"odezoo.layers.{name}")
         return getattr(importlib.import_module(_TF_ONLY[name]), name)
     raise AttributeError(f"module 'odezoo.layers' has no attribute {name!r}")

@@ -164,8 +164,12 @@ def ode_classifier(**config):
     """ODE-Net's skeleton (TensorFlow only): conv stem, one :class:`odezoo.ODEBlock`, head.
 
     See ``odezoo._odeblock.ode_classifier`` for the arguments; the ``odenet`` and
-    ``rknet`` builders call it.
+    ``rknet`` builders call it. Under another Keras backend it raises an error
+    naming the backend it needs.
     """
+    from odezoo._keras_hook import require_tensorflow
+
+    require_tensorflow(f"The {config.get('name', 'ODE-Net')} model (an ODEBlock)")
     from odezoo._odeblock import ode_classifier as build
 
     return build(**config)

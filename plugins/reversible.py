@@ -102,6 +102,10 @@ class Reversible(odezoo.Scheme):
 
     # -- memory-saving stage gradient ------------------------------------------------
     def run_stage(self, blocks, state, *, training=None, ctx=None):
+        if training and keras.backend.backend() == "jax":
+            from ._reversible_jax import reversible_stage  # imports JAX: only under that backend
+
+            return reversible_stage(blocks, state, training)
         if not training or keras.backend.backend() != "tensorflow":
             return super().run_stage(blocks, state, training=training, ctx=ctx)
         return _tf_reversible_stage(blocks, state, training)
