@@ -21,6 +21,13 @@ Two things differ from TensorFlow and shape the code:
   variables once; the backward pass's re-runs start from the same values and
   their updates are discarded, so a batch is counted once.
 
+The backward pass is one ``jax.lax.scan`` over the blocks (their weights
+stacked, run through the first block's fields) when all blocks of the stage
+share their fields' structure, as the families' do. Unrolled, XLA's schedule
+kept memory growing with depth even with the reconstruction ordered by an
+``optimization_barrier``; the scan keeps it flat (benchmarks/jax_revnet_memory.py).
+Stages with mixed fields fall back to the unrolled form.
+
 This module imports JAX, so it is imported only under that backend.
 """
 
@@ -87,31 +94,74 @@ def stage_function(blocks, training, *, memory_saving=True):
         out, new_stats = forward(weights, stats, y1, y2)
         return (out, new_stats), (weights, stats, out)
 
+    def block_backward(F, G, wf, wg, sf, sg, t, h, carry):
+        """Rebuild one block's input from its output and backpropagate through it."""
+        z1, z2, d1, d2 = carry
+        # y2' = y2 + h·G(t + h, y1')
+        g, g_vjp = jax.vjp(lambda y, w: h * apply(G, w, sg, t + h, y)[0], z1, wg)
+        g_y1, grad_g = g_vjp(d2)
+        d1 = d1 + g_y1
+        x2 = z2 - g
+        # y1' = y1 + h·F(t, y2)
+        f, f_vjp = jax.vjp(lambda y, w: h * apply(F, w, sf, t, y)[0], x2, wf)
+        f_y2, grad_f = f_vjp(d1)
+        return (z1 - f, x2, d1, d2 + f_y2), grad_f, grad_g
+
     def stage_bwd(residuals, cotangents):
-        weights, stats, (z1, z2) = residuals
+        weights, stats, out = residuals
         (d1, d2), _ = cotangents  # the statistics' cotangents: they feed no loss
-        grads = [None] * len(weights)
-        for i in reversed(range(len(steps))):
-            h, t, F, G = steps[i]
-            # Reconstruct a block only once the gradient of the block above exists: the
-            # barrier ties the two, so XLA cannot rebuild the whole stage ahead of the
-            # backward chain and hold every block's activations.
-            z1, z2, d1, d2 = jax.lax.optimization_barrier((z1, z2, d1, d2))
-            # y2' = y2 + h·G(t + h, y1')
-            g, g_vjp = jax.vjp(lambda y, w: h * apply(G, w, stats[2 * i + 1], t + h, y)[0],
-                               z1, weights[2 * i + 1])
-            g_y1, grads[2 * i + 1] = g_vjp(d2)
-            d1 = d1 + g_y1
-            x2 = z2 - g
-            # y1' = y1 + h·F(t, y2)
-            f, f_vjp = jax.vjp(lambda y, w: h * apply(F, w, stats[2 * i], t, y)[0], x2, weights[2 * i])
-            f_y2, grads[2 * i] = f_vjp(d1)
-            d2 = d2 + f_y2
-            z1, z2 = z1 - f, x2
+        carry = (*out, d1, d2)
+        n = len(steps)
+        if _uniform(blocks):
+            # One lax.scan over the blocks, top to bottom, with the blocks' weights stacked
+            # and run through the first block's fields. Written as straight-line code, XLA
+            # keeps memory growing with depth (measured: benchmarks/jax_revnet_memory.py);
+            # a loop holds one iteration's tensors at a time.
+            def stacked(values, k):  # field k (0: F, 1: G) of every block, per variable
+                return [jnp.stack([values[2 * i + k][j] for i in range(n)]) for j in range(len(values[k]))]
+
+            wf, wg, sf, sg = stacked(weights, 0), stacked(weights, 1), stacked(stats, 0), stacked(stats, 1)
+            times = jnp.stack([jnp.asarray(t) for _, t, _, _ in steps])
+            sizes = jnp.asarray([h for h, _, _, _ in steps], dtype=times.dtype)
+            F, G = steps[0][2], steps[0][3]
+
+            def body(carry, xs):
+                wf_i, wg_i, sf_i, sg_i, t, h = xs
+                carry, grad_f, grad_g = block_backward(F, G, wf_i, wg_i, sf_i, sg_i, t, h, carry)
+                return carry, (grad_f, grad_g)
+
+            carry, (gf, gg) = jax.lax.scan(body, carry, (wf, wg, sf, sg, times, sizes), reverse=True)
+            grads = []
+            for i in range(n):
+                grads += [[g[i] for g in gf], [g[i] for g in gg]]
+        else:
+            grads = [None] * len(weights)
+            for i in reversed(range(n)):
+                h, t, F, G = steps[i]
+                # Rebuild a block only once the gradient of the block above exists: the
+                # barrier ties the two, so XLA cannot rebuild the stage ahead of the chain.
+                carry = jax.lax.optimization_barrier(carry)
+                carry, grads[2 * i], grads[2 * i + 1] = block_backward(
+                    F, G, weights[2 * i], weights[2 * i + 1], stats[2 * i], stats[2 * i + 1], t, h, carry)
+        _, _, d1, d2 = carry
         return grads, jax.tree_util.tree_map(_zero_cotangent, stats), d1, d2
 
     stage.defvjp(stage_fwd, stage_bwd)
     return stage
+
+
+def _uniform(blocks):
+    """True when every block's F (and every G) matches the first block's: class, config, variables."""
+    def signature(field):
+        config = {k: v for k, v in field.get_config().items() if k != "name"}
+        return (type(field), repr(sorted(config.items())),
+                [(tuple(v.shape), str(v.dtype), v.trainable) for v in field.variables])
+
+    try:
+        first = [signature(f) for f in blocks[0].fields[:2]]
+        return all([signature(f) for f in b.fields[:2]] == first for b in blocks[1:])
+    except NotImplementedError:  # a field without get_config: run the blocks one by one
+        return False
 
 
 def _zero_cotangent(x):
