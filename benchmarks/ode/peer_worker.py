@@ -304,6 +304,139 @@ def run_reference(args, d):
     return rec, np.asarray(h), {k: np.asarray(v) for k, v in g.items()}
 
 
+# --------------------------------------------------------------------------- lockstep serving
+def serve_callables(args, d):
+    """{"<mode>@<tol>:<fwd|grad>": callable returning numpy} for this framework (used by lockstep.py)."""
+    tols = [float(x) for x in args.tols.split(",")]
+    out = {}
+    if args.framework == "odezoo":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+        import tensorflow as tf
+
+        import odezoo
+
+        class PeerField(keras.layers.Layer):
+            def build(self, t_shape, y_shape):
+                for k in PARAMS:
+                    setattr(self, k, self.add_weight(name=k, shape=d[k].shape,
+                                                     initializer=keras.initializers.Constant(d[k])))
+
+            def call(self, t, h):
+                return tf.tanh(h @ self.w1 + self.b1) @ self.w2 + self.b2
+
+        h0 = tf.constant(d["h0"])
+
+        def make_odezoo(mode, tol):
+            block = odezoo.ODEBlock(PeerField(), solver=mode, rtol=tol, atol=tol)
+            block(h0)
+            variables = [getattr(block.field, k) for k in PARAMS]
+
+            @tf.function(jit_compile=True)
+            def fwd():
+                return block(h0)
+
+            @tf.function(jit_compile=True)
+            def fwd_grad():
+                with tf.GradientTape() as tape:
+                    h = block(h0)
+                    loss = tf.reduce_sum(tf.square(h))
+                return h, tape.gradient(loss, variables)
+
+            return fwd, fwd_grad
+
+        for mode in args.modes.split(","):
+            for tol in tols:
+                f1, f2 = make_odezoo(mode, tol)
+                sync = lambda o: tf.nest.map_structure(lambda x: x.numpy(), o)  # noqa: E731
+                out[f"{mode}@{tol:g}:fwd"] = lambda f1=f1, sync=sync: sync(f1())
+                out[f"{mode}@{tol:g}:grad"] = lambda f2=f2, sync=sync: sync(f2())
+    elif args.framework == "jax":
+        import diffrax
+        import jax
+        import jax.numpy as jnp
+
+        params, h0 = _jax_problem(d, jnp.float32)
+
+        def field(t, h, p):
+            return jnp.tanh(h @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+        for mode in args.modes.split(","):
+            adjoint = diffrax.BacksolveAdjoint() if mode == "backsolve" else diffrax.RecursiveCheckpointAdjoint()
+            for tol in tols:
+                def solve(p, y0, tol=tol, adjoint=adjoint):
+                    sol = diffrax.diffeqsolve(
+                        diffrax.ODETerm(field), diffrax.Dopri5(), t0=0.0, t1=1.0, dt0=None, y0=y0, args=p,
+                        stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
+                        saveat=diffrax.SaveAt(t1=True), adjoint=adjoint, max_steps=4096)
+                    return sol.ys[-1]
+
+                def loss(p, y0, solve=solve):
+                    h = solve(p, y0)
+                    return jnp.sum(h ** 2), h
+
+                f1 = jax.jit(solve).lower(params, h0).compile()
+                f2 = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(params, h0).compile()
+                sync = lambda o: jax.tree_util.tree_map(np.asarray, jax.block_until_ready(o))  # noqa: E731
+                out[f"{mode}@{tol:g}:fwd"] = lambda f1=f1, sync=sync: sync(f1(params, h0))
+                out[f"{mode}@{tol:g}:grad"] = lambda f2=f2, sync=sync: sync(f2(params, h0))
+    elif args.framework == "torch":
+        import torch
+        from torchdiffeq import odeint, odeint_adjoint
+
+        torch.set_num_threads(args.torch_threads or os.cpu_count())
+
+        class Field(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                for k in PARAMS:
+                    setattr(self, k, torch.nn.Parameter(torch.from_numpy(d[k].copy())))
+
+            def forward(self, t, h):
+                return torch.tanh(h @ self.w1 + self.b1) @ self.w2 + self.b2
+
+        func = Field()
+        h0 = torch.from_numpy(d["h0"].copy())
+        t = torch.tensor([0.0, 1.0], dtype=torch.float32)
+        for mode in args.modes.split(","):
+            solve_ = odeint_adjoint if mode == "odeint_adjoint" else odeint
+            for tol in tols:
+                kw = dict(rtol=tol, atol=tol, method="dopri5")
+
+                def fwd(solve_=solve_, kw=kw):
+                    with torch.no_grad():
+                        return solve_(func, h0, t, **kw)[-1].numpy()
+
+                def fwd_grad(solve_=solve_, kw=kw):
+                    for p_ in func.parameters():
+                        p_.grad = None
+                    h = solve_(func, h0, t, **kw)[-1]
+                    (h ** 2).sum().backward()
+                    return [getattr(func, k).grad.numpy() for k in PARAMS]
+
+                out[f"{mode}@{tol:g}:fwd"] = fwd
+                out[f"{mode}@{tol:g}:grad"] = fwd_grad
+    return out
+
+
+def serve(args, d):
+    """Warm every callable up, print READY and its keys, then time one call per stdin line (a key)."""
+    import sys
+
+    fns = serve_callables(args, d)
+    for fn in fns.values():
+        fn()
+        fn()
+    print("READY " + json.dumps(sorted(fns)), flush=True)
+    for line in sys.stdin:
+        key = line.strip()
+        if key == "quit":
+            break
+        t0 = time.perf_counter()
+        fns[key]()
+        print(f"{time.perf_counter() - t0:.6f}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--framework", choices=["odezoo", "torch", "jax", "ref"], required=True)
@@ -311,13 +444,16 @@ def main():
     p.add_argument("--tols", default="1e-3,1e-5", help="comma-separated rtol = atol values")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--weights", required=True)
-    p.add_argument("--outdir", required=True)
+    p.add_argument("--outdir", default=None, help="required unless --serve")
     p.add_argument("--tag", default="", help="prefix of the output files (e.g. the pass)")
     p.add_argument("--count", action="store_true", help="odezoo, jax: also count NFE inside the field "
                    "(an extra, untimed compile; torch always counts)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: all cores)")
+    p.add_argument("--serve", action="store_true", help="lockstep.py's mode: time one call per stdin line")
     args = p.parse_args()
     d = {k: v for k, v in np.load(args.weights).items()}
+    if args.serve:
+        return serve(args, d)
     for mode in args.modes.split(","):
         if mode not in MODES[args.framework]:
             p.error(f"--modes: {mode!r} is not one of {MODES[args.framework]} for {args.framework}")

@@ -1,0 +1,119 @@
+"""Paired, call-by-call timing of odezoo's ODEBlock against diffrax (and torchdiffeq) on the peer problem.
+
+On a loaded machine the per-pass medians of ``peers.py`` drift by 2-3x between passes
+(other jobs come and go), which drowns the ratios. Here every configuration lives in
+a warm, compiled worker process (``peer_worker.py --serve``: odezoo in this python,
+diffrax / torchdiffeq in their venvs, the same weights file); each round times one call
+of every configuration, in a fresh random order, back to back, so the calls of one round
+see the same load. Reported: per configuration the quartiles of its call times, and per
+peer the quartiles of the per-round ratio peer time / odezoo time (> 1: odezoo faster)
+and the fraction of rounds odezoo was faster. Accuracy and NFE are ``peers.py``'s
+(same code and weights).
+
+    python benchmarks/ode/lockstep.py --torch-py /tmp/venv_torch/bin/python \\
+        --jax-py /tmp/venv_jax/bin/python [--rounds 60] [--kind grad] [--torch]
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from peers import make_weights  # noqa: E402
+
+
+class Worker:
+    def __init__(self, py, framework, modes, tols, weights, torch_threads=1):
+        cmd = [py, os.path.join(HERE, "peer_worker.py"), "--serve", "--framework", framework, "--modes", modes,
+               "--tols", tols, "--weights", weights, "--torch-threads", str(torch_threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        self.framework = framework
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{framework} worker died before READY")
+            if line.startswith("READY "):
+                self.keys = json.loads(line[6:])
+                break
+
+    def time(self, key):
+        self.proc.stdin.write(key + "\n")
+        return float(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=60)
+
+
+def quartiles(xs):
+    return [float(np.percentile(xs, q)) for q in (25, 50, 75)]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--torch-py", required=True)
+    p.add_argument("--jax-py", required=True)
+    p.add_argument("--tf-py", default=sys.executable)
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--tols", default="1e-3,1e-5")
+    p.add_argument("--kind", default="grad,fwd", help="grad (forward + gradient) and/or fwd")
+    p.add_argument("--torch", action="store_true", help="also torchdiffeq odeint_adjoint (slow: ~0.5-1.5 s a call)")
+    p.add_argument("--out", default=os.path.join(HERE, "lockstep.json"))
+    p.add_argument("--weights", default="/tmp/odezoo_lockstep_weights.npz")
+    args = p.parse_args()
+    make_weights(args.weights)
+    meta = dict(date_utc_start=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), rounds=args.rounds,
+                command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+                uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    workers = [Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights),
+               Worker(args.jax_py, "jax", "recursive,backsolve", args.tols, args.weights)]
+    if args.torch:
+        workers.append(Worker(args.torch_py, "torch", "odeint_adjoint", args.tols, args.weights))
+    kinds = args.kind.split(",")
+    jobs = [(w, k) for w in workers for k in w.keys if k.split(":")[1] in kinds]
+    times = {f"{w.framework}:{k}": [] for w, k in jobs}
+    rng = random.Random(0)
+    for r in range(args.rounds):
+        rng.shuffle(jobs)
+        for w, k in jobs:
+            times[f"{w.framework}:{k}"].append(w.time(k))
+        if (r + 1) % 10 == 0:
+            print(f"round {r + 1}/{args.rounds}", flush=True)
+    for w in workers:
+        w.close()
+    meta["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    summary = {}
+    for name, ts in times.items():
+        summary[name] = dict(ms_quartiles=[1e3 * x for x in quartiles(ts)])
+    for name, ts in times.items():
+        fw, key = name.split(":", 1)
+        if fw == "odezoo":
+            continue
+        mode_tol, kind = key.split(":")
+        tol = mode_tol.split("@")[1]
+        base = np.array(times[f"odezoo:dopri5@{tol}:{kind}"])
+        ratio = np.array(ts) / base
+        summary[name].update(ratio_vs_odezoo_quartiles=quartiles(ratio),
+                             odezoo_faster_fraction=float(np.mean(ratio > 1.0)))
+    with open(args.out, "w") as fh:
+        json.dump(dict(meta=meta, summary=summary, times_s=times), fh, indent=1)
+    print(f"| configuration | call | ms (q25 / median / q75) | peer ÷ odezoo per round (q25 / median / q75) "
+          f"| rounds odezoo faster |\n|---|---|---|---|---|")
+    for name in sorted(summary, key=lambda n: (n.split("@")[1], n.split(":")[-1], n)):
+        s = summary[name]
+        q = " / ".join(f"{x:.1f}" for x in s["ms_quartiles"])
+        rq = " / ".join(f"{x:.2f}" for x in s["ratio_vs_odezoo_quartiles"]) if "ratio_vs_odezoo_quartiles" in s else "1"
+        fr = f"{100 * s['odezoo_faster_fraction']:.0f}%" if "odezoo_faster_fraction" in s else ""
+        print(f"| {name.split(':', 1)[1].split(':')[0]} ({name.split(':')[0]}) | {name.split(':')[-1]} | {q} | {rq} | {fr} |")
+
+
+if __name__ == "__main__":
+    main()
