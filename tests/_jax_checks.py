@@ -204,6 +204,20 @@ def check_revnet_train_step(*, jit_compile):
     }
 
 
+def check_tensorflow_parts():
+    """The TensorFlow-only parts that do work under JAX: odeint, and tf.data feeding a Keras-JAX fit."""
+    import numpy as np
+
+    import odezoo
+
+    y = odezoo.odeint(lambda t, y: -y, np.float32(1.0), np.array([0.0, 1.0], "float32"))
+    model = odezoo.build("resnet", depth=8, input_shape=(8, 8, 1))
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=False)
+    history = model.fit(odezoo.data.dataset("digits", batch_size=32), epochs=1, steps_per_epoch=2, verbose=0)
+    return {"odeint": [float(v) for v in np.asarray(y)], "odeint_type": type(y).__module__,
+            "dataset_fit_loss": float(history.history["loss"][-1])}
+
+
 def check_pretrained():
     import numpy as np
 
@@ -244,6 +258,7 @@ def main(argv):
                                   for n, o in CASES}
             result["revnet_gradient"] = _guard(check_revnet_gradient, jit=True)
             result["revnet_train_step"] = _guard(check_revnet_train_step, jit_compile=True)
+            result["tensorflow_parts"] = _guard(check_tensorflow_parts)
         elif check == "pretrained":
             result["pretrained"] = _guard(check_pretrained)
         else:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("jax", reason="JAX is not installed: pip install -e '.[jax]' to test the JAX backend")
@@ -109,6 +110,10 @@ def test_families_under_jit_compile():
     assert g["max_rel_grad_diff"] < 1e-5 and g["stats_diff"] == pytest.approx(0.0, abs=1e-6)
     s = ok(result["revnet_train_step"])
     assert s["max_weight_diff"] < 1e-6 and s["max_stat_diff"] < 1e-6
+    # The TensorFlow-only parts that work under JAX (docs/backends.md says which).
+    tf_parts = ok(result["tensorflow_parts"])
+    assert tf_parts["odeint"] == pytest.approx([1.0, float(np.exp(-1.0))], rel=1e-5)
+    assert tf_parts["dataset_fit_loss"] == tf_parts["dataset_fit_loss"]  # tf.data fed a JAX fit: a number
 
 
 @pytest.mark.slow
