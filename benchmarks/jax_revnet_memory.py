@@ -9,6 +9,17 @@ allocator. "custom" is the default dispatch (plugins/_reversible_jax.py);
 differentiates the stage by itself and keeps every block's activations.
 
     KERAS_BACKEND=jax python benchmarks/jax_revnet_memory.py [--depths 20 56 110] [--batch 64]
+
+Measured 2026-11-28 on the 2-core AMD EPYC VM, no GPU (jax 0.10.2, Keras
+3.15.1; a buffer assignment, so the machine's load does not change it):
+
+| depth | plain autodiff | custom VJP | ratio |
+|---|---|---|---|
+| 20 | 1.481 | 0.500 | 0.34 |
+| 56 | 4.106 | 0.527 | 0.13 |
+| 110 | 8.044 | 0.579 | 0.07 |
+
+(MiB per sample, batch 64.) See docs/backends.md.
 """
 
 import argparse
