@@ -68,6 +68,16 @@ def check_import_and_errors():
         except Exception as exc:  # noqa: BLE001 - reported to the test
             errors[what] = {"type": type(exc).__name__, "odezoo": isinstance(exc, odezoo.OdezooError),
                             "message": str(exc)}
+    saved = os.environ.get("ODEZOO_TEST_SAVED_ODE_MODEL")  # a .keras file holding an ODEBlock, saved under TF
+    if saved:
+        import keras
+
+        try:
+            keras.models.load_model(saved)
+            errors["load_saved_rknet"] = None
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            errors["load_saved_rknet"] = {"type": type(exc).__name__, "odezoo": isinstance(exc, odezoo.OdezooError),
+                                          "message": str(exc)}
     out["errors"] = errors
     out["tf_after_errors"] = _tf_imported()
     return out

@@ -22,8 +22,8 @@ CASES = ["resnet", "polynet{'variant': 'poly2'}", "polynet{'variant': 'mpoly2'}"
 STOCHASTIC = ["fractalnet", "lm_resnet{'p_L': 0.8}"]
 
 
-def run_check(check, *, timeout, fast_compile=False):
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+def run_check(check, *, timeout, fast_compile=False, env=None):
+    env = dict(os.environ, **(env or {}), KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     if fast_compile:
         # Tiny models: XLA's backend optimisation costs more than it saves here.
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
@@ -42,8 +42,12 @@ def ok(part):
 
 
 @pytest.fixture(scope="module")
-def default_run():
-    return run_check("default", timeout=900, fast_compile=True)
+def default_run(tmp_path_factory):
+    import odezoo  # this process runs Keras on TensorFlow
+
+    saved = str(tmp_path_factory.mktemp("jax") / "rknet.keras")
+    odezoo.build("rknet", input_shape=(8, 8, 1), channels=8, num_steps=1).save(saved)
+    return run_check("default", timeout=900, fast_compile=True, env={"ODEZOO_TEST_SAVED_ODE_MODEL": saved})
 
 
 def test_import_and_registry_do_not_import_tensorflow(default_run):
@@ -55,7 +59,7 @@ def test_import_and_registry_do_not_import_tensorflow(default_run):
     assert ok(default_run["families"]["resnet"])["tf_before_save"] is False
 
 
-@pytest.mark.parametrize("what", ["build_odenet", "build_ffjord", "ODEBlock"])
+@pytest.mark.parametrize("what", ["build_odenet", "build_ffjord", "ODEBlock", "load_saved_rknet"])
 def test_tensorflow_only_parts_name_the_backend_they_need(default_run, what):
     info = ok(default_run["import"])
     error = info["errors"][what]
