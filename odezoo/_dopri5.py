@@ -30,7 +30,7 @@ plugs into ``tfp.bijectors.FFJORD(ode_solve_fn=solver.solve)``, and adds:
     the first two steps, and the two after a rejection, use the elementary one.
     Why: on Neural-ODE fields the steps grow from Hairer's deliberately cautious
     first step over the whole (short) interval, and the elementary or PI controller
-    trails that growth with err ≈ 0.1-0.45 instead of the 0.9⁵ ≈ 0.59 it aims at,
+    trails that growth with err ≈ 0.03-0.5 instead of the 0.9⁵ ≈ 0.59 it aims at,
     i.e. with more steps than the tolerance asks for (benchmarks/ode/README.md).
   - ``"pi"``: Hairer's PI controller of ``dopri5.f`` (``h·0.9·err_n^-(0.2-0.75β)·err_{n-1}^β``,
     β = 0.04, started with err_0 = 1e-4; Gustafsson, "Control theoretic techniques for

@@ -105,14 +105,15 @@ def main():
                              odezoo_faster_fraction=float(np.mean(ratio > 1.0)))
     with open(args.out, "w") as fh:
         json.dump(dict(meta=meta, summary=summary, times_s=times), fh, indent=1)
-    print(f"| configuration | call | ms (q25 / median / q75) | peer ÷ odezoo per round (q25 / median / q75) "
-          f"| rounds odezoo faster |\n|---|---|---|---|---|")
+    print("| configuration | call | ms (q25 / median / q75) | peer ÷ odezoo per round (q25 / median / q75) "
+          "| rounds odezoo faster |\n|---|---|---|---|---|")
     for name in sorted(summary, key=lambda n: (n.split("@")[1], n.split(":")[-1], n)):
         s = summary[name]
         q = " / ".join(f"{x:.1f}" for x in s["ms_quartiles"])
         rq = " / ".join(f"{x:.2f}" for x in s["ratio_vs_odezoo_quartiles"]) if "ratio_vs_odezoo_quartiles" in s else "1"
         fr = f"{100 * s['odezoo_faster_fraction']:.0f}%" if "odezoo_faster_fraction" in s else ""
-        print(f"| {name.split(':', 1)[1].split(':')[0]} ({name.split(':')[0]}) | {name.split(':')[-1]} | {q} | {rq} | {fr} |")
+        framework, config, kind = name.split(":")
+        print(f"| {config} ({framework}) | {kind} | {q} | {rq} | {fr} |")
 
 
 if __name__ == "__main__":
