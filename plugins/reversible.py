@@ -1,7 +1,5 @@
 """RevNet's reversible coupling (Gomez et al., NeurIPS 2017) as symplectic Euler."""
 
-import contextlib
-
 import keras
 import numpy as np
 from keras import ops
@@ -9,28 +7,6 @@ from keras import ops
 import odezoo
 
 ODEZOO_PLUGIN_API = 1
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_statistics(layers):
-    """While re-running fields to reconstruct activations, leave BN moving statistics alone.
-
-    Keras's BatchNormalization updates moving = moving·momentum + batch·(1 − momentum)
-    when training; with momentum 1 the update writes back the same value, so the
-    reconstruction (which must use batch statistics, as the forward pass did)
-    does not count the batch a second time.
-    """
-    saved = []
-    for layer in layers:
-        for sub in layer._flatten_layers(include_self=True):
-            if isinstance(sub, keras.layers.BatchNormalization):
-                saved.append((sub, sub.momentum))
-                sub.momentum = 1.0
-    try:
-        yield
-    finally:
-        for sub, momentum in saved:
-            sub.momentum = momentum
 
 
 @odezoo.register_scheme("reversible")
@@ -49,11 +25,13 @@ class Reversible(odezoo.Scheme):
     y1_n = y1_{n+1} − h·F(y2_n) (:meth:`inverse`).
 
     :meth:`run_stage` (TensorFlow backend, training) runs a whole stage under one
-    custom gradient that keeps no activations: the backward pass reconstructs
-    each block's input from its output, only once the gradient of the block
-    above exists, and recomputes that block's gradient. Measured
-    (benchmarks/README.md): activation memory per sample stays flat from depth
-    20 to 110 in graph mode; under XLA it grows 1.8× (ResNet: 5×).
+    custom gradient that keeps no activations: its backward pass is one
+    ``tf.while_loop`` over the blocks, top to bottom, that rebuilds each block's
+    input from its output (the inverse above) and re-runs that block's fields to
+    take its gradient. A stage whose blocks' fields differ in structure falls
+    back to plain backprop. Measured (benchmarks/README.md, peak RSS slope):
+    activation memory per sample at depth 110 is 0.64× depth 20's under XLA and
+    1.08× without it (ResNet: 5×).
     """
 
     order, num_fields, state_size = 1, 2, 2
@@ -106,9 +84,18 @@ class Reversible(odezoo.Scheme):
             from ._reversible_jax import reversible_stage  # imports JAX: only under that backend
 
             return reversible_stage(blocks, state, training)
-        if not training or keras.backend.backend() != "tensorflow":
+        if not training or keras.backend.backend() != "tensorflow" or not _uniform_fields(blocks):
             return super().run_stage(blocks, state, training=training, ctx=ctx)
         return _tf_reversible_stage(blocks, state, training)
+
+
+def _uniform_fields(blocks):
+    """True when every block's fields hold variables of the same shapes, dtypes and roles."""
+    def signature(b):
+        return [[(tuple(v.shape), str(v.dtype), v.trainable) for v in f.variables] for f in b.fields]
+
+    first = signature(blocks[0])
+    return all(signature(b) == first for b in blocks[1:])
 
 
 def _tf_reversible_stage(blocks, state, training):
@@ -121,50 +108,79 @@ def _tf_reversible_stage(blocks, state, training):
 
     @tf.custom_gradient
     def stage(y1, y2):
-        out1, out2 = forward(y1, y2)
+        out = forward(y1, y2)
 
         def grad(d1, d2, variables=None):
-            z1, z2 = out1, out2
-            var_grads = {}
-            with _frozen_batchnorm_statistics(blocks):
-                for b in reversed(blocks):
-                    # Reconstruct EACH block only once the gradient above it exists.
-                    # Ordering only the first (as before) lets the executor rebuild the
-                    # whole stage ahead of the backward chain and hold every block's
-                    # activations. A data dependency, because XLA (jit_compile) drops
-                    # control dependencies between pure ops.
-                    zero = 0.0 * (tf.reshape(d1, [-1])[0] + tf.reshape(d2, [-1])[0])
-                    z1, z2 = z1 + zero, z2 + zero
-                    F, G = b.fields_for_training(training)
-                    h, t = b.h, b.t
-                    w_g = [v.value for v in b.fields[1].trainable_variables]
-                    w_f = [v.value for v in b.fields[0].trainable_variables]
-                    with tf.GradientTape() as tape:
-                        tape.watch(z1)
-                        g = h * G(t + h, z1)
-                    gz1, *gw = tape.gradient(g, [z1] + w_g, output_gradients=d2)
-                    _accumulate(var_grads, w_g, gw)
-                    d1 = d1 + gz1
-                    x2 = z2 - g
-                    with tf.GradientTape() as tape:
-                        tape.watch(x2)
-                        f = h * F(t, x2)
-                    gx2, *fw = tape.gradient(f, [x2] + w_f, output_gradients=d1)
-                    _accumulate(var_grads, w_f, fw)
-                    d2 = d2 + gx2
-                    z1, z2 = z1 - f, x2
-            variables = variables or []
-            return (d1, d2), [var_grads.get(v.ref()) if v.ref() in var_grads else tf.zeros_like(v)
-                              for v in variables]
+            return _tf_reconstructing_backward(blocks, training, out, (d1, d2), variables or [])
 
-        return (out1, out2), grad
+        return out, grad
 
     return stage(*state)
 
 
-def _accumulate(table, variables, grads):
-    for v, g in zip(variables, grads):
-        if g is None:
-            continue
-        key = v.ref()
-        table[key] = g if key not in table else table[key] + g
+def _tf_reconstructing_backward(blocks, training, out, upstream, variables):
+    """The stage's backward pass as ONE ``tf.while_loop`` over its blocks, top to bottom.
+
+    Iteration i takes block n−1−i's output (z1, z2) and the gradient (d1, d2)
+    reaching it, rebuilds the block's input with the exact inverse, and
+    backpropagates through the block's fields re-run on the rebuilt input.
+    Each block's weights are gathered from per-variable stacks and substituted
+    into the first block's fields by a ``keras.StatelessScope`` (all blocks of a
+    stage share their fields' structure), which also discards the BatchNorm
+    moving-statistics updates of the re-run: the forward pass already counted
+    the batch. Weight gradients go into one TensorArray per variable.
+
+    Why a loop: written as straight-line code (one reconstruction per block), the
+    memory grows with depth under XLA (measured, benchmarks/README.md). XLA
+    fuses the cheap running sums d ← d + ∂block/∂input into every consumer
+    instead of storing them, so each block's fusions read the input gradients of
+    all blocks above it and keep them all alive. A loop's state is stored
+    between iterations, and at most one iteration's tensors exist at a time
+    (``parallel_iterations=1`` also stops graph mode from running ahead).
+    """
+    import tensorflow as tf
+
+    n = len(blocks)
+    fields = blocks[0].fields_for_training(training)
+    templates = [list(f.variables) for f in blocks[0].fields]
+    stacks = [[tf.stack([b.fields[k].variables[j].value for b in blocks]) for j in range(len(vs))]
+              for k, vs in enumerate(templates)]
+    trained = [[j for j, v in enumerate(vs) if v.trainable] for vs in templates]
+    times = tf.stack([ops.convert_to_tensor(b.t) for b in blocks])
+    steps = tf.constant([b.h for b in blocks], dtype=times.dtype)
+
+    def backprop(k, t, h, x, upstream_grad, pos):
+        """h·field_k(t, x) with block ``pos``'s weights, and its vector-Jacobian products."""
+        values = [tf.gather(s, pos) for s in stacks[k]]
+        weights = [values[j] for j in trained[k]]
+        with keras.StatelessScope(state_mapping=list(zip(templates[k], values))):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                tape.watch(weights)
+                y = h * fields[k](t, x)
+        gx, *gw = tape.gradient(y, [x] + weights, output_gradients=upstream_grad)
+        return y, gx, [tf.zeros_like(w) if g is None else g for w, g in zip(weights, gw)]
+
+    def body(i, z1, z2, d1, d2, arrays_f, arrays_g):
+        pos = n - 1 - i
+        t, h = tf.gather(times, pos), tf.gather(steps, pos)
+        g, gz1, gw = backprop(1, t + h, h, z1, d2, pos)
+        d1 = d1 + gz1
+        x2 = z2 - g
+        f, gx2, fw = backprop(0, t, h, x2, d1, pos)
+        d2 = d2 + gx2
+        arrays_f = [a.write(pos, w) for a, w in zip(arrays_f, fw)]
+        arrays_g = [a.write(pos, w) for a, w in zip(arrays_g, gw)]
+        return i + 1, z1 - f, x2, d1, d2, arrays_f, arrays_g
+
+    arrays = [[tf.TensorArray(stacks[k][j].dtype, size=n, element_shape=stacks[k][j].shape[1:])
+               for j in trained[k]] for k in range(2)]
+    *_, d1, d2, arrays_f, arrays_g = tf.while_loop(
+        lambda i, *_: i < n, body, (tf.constant(0), *out, *upstream, *arrays), parallel_iterations=1)
+    table = {}
+    for k, arrays_k in ((0, arrays_f), (1, arrays_g)):
+        for j, array in zip(trained[k], arrays_k):
+            stacked = array.stack()
+            for pos, b in enumerate(blocks):
+                table[b.fields[k].variables[j].value.ref()] = stacked[pos]
+    return (d1, d2), [table[v.ref()] if v.ref() in table else tf.zeros_like(v) for v in variables]

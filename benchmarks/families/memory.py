@@ -13,8 +13,9 @@ and its ratio to depth 20's.
     python benchmarks/families/memory.py --jit on --models revnet --depths 20 110
 
 ``--models`` may also name ``plain`` (the plain-Keras ResNet of plain_resnet.py).
-``--patch revnet_ordered_stage`` measures the proposed RevNet fix without
-touching the core (see that module; REVNET_ORDER=data|control picks the variant).
+``--patch MODULE`` imports MODULE from this folder in each fresh process and
+calls its ``apply()`` first, to measure a proposed change without touching the
+core (the RevNet probes of benchmarks/README.md were measured this way).
 """
 
 import argparse
@@ -80,7 +81,7 @@ def main():
     p.add_argument("--batches", nargs=2, type=int, default=[64, 256])
     p.add_argument("--jit", choices=("on", "off", "both"), default="both")
     p.add_argument("--patch", help="module in this folder whose apply() patches the core first "
-                   "(investigation only, e.g. revnet_ordered_stage)")
+                   "(investigation only)")
     p.add_argument("--workers", type=int, default=2, help="fresh processes run at once")
     p.add_argument("--json", help="also write the raw runs and slopes to this file")
     args = p.parse_args()
