@@ -508,6 +508,10 @@ class ODEBlock(keras.layers.Layer):
     def __init__(self, field, solver="dopri5", rtol=1e-3, atol=1e-6, t0=0.0, t1=1.0, solution_times=None,
                  num_steps=None, step_size=None, first_step=None, max_steps=10000, gradient="auto",
                  augment_dims=0, dtype=None, **kwargs):
+        if dtype is None and keras.config.dtype_policy().name.startswith("mixed_"):
+            # Adaptive error control needs float32: under a mixed policy the block solves in float32
+            # (its inputs are cast up, its output is float32). Give the field dtype="float32" too.
+            dtype = "float32"
         super().__init__(dtype=dtype, **kwargs)
         if isinstance(field, dict):
             field = keras.saving.deserialize_keras_object(field)
@@ -749,11 +753,13 @@ class ODEConvField(keras.layers.Layer):
         self.groups = int(groups) if groups is not None else min(32, self.channels)
         if self.channels % self.groups:
             raise bad_value("groups", groups, f"a divisor of channels={self.channels}")
-        gn = dict(groups=self.groups, epsilon=1e-5)
+        # sublayers compute in this layer's dtype (float32 under a mixed policy), not the global one
+        gn = dict(groups=self.groups, epsilon=1e-5, dtype=self.dtype_policy)
+        conv = dict(padding="same", dtype=self.dtype_policy)
         self.norm1 = keras.layers.GroupNormalization(name="norm1", **gn)
-        self.conv1 = keras.layers.Conv2D(self.channels, 3, padding="same", name="conv1")
+        self.conv1 = keras.layers.Conv2D(self.channels, 3, name="conv1", **conv)
         self.norm2 = keras.layers.GroupNormalization(name="norm2", **gn)
-        self.conv2 = keras.layers.Conv2D(self.channels, 3, padding="same", name="conv2")
+        self.conv2 = keras.layers.Conv2D(self.channels, 3, name="conv2", **conv)
         self.norm3 = keras.layers.GroupNormalization(name="norm3", **gn)
 
     def build(self, t_shape, y_shape):
@@ -885,14 +891,15 @@ def ode_classifier(*, name, input_shape, num_classes, solver, rtol, atol, num_st
     x = keras.layers.ReLU(name="stem_relu2")(x)
     x = keras.layers.Conv2D(channels, 4, strides=2, padding="same", name="stem_conv3")(x)
     field_groups = groups if width % groups == 0 else 1
-    field = ODEConvField(width, groups=field_groups, name="field")
+    field = ODEConvField(width, groups=field_groups, name="field", dtype="float32")  # solved in float32
     x = ODEBlock(field, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps, step_size=step_size,
                  first_step=first_step, max_steps=max_steps, gradient=gradient, augment_dims=augment_dims,
                  t1=t1, name="ode_block")(x)
     x = keras.layers.GroupNormalization(groups, epsilon=1e-5, name="head_norm")(x)
     x = keras.layers.ReLU(name="head_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier")(x)
+    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier",
+                                 dtype="float32")(x)
     return ODEClassifier(inputs, outputs, name=name)
 
 

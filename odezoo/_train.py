@@ -11,15 +11,17 @@ last finished epoch. The shipped zoo changes only by commit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
 import shlex
+import tempfile
 
 import numpy as np
 
-from odezoo import _registry, _weights, data
+from odezoo import _builder, _distribute, _registry, _weights, data
 from odezoo._errors import UnknownNameError, bad_value
 
 FLOW_DATASETS = data.TOY_DENSITIES + ("digits",)
@@ -30,8 +32,10 @@ def _command(name, args: dict) -> str:
     parts = ["odezoo", "train", name]
     for flag in ("dataset", "epochs", "batch_size", "lr", "seed"):
         parts += [f"--{flag.replace('_', '-')}", str(args[flag])]
-    if args.get("lr_schedule", "constant") != "constant":
-        parts += ["--lr-schedule", args["lr_schedule"]]
+    for flag, default in (("lr_schedule", "constant"), ("optimizer", "adam"), ("strategy", "default"),
+                          ("precision", "float32")):
+        if args.get(flag, default) != default:
+            parts += [f"--{flag.replace('_', '-')}", args[flag]]
     parts += ["--out", "DIR"]
     for key, value in sorted((args.get("config") or {}).items()):
         parts += ["--config", f"{key}={json.dumps(value)}"]
@@ -79,8 +83,6 @@ def flow_data(dataset, split, seed=0):
 
 def full_config(spec, name, dataset, config) -> dict:
     """The full build config: the builder's defaults, the dataset's shape, then the user's keys."""
-    from odezoo import _builder
-
     _, preset = _registry.resolve_model(name)
     base = {**_builder.defaults_of(spec), **preset}
     if spec.kind == "classifier":
@@ -94,11 +96,19 @@ def full_config(spec, name, dataset, config) -> dict:
     return json.loads(json.dumps(merged))  # JSON-normal: tuples -> lists
 
 
-def evaluate(model, kind, dataset) -> dict:
-    """Metrics on the dataset's test split: accuracy; or NLL (nats), bits/dim and, where closed-form, KL."""
+def evaluate(model, kind, dataset, plain_calls=False) -> dict:
+    """Metrics on the dataset's test split: accuracy; or NLL (nats), bits/dim and, where closed-form, KL.
+
+    ``plain_calls``: call the model batch by batch instead of ``predict``
+    (under MultiWorkerMirroredStrategy, where ``predict`` gathers across workers).
+    """
     if kind == "classifier":
         x, y = data.load(dataset, "test")
-        probs = model.predict(x, batch_size=256, verbose=0)
+        if plain_calls:
+            probs = np.concatenate([np.asarray(model(x[i:i + 256], training=False))
+                                    for i in range(0, len(x), 256)])
+        else:
+            probs = model.predict(x, batch_size=256, verbose=0)
         return {"accuracy": float(np.mean(np.argmax(probs, axis=1) == y))}
     x = flow_data(dataset, "test")
     # the exact trace: a measurement, not an estimate (and the same number every time)
@@ -111,10 +121,13 @@ def evaluate(model, kind, dataset) -> dict:
     return metrics
 
 
-def _checkpoint_callback(path, state_path, crash_after=None):
+def _checkpoint_callback(path, state_path, crash_after=None, write=True):
     """A Keras callback: after each finished epoch, save the model (with optimizer) atomically.
 
-    ``crash_after`` (tests only) raises KeyboardInterrupt after that many batches.
+    ``write=False`` (a non-chief worker): the save runs (saving may take part
+    in collective ops the chief waits on) into a temporary folder that is
+    then removed, so only the chief's files remain. ``crash_after`` (tests
+    only) raises KeyboardInterrupt after that many batches.
     """
     import keras
 
@@ -127,6 +140,10 @@ def _checkpoint_callback(path, state_path, crash_after=None):
                 raise KeyboardInterrupt(f"simulated crash after {self.batches} batches")
 
         def on_epoch_end(self, epoch, logs=None):
+            if not write:
+                with tempfile.TemporaryDirectory() as scratch:
+                    self.model.save(os.path.join(scratch, os.path.basename(path)))
+                return
             tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
             self.model.save(tmp)
             os.replace(tmp, path)
@@ -137,6 +154,16 @@ def _checkpoint_callback(path, state_path, crash_after=None):
 
 
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _optimizer(name, learning_rate):
+    """Adam, or SGD with momentum 0.9 (the ResNet papers' optimiser)."""
+    import keras
+
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.SGD(learning_rate, momentum=0.9)
 
 
 def _learning_rate(lr, schedule, epochs, steps_per_epoch):
@@ -153,13 +180,82 @@ def _train_size(kind, dataset):
     return data.TOY_SPLIT_SIZE["train"]
 
 
+def _fit(model, spec, dataset, epochs, initial_epoch, batch_size, seed, callbacks, verbose):
+    if initial_epoch >= epochs:
+        return
+    if spec.kind == "classifier":
+        x, y = data.load(dataset, "train")
+        model.fit(x, y, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size, shuffle=True,
+                  callbacks=callbacks, verbose=verbose)
+    else:
+        import tensorflow as tf
+
+        if dataset == "digits":
+            x_int = _digits_density("train")
+
+            def gen_epoch(e):
+                return _dequantized(x_int, seed * 1000 + e)
+
+            for epoch in range(initial_epoch, epochs):
+                model.fit(gen_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, batch_size=batch_size,
+                          shuffle=True, callbacks=callbacks, verbose=verbose)
+        else:
+            x = flow_data(dataset, "train")
+            model.fit(tf.constant(x), epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
+                      shuffle=True, callbacks=callbacks, verbose=verbose)
+
+
+@contextlib.contextmanager
+def _multiworker_keras_workaround(model, dist):
+    """Let Keras 3.15 ``fit`` run under MultiWorkerMirroredStrategy.
+
+    Two Keras 3 incompatibilities with it (tensorflow/tensorflow#72388):
+
+    - Keras builds the model symbolically from a first batch reduced with
+      ``strategy.reduce("MEAN", (x, y))``, which cannot reduce a tuple
+      ("Attempt to convert a value (PerReplica...) to a Tensor"). With the
+      model's own strategy unset, Keras defers that build to tracing and
+      takes the strategy from the enclosing ``strategy.scope()``.
+    - It reduces the step's scalar logs with ``reduce("MEAN", v, axis=0)``
+      ("Invalid reduction dimension 0 for input with 0 dimensions"). The
+      train step here returns each log as shape (1,), which that reduction
+      averages over the workers into a scalar.
+    """
+    import tensorflow as tf
+
+    if not isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    step = model.train_step
+
+    def train_step(data):
+        return {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+
+    saved = model._distribute_strategy
+    model._distribute_strategy = None
+    object.__setattr__(model, "train_step", train_step)
+    try:
+        yield
+    finally:
+        model._distribute_strategy = saved
+        object.__delattr__(model, "train_step")
+
+
 def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config=None, tag=None,
-          default=False, resume=False, lr_schedule="constant", verbose=1, _crash_after_batches=None) -> dict:
+          default=False, resume=False, lr_schedule="constant", optimizer="adam", strategy="default", precision="float32",
+          verbose=1, return_model=False, _crash_after_batches=None):
     """Train ``name`` on ``dataset`` and write weights + manifest entry into ``out``.
 
-    ``lr_schedule``: "constant" (Adam at ``lr``) or "cosine" (decayed to 0 over the run).
+    ``lr_schedule``: "constant" (``lr`` throughout) or "cosine" (decayed to 0 over the run).
+    ``optimizer``: "adam" or "sgd" (momentum 0.9).
+    ``strategy``: "default", "mirrored", "multiworker" (``TF_CONFIG``) or "tpu"
+    (:mod:`odezoo._distribute`); ``batch_size`` is the global batch, and only
+    the chief writes files. ``precision``: "float32", "mixed_float16" or
+    "mixed_bfloat16" for classifiers (ODE solves stay in float32); flows train
+    in float32.
 
-    Returns the manifest entry (with the measured test metrics).
+    Returns the manifest entry (with the measured test metrics); with
+    ``return_model`` the pair ``(entry, model)``.
     """
     import keras
 
@@ -176,86 +272,88 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
             raise bad_value(arg, value, "a positive number" if arg != "seed" else "an int")
     if lr_schedule not in LR_SCHEDULES:
         raise bad_value("lr_schedule", lr_schedule, ", ".join(LR_SCHEDULES))
+    if optimizer not in OPTIMIZERS:
+        raise bad_value("optimizer", optimizer, ", ".join(OPTIMIZERS))
+    if strategy not in _distribute.STRATEGIES:
+        raise bad_value("strategy", strategy, ", ".join(_distribute.STRATEGIES))
+    if precision not in _distribute.PRECISIONS:
+        raise bad_value("precision", precision, ", ".join(_distribute.PRECISIONS))
+    if spec.kind != "classifier" and precision != "float32":
+        raise bad_value("precision", precision, f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)")
     tag = tag or dataset
     _registry._check_name("weight tag", tag)
     key = f"{spec.name}.{tag}"
-    os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, f"{key}.ckpt.keras")
     state_path = os.path.join(out, f"{key}.ckpt.json")
+    if strategy != "default" and "synchronized_bn" in _builder.defaults_of(spec) and "synchronized_bn" not in config:
+        config["synchronized_bn"] = True  # BatchNorm statistics over the global batch, not per replica
     build_config = full_config(spec, name, dataset, config)
 
+    dist = _distribute.make_strategy(strategy)  # before any other TensorFlow work (multi-worker needs that)
+    chief = _distribute.is_chief(dist)
+    if chief:
+        os.makedirs(out, exist_ok=True)
+    jit = _distribute.can_jit(dist)
+    if not jit and verbose:
+        print(f"strategy {strategy!r} on CPU devices: the train step runs without XLA "
+              "(XLA refuses replicas' variables on other CPU devices).")
     keras.utils.set_random_seed(seed)
     initial_epoch = 0
-    if resume and os.path.exists(ckpt) and os.path.exists(state_path):
-        with open(state_path, encoding="utf-8") as fh:
-            initial_epoch = int(json.load(fh)["epochs_done"])
-        model = keras.models.load_model(ckpt)
-        if verbose:
-            print(f"Resuming {key} from {ckpt} after epoch {initial_epoch}.")
-    else:
-        if resume and verbose:
-            print(f"No checkpoint for {key} in {out}; starting from scratch.")
-        from odezoo import _builder
-
-        model = _builder.build(name, **build_config)
-        steps = -(-_train_size(spec.kind, dataset) // batch_size)
-        optimizer = keras.optimizers.Adam(_learning_rate(lr, lr_schedule, epochs, steps))
-        if spec.kind == "classifier":
-            model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                          metrics=["accuracy"], jit_compile=True)
+    with _distribute.precision_policy(precision), dist.scope():
+        if resume and os.path.exists(ckpt) and os.path.exists(state_path):
+            with open(state_path, encoding="utf-8") as fh:
+                initial_epoch = int(json.load(fh)["epochs_done"])
+            model = keras.models.load_model(ckpt)
+            if verbose:
+                print(f"Resuming {key} from {ckpt} after epoch {initial_epoch}.")
         else:
-            model.compile(optimizer=optimizer, jit_compile=True)
-
-    callbacks = [_checkpoint_callback(ckpt, state_path, _crash_after_batches)]
-    if initial_epoch < epochs:
-        if spec.kind == "classifier":
-            x, y = data.load(dataset, "train")
-            model.fit(x, y, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size, shuffle=True,
-                      callbacks=callbacks, verbose=verbose)
-        else:
-            import tensorflow as tf
-
-            if dataset == "digits":
-                x_int = _digits_density("train")
-
-                def gen_epoch(e):
-                    return _dequantized(x_int, seed * 1000 + e)
-
-                for epoch in range(initial_epoch, epochs):
-                    model.fit(gen_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, batch_size=batch_size,
-                              shuffle=True, callbacks=callbacks, verbose=verbose)
+            if resume and verbose:
+                print(f"No checkpoint for {key} in {out}; starting from scratch.")
+            model = _builder.build(name, **build_config)
+            steps = -(-_train_size(spec.kind, dataset) // batch_size)
+            opt = _optimizer(optimizer, _learning_rate(lr, lr_schedule, epochs, steps))
+            if spec.kind == "classifier":
+                model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"], jit_compile=jit)
             else:
-                x = flow_data(dataset, "train")
-                model.fit(tf.constant(x), epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
-                          shuffle=True, callbacks=callbacks, verbose=verbose)
+                model.compile(optimizer=opt, jit_compile=jit)
 
-    metrics = evaluate(model, spec.kind, dataset)
+    callbacks = [_checkpoint_callback(ckpt, state_path, _crash_after_batches, write=chief)]
+    with dist.scope(), _multiworker_keras_workaround(model, dist):
+        _fit(model, spec, dataset, epochs, initial_epoch, batch_size, seed, callbacks, verbose)
+
+    metrics = evaluate(model, spec.kind, dataset, plain_calls=strategy == "multiworker")
     weights_file = f"{key}.weights.h5"
-    tmp = os.path.join(out, f".tmp-{os.getpid()}-{weights_file}")
-    model.save_weights(tmp)
-    os.replace(tmp, os.path.join(out, weights_file))
+    if chief:
+        tmp = os.path.join(out, f".tmp-{os.getpid()}-{weights_file}")
+        model.save_weights(tmp)
+        os.replace(tmp, os.path.join(out, weights_file))
+    else:  # take part in whatever the chief's save does, write nothing that stays
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save_weights(os.path.join(scratch, weights_file))
     entry = {
         "model": spec.name, "tag": tag, "file": weights_file,
-        "sha256": _weights.sha256_of(os.path.join(out, weights_file)),
+        "sha256": _weights.sha256_of(os.path.join(out, weights_file)) if chief else "",
         "dataset": dataset, "split": "test", "metrics": metrics, "config": build_config,
-        "versions": _versions(), "device": _device(), "strategy": "default", "seed": seed,
+        "versions": _versions(), "device": _device(), "strategy": _distribute.describe(strategy, dist), "seed": seed,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "default": bool(default),
         "command": _command(name, dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                       config=config, tag=tag, default=default, lr_schedule=lr_schedule)),
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule,
+                                       config=config, tag=tag, default=default, lr_schedule=lr_schedule,
+                                       optimizer=optimizer, strategy=strategy, precision=precision)),
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "optimizer": optimizer,
+        "precision": precision,
     }
-    _weights.add_entry(out, entry)
-    for path in (ckpt, state_path):
-        if os.path.exists(path):
-            os.unlink(path)
-    return entry
+    if chief:
+        _weights.add_entry(out, entry)
+        for path in (ckpt, state_path):
+            if os.path.exists(path):
+                os.unlink(path)
+    return (entry, model) if return_model else entry
 
 
 def eval_pretrained(name, tag) -> dict:
     """Re-measure a zoo entry's metrics: ``(entry, measured)``."""
-    from odezoo import _builder
-
     spec, _ = _registry.resolve_model(name)
     model = _builder.build(name, pretrained=True if tag in (None, True) else tag)
     entry = model.zoo_entry

@@ -45,6 +45,8 @@ ENTRY_FIELDS = {
     "batch_size": (int, False),
     "lr": ((int, float), False),
     "lr_schedule": (str, False),
+    "optimizer": (str, False),
+    "precision": (str, False),
     "notes": (str, False),
 }
 METRIC_NAMES = ("accuracy", "nll", "bits_per_dim", "kl")

@@ -20,6 +20,8 @@ import warnings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import odezoo  # noqa: E402  (after the environment default above)
+from odezoo._distribute import PRECISIONS, STRATEGIES  # noqa: E402
+from odezoo._train import OPTIMIZERS  # noqa: E402
 
 USER_ERRORS = (odezoo.OdezooError, LookupError, ValueError, TypeError)
 
@@ -179,9 +181,13 @@ def _cmd_train(args):
     entry = _train.train(args.name, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, out=args.out, config=parse_config(args.config), tag=args.tag,
                          default=args.default, resume=args.resume, lr_schedule=args.lr_schedule,
+                         optimizer=args.optimizer, strategy=args.strategy, precision=args.precision,
                          verbose=1 if sys.stdout.isatty() else 2)
     key = f"{entry['model']}.{entry['tag']}"
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items())
+    if not entry["sha256"]:
+        print(f"{key}: {metrics} on {entry['dataset']} {entry['split']} (a non-chief worker: nothing written)")
+        return
     print(f"{key}: {metrics} on {entry['dataset']} {entry['split']}; "
           f"weights {os.path.join(args.out, entry['file'])}, manifest {os.path.join(args.out, 'manifest.json')}")
 
@@ -233,7 +239,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="digits, fashion_mnist, mnist, cifar10; flows: toy densities, digits")
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="adam (default) or sgd (momentum 0.9)")
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
                    help="constant (default) or cosine decay to 0 over the run")
     p.add_argument("--seed", type=int, default=0)
@@ -242,6 +249,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="manifest tag (default: the dataset's name)")
     p.add_argument("--default", action="store_true", help="mark the entry the model's default tag")
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch's checkpoint")
+    p.add_argument("--strategy", default="default", choices=STRATEGIES,
+                   help="tf.distribute strategy: default (one device), mirrored (local devices), "
+                        "multiworker (cluster from TF_CONFIG), tpu; --batch-size is the global batch")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="Keras dtype policy for classifiers (ODE solves stay float32)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="re-measure a pretrained model's metrics on its test split")
