@@ -161,12 +161,10 @@ def _canonical_models():
     return sorted(names.items())
 
 
-_COVERED_ELSEWHERE = {"odenet", "rknet", "ffjord"}  # XLA train steps also in test_odenet.py / test_flow.py
-
-
-@pytest.mark.parametrize("name,spec", [
-    pytest.param(n, s, marks=pytest.mark.slow) if n in _COVERED_ELSEWHERE else (n, s) for n, s in _canonical_models()
-], ids=[n for n, _ in _canonical_models()])
+# slow: about 10 s of XLA compilation per model; the default suite compiles each built-in's train
+# step under XLA too (tests/test_families.py, test_odenet.py, test_flow.py)
+@pytest.mark.slow
+@pytest.mark.parametrize("name,spec", _canonical_models(), ids=[n for n, _ in _canonical_models()])
 def test_every_registered_model_train_step_compiles_with_xla(name, spec):
     import keras
 
