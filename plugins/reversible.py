@@ -1,5 +1,7 @@
 """RevNet's reversible coupling (Gomez et al., NeurIPS 2017) as symplectic Euler."""
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -7,6 +9,28 @@ from keras import ops
 import odezoo
 
 ODEZOO_PLUGIN_API = 1
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_statistics(layers):
+    """While re-running fields to reconstruct activations, leave BN moving statistics alone.
+
+    Keras's BatchNormalization updates moving = moving·momentum + batch·(1 − momentum)
+    when training; with momentum 1 the update writes back the same value, so the
+    reconstruction (which must use batch statistics, as the forward pass did)
+    does not count the batch a second time.
+    """
+    saved = []
+    for layer in layers:
+        for sub in layer._flatten_layers(include_self=True):
+            if isinstance(sub, keras.layers.BatchNormalization):
+                saved.append((sub, sub.momentum))
+                sub.momentum = 1.0
+    try:
+        yield
+    finally:
+        for sub, momentum in saved:
+            sub.momentum = momentum
 
 
 @odezoo.register_scheme("reversible")
@@ -25,16 +49,28 @@ class Reversible(odezoo.Scheme):
     y1_n = y1_{n+1} − h·F(y2_n) (:meth:`inverse`).
 
     :meth:`run_stage` (TensorFlow backend, training) runs a whole stage under one
-    custom gradient that keeps no activations: its backward pass is one
-    ``tf.while_loop`` over the blocks, top to bottom, that rebuilds each block's
-    input from its output (the inverse above) and re-runs that block's fields to
-    take its gradient. A stage whose blocks' fields differ in structure falls
-    back to plain backprop. Measured (benchmarks/README.md, peak RSS slope):
-    activation memory per sample at depth 110 is 0.64× depth 20's under XLA and
-    1.08× without it (ResNet: 5×).
+    custom gradient that keeps no activations: its backward pass rebuilds each
+    block's input from its output (the inverse above), top to bottom, and
+    re-runs that block's fields to take its gradient. Two ways, by the option
+    ``backward`` (measured, benchmarks/README.md; activation memory per sample,
+    depth 110 against depth 20; ResNet: 5×):
+
+    - ``"unrolled"`` (default): one reconstruction per block, each ordered after
+      the gradient of the block above. Without XLA 0.82×; under XLA 2.38×,
+      because XLA fuses the running gradient sums across blocks.
+    - ``"loop"``: one ``tf.while_loop`` over the blocks (their fields must share
+      one structure; otherwise plain backprop). Flat under XLA (0.64×) and
+      without it (1.08×), but under XLA on CPU its training step was 8–17×
+      slower (measured at depth 20), so it is opt-in.
     """
 
     order, num_fields, state_size = 1, 2, 2
+
+    def __init__(self, backward="unrolled"):
+        if backward not in ("unrolled", "loop"):
+            raise ValueError(f"Invalid value for `backward`. Received: backward={backward!r}. "
+                             "Allowed: 'unrolled', 'loop'.")
+        self.backward = backward
 
     def init(self, y0):
         c = y0.shape[-1]
@@ -84,9 +120,11 @@ class Reversible(odezoo.Scheme):
             from ._reversible_jax import reversible_stage  # imports JAX: only under that backend
 
             return reversible_stage(blocks, state, training)
-        if not training or keras.backend.backend() != "tensorflow" or not _uniform_fields(blocks):
+        if not training or keras.backend.backend() != "tensorflow":
             return super().run_stage(blocks, state, training=training, ctx=ctx)
-        return _tf_reversible_stage(blocks, state, training)
+        if self.backward == "loop" and not _uniform_fields(blocks):
+            return super().run_stage(blocks, state, training=training, ctx=ctx)
+        return _tf_reversible_stage(blocks, state, training, self.backward)
 
 
 def _uniform_fields(blocks):
@@ -98,7 +136,7 @@ def _uniform_fields(blocks):
     return all(signature(b) == first for b in blocks[1:])
 
 
-def _tf_reversible_stage(blocks, state, training):
+def _tf_reversible_stage(blocks, state, training, backward="unrolled"):
     import tensorflow as tf
 
     def forward(y1, y2):
@@ -111,14 +149,58 @@ def _tf_reversible_stage(blocks, state, training):
         out = forward(y1, y2)
 
         def grad(d1, d2, variables=None):
-            return _tf_reconstructing_backward(blocks, training, out, (d1, d2), variables or [])
+            backprop = _tf_loop_backward if backward == "loop" else _tf_unrolled_backward
+            return backprop(blocks, training, out, (d1, d2), variables or [])
 
         return out, grad
 
     return stage(*state)
 
 
-def _tf_reconstructing_backward(blocks, training, out, upstream, variables):
+def _tf_unrolled_backward(blocks, training, out, upstream, variables):
+    """The stage's backward pass as straight-line code, one reconstruction per block."""
+    import tensorflow as tf
+
+    (z1, z2), (d1, d2) = out, upstream
+    var_grads = {}
+    with _frozen_batchnorm_statistics(blocks):
+        for b in reversed(blocks):
+            # Reconstruct EACH block only once the gradient above it exists, or the
+            # executor rebuilds the whole stage ahead of the backward chain and holds
+            # every block's activations. A data dependency, because XLA drops control
+            # dependencies between pure ops.
+            zero = 0.0 * (tf.reshape(d1, [-1])[0] + tf.reshape(d2, [-1])[0])
+            z1, z2 = z1 + zero, z2 + zero
+            F, G = b.fields_for_training(training)
+            h, t = b.h, b.t
+            w_g = [v.value for v in b.fields[1].trainable_variables]
+            w_f = [v.value for v in b.fields[0].trainable_variables]
+            with tf.GradientTape() as tape:
+                tape.watch(z1)
+                g = h * G(t + h, z1)
+            gz1, *gw = tape.gradient(g, [z1] + w_g, output_gradients=d2)
+            _accumulate(var_grads, w_g, gw)
+            d1 = d1 + gz1
+            x2 = z2 - g
+            with tf.GradientTape() as tape:
+                tape.watch(x2)
+                f = h * F(t, x2)
+            gx2, *fw = tape.gradient(f, [x2] + w_f, output_gradients=d1)
+            _accumulate(var_grads, w_f, fw)
+            d2 = d2 + gx2
+            z1, z2 = z1 - f, x2
+    return (d1, d2), [var_grads[v.ref()] if v.ref() in var_grads else tf.zeros_like(v) for v in variables]
+
+
+def _accumulate(table, variables, grads):
+    for v, g in zip(variables, grads):
+        if g is None:
+            continue
+        key = v.ref()
+        table[key] = g if key not in table else table[key] + g
+
+
+def _tf_loop_backward(blocks, training, out, upstream, variables):
     """The stage's backward pass as ONE ``tf.while_loop`` over its blocks, top to bottom.
 
     Iteration i takes block n−1−i's output (z1, z2) and the gradient (d1, d2)
@@ -130,7 +212,7 @@ def _tf_reconstructing_backward(blocks, training, out, upstream, variables):
     moving-statistics updates of the re-run: the forward pass already counted
     the batch. Weight gradients go into one TensorArray per variable.
 
-    Why a loop: written as straight-line code (one reconstruction per block), the
+    Why a loop: written as straight-line code (:func:`_tf_unrolled_backward`), the
     memory grows with depth under XLA (measured, benchmarks/README.md). XLA
     fuses the cheap running sums d ← d + ∂block/∂input into every consumer
     instead of storing them, so each block's fusions read the input gradients of

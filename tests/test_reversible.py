@@ -14,9 +14,9 @@ from odezoo.plugins import reversible  # noqa: E402
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF-backend gradient")
 
 
-def _stage(n=3, channels=8, h=1.0):
+def _stage(n=3, channels=8, h=1.0, backward="unrolled"):
     blocks = [
-        SchemeBlock("reversible", ConvFieldFactory(), h=h,
+        SchemeBlock("reversible", ConvFieldFactory(), h=h, backward=backward,
                     context=BlockContext(block=i, stage_length=n, global_block=i, total_blocks=n), name=f"b{i}")
         for i in range(n)
     ]
@@ -41,8 +41,9 @@ def test_inverse_recovers_input():
     assert err <= 1e-5 * scale, (err, scale)  # float32 round-off relative to the activations
 
 
-def test_stage_gradient_equals_plain_autodiff_and_bn_updates_once():
-    stage, blocks = _stage(h=0.5)
+@pytest.mark.parametrize("backward", ["unrolled", "loop"])
+def test_stage_gradient_equals_plain_autodiff_and_bn_updates_once(backward):
+    stage, blocks = _stage(h=0.5, backward=backward)
     assert reversible._uniform_fields(blocks)  # so the reconstructing gradient is the one tested
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=(4, 8, 8, 8)).astype("float32"))
@@ -75,8 +76,9 @@ def test_stage_gradient_equals_plain_autodiff_and_bn_updates_once():
     assert max(float(np.max(np.abs(a - s))) for a, s in zip(after_custom, start)) > 0
 
 
-def test_input_gradient_matches_plain_autodiff_under_xla():
-    stage, blocks = _stage(n=2)
+@pytest.mark.parametrize("backward", ["unrolled", "loop"])
+def test_input_gradient_matches_plain_autodiff_under_xla(backward):
+    stage, blocks = _stage(n=2, backward=backward)
     scheme = blocks[0].scheme
     x = tf.constant(np.random.default_rng(2).normal(size=(4, 8, 8, 8)).astype("float32"))
 
@@ -95,10 +97,11 @@ def test_input_gradient_matches_plain_autodiff_under_xla():
             loss = tf.reduce_sum(tf.sin(scheme.output(state)))
         return tape.gradient(loss, x)
 
-    # under XLA the reconstructing backward pass is one loop over the blocks (what keeps its
+    # backward="loop": under XLA the backward pass is one loop over the blocks (what keeps its
     # memory flat with depth); plain autodiff of the unrolled stage has none
-    assert "while" in custom.experimental_get_compiler_ir(x)(stage="hlo")
-    assert "while" not in plain.experimental_get_compiler_ir(x)(stage="hlo")
+    if backward == "loop":
+        assert "while" in custom.experimental_get_compiler_ir(x)(stage="hlo")
+        assert "while" not in plain.experimental_get_compiler_ir(x)(stage="hlo")
     start = [v.numpy().copy() for v in stage.non_trainable_variables]
     a = custom(x).numpy()
     for v, s in zip(stage.non_trainable_variables, start):
@@ -119,14 +122,14 @@ class _DenseField(keras.layers.Layer):
         return self.dense(y)
 
 
-def test_stage_of_unlike_fields_falls_back_to_plain_autodiff():
+def test_loop_over_unlike_fields_falls_back_to_plain_autodiff():
     # the loop substitutes each block's weights into the first block's fields, so it
     # needs fields of one structure; otherwise run_stage is plain backprop
     ctx = BlockContext(block=0, stage_length=2, global_block=0, total_blocks=2)
     narrow = SchemeBlock("reversible", fields=[ConvField(2, name="f0"), ConvField(2, name="g0")],
-                         context=ctx, name="b0")
+                         context=ctx, name="b0", backward="loop")
     other = SchemeBlock("reversible", fields=[ConvField(2, name="f1"), _DenseField(2, name="g1")],
-                        context=ctx.replace(block=1, global_block=1), name="b1")
+                        context=ctx.replace(block=1, global_block=1), name="b1", backward="loop")
     stage = SchemeStage([narrow, other])
     stage.build((2, 4, 4, 4))
     assert not reversible._uniform_fields([narrow, other])
