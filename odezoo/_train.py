@@ -286,8 +286,11 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
     ckpt = os.path.join(out, f"{key}.ckpt.keras")
     state_path = os.path.join(out, f"{key}.ckpt.json")
     if strategy != "default" and "synchronized_bn" in _builder.defaults_of(spec) and "synchronized_bn" not in config:
-        config["synchronized_bn"] = True  # BatchNorm statistics over the global batch, not per replica
-    build_config = full_config(spec, name, dataset, config)
+        # BatchNorm statistics over the global batch, not per replica (recorded in the build config;
+        # the command's --strategy implies it)
+        build_config = full_config(spec, name, dataset, {**config, "synchronized_bn": True})
+    else:
+        build_config = full_config(spec, name, dataset, config)
 
     dist = _distribute.make_strategy(strategy)  # before any other TensorFlow work (multi-worker needs that)
     chief = _distribute.is_chief(dist)
