@@ -9,6 +9,10 @@ import keras  # noqa: E402
 import odezoo  # noqa: E402
 from odezoo import BlockContext  # noqa: E402
 from odezoo.layers import ConvField, ConvFieldFactory, SchemeBlock, SchemeStage  # noqa: E402
+
+# Load the plugins through the registry first: importing the plugin module directly, before
+# discovery, would register its scheme outside any plugin (owner "runtime" in `odezoo schemes`).
+odezoo.list_schemes()
 from odezoo.plugins import reversible  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF-backend gradient")
