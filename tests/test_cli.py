@@ -129,3 +129,15 @@ def test_demo_end_to_end(tmp_path):
         assert list(tmp_path.glob("ffjord_*_density.png"))
     seconds = float(out.rsplit("Done in ", 1)[1].split()[0])
     assert seconds < 180
+
+
+def test_train_scale_flags_reject_bad_values_in_one_line(capsys, tmp_path):
+    for flag, bad, choice in (("--strategy", "horovod", "multiworker"), ("--precision", "float16", "mixed_bfloat16"),
+                              ("--optimizer", "rmsprop", "sgd")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", "resnet", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x"),
+                      flag, bad])
+        out, err = capsys.readouterr()
+        assert info.value.code == 2 and out == ""
+        assert err.count("\n") == 1 and bad in err and choice in err
+    assert not (tmp_path / "x").exists()
