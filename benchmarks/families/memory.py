@@ -30,17 +30,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def child(model_name, depth, batch, jit, patch=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import importlib
-
+def compiled_model_and_batch(model_name, depth, batch, jit):
+    """The model (``"plain"``: plain Keras ResNet) compiled with SGD + momentum, and a synthetic CIFAR batch."""
     import numpy as np
     import keras
-
-    if patch:  # an investigation probe in this folder that replaces a core function
-        import odezoo  # noqa: F401  (loads the plugins the probe patches)
-        sys.path.insert(0, HERE)
-        importlib.import_module(patch).apply()
 
     if model_name == "plain":
         sys.path.insert(0, HERE)
@@ -54,6 +47,19 @@ def child(model_name, depth, batch, jit, patch=None):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, (batch,)).astype("int32")
+    return model, x, y
+
+
+def child(model_name, depth, batch, jit, patch=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import importlib
+
+    if patch:  # an investigation probe in this folder that replaces a core function
+        import odezoo  # noqa: F401  (loads the plugins the probe patches)
+        sys.path.insert(0, HERE)
+        importlib.import_module(patch).apply()
+
+    model, x, y = compiled_model_and_batch(model_name, depth, batch, jit)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     loss = float(model.train_on_batch(x, y))

@@ -24,17 +24,10 @@ import tempfile
 def run(model_name, depth, batch, dump_dir):
     os.environ["XLA_FLAGS"] = f"--xla_dump_to={dump_dir} --xla_dump_hlo_as_text"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-    import keras
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from memory import compiled_model_and_batch
 
-    import odezoo
-
-    model = odezoo.build(model_name, depth=depth, input_shape=(32, 32, 3))
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", jit_compile=True)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, (batch,)).astype("int32")
+    model, x, y = compiled_model_and_batch(model_name, depth, batch, jit=True)
     model.train_on_batch(x, y)
 
 

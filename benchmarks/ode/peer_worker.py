@@ -55,6 +55,26 @@ def time_fn(fn, sync, repeats):
 
 
 # --------------------------------------------------------------------------- odezoo (TF)
+def compiled_calls(block, h0):
+    """XLA-compiled forward and forward + gradient (of sum(h(1)²) w.r.t. the field's PARAMS) of a built block."""
+    import tensorflow as tf
+
+    variables = [getattr(block.field, k) for k in PARAMS]
+
+    @tf.function(jit_compile=True)
+    def fwd():
+        return block(h0)
+
+    @tf.function(jit_compile=True)
+    def fwd_grad():
+        with tf.GradientTape() as tape:
+            h = block(h0)
+            loss = tf.reduce_sum(tf.square(h))
+        return h, tape.gradient(loss, variables)
+
+    return fwd, fwd_grad
+
+
 def run_odezoo(args, d):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -89,20 +109,7 @@ def run_odezoo(args, d):
         block(h0)  # build
         for k in PARAMS:  # same weights as the peers
             np.testing.assert_array_equal(getattr(block.field, k).numpy(), d[k])
-        variables = [getattr(block.field, k) for k in PARAMS]
-
-        @tf.function(jit_compile=True)
-        def fwd():
-            return block(h0)
-
-        @tf.function(jit_compile=True)
-        def fwd_grad():
-            with tf.GradientTape() as tape:
-                h = block(h0)
-                loss = tf.reduce_sum(tf.square(h))
-            return h, tape.gradient(loss, variables)
-
-        return block, fwd, fwd_grad
+        return (block, *compiled_calls(block, h0))
 
     def sync(out):
         return tf.nest.map_structure(lambda x: x.numpy(), out)
@@ -330,20 +337,7 @@ def serve_callables(args, d):
         def make_odezoo(mode, tol):
             block = odezoo.ODEBlock(PeerField(), solver=mode, rtol=tol, atol=tol)
             block(h0)
-            variables = [getattr(block.field, k) for k in PARAMS]
-
-            @tf.function(jit_compile=True)
-            def fwd():
-                return block(h0)
-
-            @tf.function(jit_compile=True)
-            def fwd_grad():
-                with tf.GradientTape() as tape:
-                    h = block(h0)
-                    loss = tf.reduce_sum(tf.square(h))
-                return h, tape.gradient(loss, variables)
-
-            return fwd, fwd_grad
+            return compiled_calls(block, h0)
 
         for mode in args.modes.split(","):
             for tol in tols:
