@@ -163,14 +163,11 @@ def _tf_unrolled_backward(blocks, training, out, upstream, variables):
 
     (z1, z2), (d1, d2) = out, upstream
     var_grads = {}
+    # True for every value, NaN included (NaN > inf is false), but the compiler cannot know it.
+    keep = tf.logical_not(tf.reshape(z1, [-1])[0] > float("inf"))
     with _frozen_batchnorm_statistics(blocks):
         for b in reversed(blocks):
-            # Reconstruct EACH block only once the gradient above it exists, or the
-            # executor rebuilds the whole stage ahead of the backward chain and holds
-            # every block's activations. A data dependency, because XLA drops control
-            # dependencies between pure ops.
-            zero = 0.0 * (tf.reshape(d1, [-1])[0] + tf.reshape(d2, [-1])[0])
-            z1, z2 = z1 + zero, z2 + zero
+            z1, z2, d1, d2 = _barrier(keep, (z1, z2, d1, d2))
             F, G = b.fields_for_training(training)
             h, t = b.h, b.t
             w_g = [v.value for v in b.fields[1].trainable_variables]
@@ -190,6 +187,27 @@ def _tf_unrolled_backward(blocks, training, out, upstream, variables):
             d2 = d2 + gx2
             z1, z2 = z1 - f, x2
     return (d1, d2), [var_grads[v.ref()] if v.ref() in var_grads else tf.zeros_like(v) for v in variables]
+
+
+def _barrier(keep, tensors):
+    """Pass ``tensors`` through a conditional the compiler cannot remove; returns them unchanged.
+
+    Between two blocks of the backward pass this does two jobs. (1) Order: the
+    block below is rebuilt from the conditional's outputs, so only once the
+    gradient of the block above exists (otherwise the executor rebuilds the
+    whole stage ahead of the backward chain and holds every block's
+    activations). (2) Under XLA, materialise the running gradient sums: XLA's
+    CPU fusion duplicates cheap elementwise adds into all their consumers, so
+    without a boundary each block's fusions recompute d1, d2 from the terms of
+    every block above and keep those alive (O(depth) memory; measured,
+    benchmarks/README.md). Fusion cannot cross a conditional, and XLA keeps a
+    conditional whose predicate it cannot evaluate. ``keep`` is always true; the
+    other branch is never taken (it only has to differ from the first, so the
+    two cannot be merged).
+    """
+    import tensorflow as tf
+
+    return tf.cond(keep, lambda: tuple(tf.identity(t) for t in tensors), lambda: tuple(-t for t in tensors))
 
 
 def _accumulate(table, variables, grads):
