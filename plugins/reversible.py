@@ -168,6 +168,10 @@ def _tf_unrolled_backward(blocks, training, out, upstream, variables):
     with _frozen_batchnorm_statistics(blocks):
         for b in reversed(blocks):
             z1, z2, d1, d2 = _barrier(keep, (z1, z2, d1, d2))
+            # Without XLA the conditional is lowered to per-tensor switches, which order
+            # nothing; a data dependency on the (now materialised) gradient does.
+            zero = 0.0 * (tf.reshape(d1, [-1])[0] + tf.reshape(d2, [-1])[0])
+            z1, z2 = z1 + zero, z2 + zero
             F, G = b.fields_for_training(training)
             h, t = b.h, b.t
             w_g = [v.value for v in b.fields[1].trainable_variables]
@@ -192,11 +196,11 @@ def _tf_unrolled_backward(blocks, training, out, upstream, variables):
 def _barrier(keep, tensors):
     """Pass ``tensors`` through a conditional the compiler cannot remove; returns them unchanged.
 
-    Between two blocks of the backward pass this does two jobs. (1) Order: the
-    block below is rebuilt from the conditional's outputs, so only once the
-    gradient of the block above exists (otherwise the executor rebuilds the
-    whole stage ahead of the backward chain and holds every block's
-    activations). (2) Under XLA, materialise the running gradient sums: XLA's
+    Between two blocks of the backward pass, under XLA, this does two jobs.
+    (1) Order: the block below is rebuilt from the conditional's outputs, so
+    only once the gradient of the block above exists (otherwise the whole stage
+    is rebuilt ahead of the backward chain, holding every block's activations).
+    (2) Materialise the running gradient sums: XLA's
     CPU fusion duplicates cheap elementwise adds into all their consumers, so
     without a boundary each block's fusions recompute d1, d2 from the terms of
     every block above and keep those alive (O(depth) memory; measured,

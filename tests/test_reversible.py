@@ -101,11 +101,15 @@ def test_input_gradient_matches_plain_autodiff_under_xla(backward):
             loss = tf.reduce_sum(tf.sin(scheme.output(state)))
         return tape.gradient(loss, x)
 
-    # backward="loop": under XLA the backward pass is one loop over the blocks (what keeps its
-    # memory flat with depth); plain autodiff of the unrolled stage has none
+    # What keeps memory flat with depth under XLA. backward="loop": the backward pass is one
+    # loop over the blocks; plain autodiff of the unrolled stage has none. backward="unrolled":
+    # one conditional per block survives XLA's optimisation (a fusion boundary between blocks)
     if backward == "loop":
         assert "while" in custom.experimental_get_compiler_ir(x)(stage="hlo")
         assert "while" not in plain.experimental_get_compiler_ir(x)(stage="hlo")
+    else:
+        assert custom.experimental_get_compiler_ir(x)(stage="optimized_hlo").count(" conditional(") == len(blocks)
+        assert " conditional(" not in plain.experimental_get_compiler_ir(x)(stage="optimized_hlo")
     start = [v.numpy().copy() for v in stage.non_trainable_variables]
     a = custom(x).numpy()
     for v, s in zip(stage.non_trainable_variables, start):
