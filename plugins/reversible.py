@@ -55,13 +55,15 @@ class Reversible(odezoo.Scheme):
     ``backward`` (measured, benchmarks/README.md; activation memory per sample,
     depth 110 against depth 20; ResNet: 5×):
 
-    - ``"unrolled"`` (default): one reconstruction per block, each ordered after
-      the gradient of the block above. Without XLA 0.82×; under XLA 2.38×,
-      because XLA fuses the running gradient sums across blocks.
+    - ``"unrolled"`` (default): one reconstruction per block, each behind a
+      conditional the compiler cannot remove (:func:`_barrier`), which orders it
+      after the gradient of the block above and, under XLA, stops fusion from
+      carrying the running gradient sums across blocks. 1.24× under XLA, 0.71×
+      without it.
     - ``"loop"``: one ``tf.while_loop`` over the blocks (their fields must share
-      one structure; otherwise plain backprop). Flat under XLA (0.64×) and
-      without it (1.08×), but under XLA on CPU its training step was 8–17×
-      slower (measured at depth 20), so it is opt-in.
+      one structure; otherwise plain backprop). Also flat (0.64× / 1.08×), but
+      under XLA on CPU its training step was 8–17× slower (measured at depth 20);
+      kept as an option, no longer needed for memory.
     """
 
     order, num_fields, state_size = 1, 2, 2
