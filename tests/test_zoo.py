@@ -26,8 +26,9 @@ def test_shipped_manifest_is_valid_and_complete():
     assert on_disk == files  # no stray or missing weight files
 
 
-# The 64-dimensional digits flow's exact trace takes ~40 s of CPU: slow, to keep the default suite short.
-SLOW = {"ffjord.digits"}
+# Slow, to keep the default suite short: the 64-dimensional digits flow's exact trace (~40 s of CPU)
+# and ODE-Net's adaptive solves over Fashion-MNIST's 10,000 test images.
+SLOW = {"ffjord.digits", "odenet.fashion_mnist"}
 
 
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k for k in sorted(SHIPPED)])
