@@ -183,7 +183,8 @@ def test_tfp_dopri5_block_nfe_and_gradient_match_dopri5():
         else:  # tfp's adjoint makes a few calls (time derivatives) after the guard's count is read
             assert backward - 8 <= int(block.nfe_backward.numpy()) <= backward
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
-    np.testing.assert_allclose(grads[1], grads[0], atol=1e-5)
+    # odezoo's backward solve runs at 10x the forward tolerances (rtol 1e-6 here), tfp's at 1x
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
