@@ -20,13 +20,18 @@ from odezoo import _dopri5  # noqa: E402
 PARAMS = ("w1", "b1", "w2", "b2")
 
 
-def main():
+def load_problem():
+    """Parse ``--outdir`` (peers.py's) and load the peer problem: (weights, reference, variables by name)."""
     p = argparse.ArgumentParser()
     p.add_argument("--outdir", required=True, help="peers.py's --outdir (weights.npz, ref_f64_1e-10.npz)")
     args = p.parse_args()
     d = dict(np.load(os.path.join(args.outdir, "weights.npz")))
     ref = dict(np.load(os.path.join(args.outdir, "ref_f64_1e-10.npz")))
-    w = {k: tf.Variable(d[k]) for k in PARAMS}
+    return d, ref, {k: tf.Variable(d[k]) for k in PARAMS}
+
+
+def main():
+    d, ref, w = load_problem()
     variables = [w[k] for k in PARAMS]
 
     def aug(t, s):

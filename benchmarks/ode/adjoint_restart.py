@@ -9,9 +9,9 @@ gradient, the max of that over W1, b1, W2, b2). Writes adjoint_restart.json besi
 
     python benchmarks/ode/adjoint_restart.py --outdir /tmp/odezoo_peers3   # peers.py's --outdir
 """
-import argparse
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
@@ -19,7 +19,8 @@ import tensorflow as tf  # noqa: E402
 
 from odezoo import _dopri5  # noqa: E402
 
-PARAMS = ("w1", "b1", "w2", "b2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from adjoint_error import PARAMS, load_problem  # noqa: E402
 
 
 def rel(x, ref):
@@ -27,12 +28,7 @@ def rel(x, ref):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--outdir", required=True, help="peers.py's --outdir (weights.npz, ref_f64_1e-10.npz)")
-    args = p.parse_args()
-    d = dict(np.load(os.path.join(args.outdir, "weights.npz")))
-    ref = dict(np.load(os.path.join(args.outdir, "ref_f64_1e-10.npz")))
-    w = {k: tf.Variable(d[k]) for k in PARAMS}
+    d, ref, w = load_problem()
     h0 = tf.constant(d["h0"])
 
     def field(t, y, c):
