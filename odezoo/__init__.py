@@ -9,9 +9,13 @@ is used; ``ODEBlock`` there raises an error naming the backend it needs.
 
 from odezoo._builder import build, describe
 from odezoo._errors import (
+    CheckpointError,
+    DataError,
+    ManifestError,
     OdezooError,
     PluginError,
     SolverError,
+    TrainingError,
     UnknownNameError,
     WeightsIntegrityError,
 )
@@ -47,6 +51,7 @@ __all__ = [
     "register_model", "plugin_report", "Scheme", "ExplicitRungeKutta", "BlockContext",
     "SchemeBlock", "ODEBlock", "odeint",
     "OdezooError", "UnknownNameError", "SolverError", "WeightsIntegrityError", "PluginError",
+    "ManifestError", "DataError", "TrainingError", "CheckpointError",
     "__version__",
 ]
 

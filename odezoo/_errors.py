@@ -38,6 +38,22 @@ class PluginError(OdezooError):
     """A plugin that cannot be registered (name clash, unsupported API version)."""
 
 
+class ManifestError(OdezooError):
+    """A malformed weights manifest or entry (the message names the file, the entry and the field)."""
+
+
+class DataError(OdezooError):
+    """A dataset file that is missing, truncated, corrupt or inconsistent (the message names the file)."""
+
+
+class TrainingError(OdezooError):
+    """A training run that cannot start or that diverged (bad learning rate, labels, data; a non-finite loss)."""
+
+
+class CheckpointError(OdezooError):
+    """A training checkpoint that does not belong to the run being resumed, or cannot be read."""
+
+
 def check_keys(what: str, given: Iterable[str], valid: Iterable[str]) -> None:
     """Raise ``TypeError`` naming the unknown keys and the valid ones."""
     valid = sorted(valid)

@@ -17,7 +17,7 @@ import os
 import tempfile
 from importlib import resources
 
-from odezoo._errors import OdezooError, UnknownNameError, WeightsIntegrityError
+from odezoo._errors import ManifestError, OdezooError, UnknownNameError, WeightsIntegrityError
 
 WEIGHTS_DIR_ENV = "ODEZOO_WEIGHTS_DIR"
 MANIFEST = "manifest.json"
@@ -50,10 +50,6 @@ ENTRY_FIELDS = {
     "notes": (str, False),
 }
 METRIC_NAMES = ("accuracy", "nll", "bits_per_dim", "kl")
-
-
-class ManifestError(OdezooError):
-    """A malformed manifest entry (the message names the entry and the field)."""
 
 
 def shipped_dir() -> str:
