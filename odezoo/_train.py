@@ -1,28 +1,32 @@
-"""``odezoo train`` / ``odezoo eval``: train a registered model, checkpoint, resume, write the manifest.
+"""``odezoo train`` / ``odezoo eval``: train a registered model, checkpoint, resume, commit to a zoo folder.
 
-A run writes into its ``out`` folder only: a checkpoint after every finished
-epoch (the whole model with its optimizer, as ``.keras``, written to a temp
-file and renamed, with a small JSON of the epoch count), and at the end the
-weights (``<model>.<tag>.weights.h5``) and their manifest entry, with the
-metrics measured on the test split, in ``out/manifest.json`` (atomically: a
-failure leaves any old manifest intact). ``resume=True`` continues from the
-last finished epoch. The shipped zoo changes only by commit.
+A run writes into its ``out`` folder only: after every finished epoch one
+checkpoint (:mod:`odezoo._checkpoint`, committed by one rename), and at the
+end the weights and their manifest entry, with the metrics measured on the
+test split, as one commit (:func:`odezoo._weights.commit`). Whatever can be
+checked is checked before training starts; a run that diverges writes no
+entry. ``resume=True`` continues the same run from its newest checkpoint.
+The shipped zoo changes only by commit. docs/reliability.md lists the guarantees.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import math
 import os
 import shlex
+import shutil
+import sys
 import tempfile
 
 import numpy as np
 
 from odezoo import _builder, _distribute, _registry, _weights, data
-from odezoo._errors import UnknownNameError, bad_value
+from odezoo import _checkpoint as checkpoint_lib
+from odezoo._errors import CheckpointError, OdezooError, TrainingError, UnknownNameError, bad_value
 
 FLOW_DATASETS = data.TOY_DENSITIES + ("digits",)
 DIGITS_LEVELS = 17  # digits pixel values 0..16
@@ -121,38 +125,6 @@ def evaluate(model, kind, dataset, plain_calls=False) -> dict:
     return metrics
 
 
-def _checkpoint_callback(path, state_path, crash_after=None, write=True):
-    """A Keras callback: after each finished epoch, save the model (with optimizer) atomically.
-
-    ``write=False`` (a non-chief worker): the save runs (saving may take part
-    in collective ops the chief waits on) into a temporary folder that is
-    then removed, so only the chief's files remain. ``crash_after`` (tests
-    only) raises KeyboardInterrupt after that many batches.
-    """
-    import keras
-
-    class Checkpoint(keras.callbacks.Callback):
-        batches = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.batches += 1
-            if crash_after is not None and self.batches >= crash_after:
-                raise KeyboardInterrupt(f"simulated crash after {self.batches} batches")
-
-        def on_epoch_end(self, epoch, logs=None):
-            if not write:
-                with tempfile.TemporaryDirectory() as scratch:
-                    self.model.save(os.path.join(scratch, os.path.basename(path)))
-                return
-            tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-            self.model.save(tmp)
-            os.replace(tmp, path)
-            state = {"epochs_done": epoch + 1, "logs": {k: float(v) for k, v in (logs or {}).items()}}
-            _weights.write_atomic(state_path, json.dumps(state).encode())
-
-    return Checkpoint()
-
-
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -172,37 +144,6 @@ def _learning_rate(lr, schedule, epochs, steps_per_epoch):
     import keras
 
     return keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps_per_epoch)
-
-
-def _train_size(kind, dataset):
-    if kind == "classifier" or dataset == "digits":
-        return len(data.load(dataset, "train")[0])
-    return data.TOY_SPLIT_SIZE["train"]
-
-
-def _fit(model, spec, dataset, epochs, initial_epoch, batch_size, seed, callbacks, verbose):
-    if initial_epoch >= epochs:
-        return
-    if spec.kind == "classifier":
-        x, y = data.load(dataset, "train")
-        model.fit(x, y, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size, shuffle=True,
-                  callbacks=callbacks, verbose=verbose)
-    else:
-        import tensorflow as tf
-
-        if dataset == "digits":
-            x_int = _digits_density("train")
-
-            def gen_epoch(e):
-                return _dequantized(x_int, seed * 1000 + e)
-
-            for epoch in range(initial_epoch, epochs):
-                model.fit(gen_epoch(epoch), epochs=epoch + 1, initial_epoch=epoch, batch_size=batch_size,
-                          shuffle=True, callbacks=callbacks, verbose=verbose)
-        else:
-            x = flow_data(dataset, "train")
-            model.fit(tf.constant(x), epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
-                      shuffle=True, callbacks=callbacks, verbose=verbose)
 
 
 @contextlib.contextmanager
@@ -241,10 +182,228 @@ def _multiworker_keras_workaround(model, dist):
         object.__delattr__(model, "train_step")
 
 
+def _run_fingerprint(spec, dataset, build_config, *, epochs, batch_size, lr, seed, lr_schedule, optimizer,
+                     strategy, precision) -> dict:
+    """What makes two runs the same run: a checkpoint resumes only into an equal fingerprint."""
+    return {"model": spec.name, "dataset": dataset, "config": build_config, "epochs": epochs,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "lr_schedule": lr_schedule, "optimizer": optimizer,
+            "strategy": strategy, "precision": precision}
+
+
+def _check_arguments(spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy, precision):
+    valid = data.IMAGE_DATASETS if spec.kind == "classifier" else FLOW_DATASETS
+    if dataset not in valid:
+        raise UnknownNameError(f"dataset for {spec.kind} {spec.name!r}", dataset, valid)
+    for arg, value, ok, allowed in (
+            ("epochs", epochs, _is_int(epochs) and epochs >= 1, "a positive int"),
+            ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "a positive int"),
+            ("lr", lr, isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
+             "a finite positive number"),
+            ("seed", seed, _is_int(seed) and 0 <= seed < 2**31, "an int in [0, 2**31)")):
+        if not ok:
+            raise bad_value(arg, value, allowed)
+    for arg, value, choices in (("lr_schedule", lr_schedule, LR_SCHEDULES), ("optimizer", optimizer, OPTIMIZERS),
+                                ("strategy", strategy, _distribute.STRATEGIES),
+                                ("precision", precision, _distribute.PRECISIONS)):
+        if value not in choices:
+            raise bad_value(arg, value, ", ".join(choices))
+    if spec.kind != "classifier" and precision != "float32":
+        raise bad_value("precision", precision, f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _training_data(spec, dataset, build_config):
+    """``(train tensors, n)``; the test split is read too, so that a bad file fails before training."""
+    if spec.kind != "classifier":
+        x = _digits_density("train") if dataset == "digits" else flow_data(dataset, "train")
+        flow_data(dataset, "test")
+        return (x,), len(x)
+    num_classes, shape = build_config.get("num_classes"), tuple(build_config.get("input_shape") or ())
+    for split in ("test", "train"):
+        x, y = data.load(dataset, split)
+        if x.shape[1:] != shape:
+            raise TrainingError(f"{dataset} {split} images have shape {x.shape[1:]}, but the model is built for "
+                                f"input_shape={list(shape)}; drop --config input_shape or match the data.")
+        if len(y) and (y.min() < 0 or (_is_int(num_classes) and y.max() >= num_classes)):
+            raise TrainingError(f"{dataset} {split} labels lie in [{y.min()}, {y.max()}], outside "
+                                f"[0, {num_classes}) for num_classes={num_classes}; set --config num_classes to "
+                                f"the dataset's class count ({data.INFO[dataset]['classes']}).")
+    return (x, y), len(x)
+
+
+def _epoch_batches(spec, dataset, tensors, n, *, initial_epoch, epochs, batch_size, seed):
+    """The remaining epochs' batches as one ``tf.data`` pipeline, each epoch shuffled by ``(seed, epoch)``.
+
+    The order (and a digits flow's dequantisation noise) is a pure function of
+    the seed and the epoch number, so a resumed run sees exactly the batches
+    the uninterrupted run would have seen.
+    """
+    import tensorflow as tf
+
+    consts = [tf.constant(t) for t in tensors]
+    seed64 = tf.constant(seed, tf.int64)
+
+    def one_epoch(epoch):
+        perm = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([seed64, epoch])))
+        batches = tf.data.Dataset.from_tensor_slices(perm).batch(batch_size)
+        if spec.kind == "classifier":
+            x, y = consts
+            return batches.map(lambda i: (tf.cast(tf.gather(x, i), tf.float32), tf.gather(y, i)))
+        (x,) = consts
+        if dataset != "digits":
+            return batches.map(lambda i: tf.gather(x, i))
+        noise = tf.random.stateless_uniform(x.shape, seed=tf.stack([seed64, epoch + (1 << 20)]))
+        return batches.map(lambda i: (tf.gather(x, i) + tf.gather(noise, i)) / DIGITS_LEVELS)
+
+    return tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def _guard_callback(ckpts, run, *, chief, steps_per_epoch):
+    """After each batch: stop on a non-finite loss. After each epoch: check the weights, commit a checkpoint."""
+    import keras
+
+    class Guard(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise TrainingError(f"training diverged at epoch {self.epoch + 1}, step {batch + 1} "
+                                    f"(loss {float(loss)}); {_kept(ckpts)}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            _check_finite_weights(self.model, f"after epoch {epoch + 1}; {_kept(ckpts)}")
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            if not chief:  # saving may take part in collectives the chief waits on: save, keep nothing
+                with tempfile.TemporaryDirectory() as scratch:
+                    self.model.save(os.path.join(scratch, "model.keras"))
+                return
+            with _writing(ckpts.folder):
+                ckpts.save(self.model, epochs_done=epoch + 1, optimizer_steps=int(self.model.optimizer.iterations),
+                           run=run, logs=logs)
+
+    return Guard()
+
+
+def _kept(ckpts) -> str:
+    epochs = ckpts._epochs()
+    return (f"the last good checkpoint (epoch {epochs[0]}) is kept in {ckpts.path(epochs[0])}" if epochs
+            else "no checkpoint was written")
+
+
+def _check_finite_weights(model, when: str) -> None:
+    import numpy as np
+
+    bad = [w.path for w in model.weights if not np.all(np.isfinite(np.asarray(w.numpy(), dtype=np.float64)))]
+    if bad:
+        raise TrainingError(f"training diverged: non-finite values in {', '.join(bad[:3])}"
+                            f"{' and more' if len(bad) > 3 else ''} {when}; no weights were written.")
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Turn an OSError while writing ``path`` (disk full, read-only) into one clear OdezooError."""
+    try:
+        yield
+    except OSError as exc:
+        raise OdezooError(f"Cannot write {path}: {exc.strerror or exc}. Nothing half-written was left; "
+                          "the previous checkpoint and zoo entries are intact.") from exc
+
+
+def _check_space(out, model) -> None:
+    """Refuse to start when ``out`` lacks room for the checkpoints and the weights (a rough upper bound)."""
+    params = sum(int(np.prod(w.shape)) for w in model.weights)
+    need = params * 4 * (1 + 3 * (checkpoint_lib.KEEP + 1)) + (8 << 20)  # weights; model + 2 slots per ckpt
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise OdezooError(f"--out {out} has {free / 2**20:.1f} MiB free; this run needs about "
+                          f"{need / 2**20:.1f} MiB for its checkpoints and weights.")
+
+
+@contextlib.contextmanager
+def _run_lock(out, key, verbose):
+    """Serialise runs of one ``model.tag`` into one folder (the second waits; a killed run frees it)."""
+    path = os.path.join(out, f".{key}.train.lock")
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"odezoo: another run is training {key} into {out}; waiting for it to finish.", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _prepare_model(spec, name, build_config, ckpts, run, *, resume, chief, jit, optimizer, lr, lr_schedule, epochs,
+                   steps_per_epoch, verbose):
+    """A fresh compiled model, or the resumed one with its finished-epoch count."""
+    import keras
+
+    found = ckpts.latest(run) if resume else None
+    if found is not None:
+        folder, state = found
+        try:
+            model = keras.models.load_model(os.path.join(folder, checkpoint_lib.MODEL_FILE))
+        except Exception as exc:  # a damaged or foreign file: untrusted input
+            raise CheckpointError(f"Checkpoint {folder}: cannot load its model ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:300]}).") from exc
+        steps = int(model.optimizer.iterations)
+        if steps != state["optimizer_steps"] or steps != state["epochs_done"] * steps_per_epoch:
+            raise CheckpointError(f"Checkpoint {folder}: its optimizer made {steps} steps, but "
+                                  f"{state['epochs_done']} epochs of {steps_per_epoch} steps were recorded.")
+        if verbose:
+            print(f"Resuming {ckpts.key} from {folder} after epoch {state['epochs_done']}.")
+        return model, state["epochs_done"]
+    if chief and not resume and ckpts.exists():
+        raise CheckpointError(f"{ckpts.folder} holds a checkpoint of an unfinished run of {ckpts.key}; pass "
+                              f"--resume to continue it, or remove that folder to start over.")
+    if resume and verbose:
+        print(f"No checkpoint for {ckpts.key} in {os.path.dirname(ckpts.folder)}; starting from scratch.")
+    model = _builder.build(name, **build_config)
+    opt = _optimizer(optimizer, _learning_rate(lr, lr_schedule, epochs, steps_per_epoch))
+    if spec.kind == "classifier":
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
+    else:
+        model.compile(optimizer=opt, jit_compile=jit)
+    return model, 0
+
+
+def _check_model_input(spec, model, dataset, tensors) -> None:
+    expected = tuple(model.input_shape[1:]) if spec.kind == "classifier" else None
+    if expected is not None and None not in expected and tuple(tensors[0].shape[1:]) != expected:
+        raise TrainingError(f"{dataset} images have shape {tuple(tensors[0].shape[1:])}, but {spec.name} takes "
+                            f"{expected}.")
+
+
+def _commit_weights(out, model, entry, chief) -> dict:
+    """Write the weights and commit them with their manifest entry (the chief); others write nothing."""
+    weights_file = f"{entry['model']}.{entry['tag']}.weights.h5"
+    if not chief:  # take part in whatever the chief's save does, keep nothing
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save_weights(os.path.join(scratch, weights_file))
+        return dict(entry, file=weights_file, sha256="")
+    tmp = _weights.temp_path(out, weights_file)
+    try:
+        with _writing(out):
+            model.save_weights(tmp)
+            return _weights.commit(out, entry, tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config=None, tag=None,
           default=False, resume=False, lr_schedule="constant", optimizer="adam", strategy="default", precision="float32",
-          verbose=1, return_model=False, _crash_after_batches=None):
-    """Train ``name`` on ``dataset`` and write weights + manifest entry into ``out``.
+          verbose=1, return_model=False):
+    """Train ``name`` on ``dataset`` and commit weights + manifest entry into ``out``.
 
     ``lr_schedule``: "constant" (``lr`` throughout) or "cosine" (decayed to 0 over the run).
     ``optimizer``: "adam" or "sgd" (momentum 0.9).
@@ -252,7 +411,13 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
     (:mod:`odezoo._distribute`); ``batch_size`` is the global batch, and only
     the chief writes files. ``precision``: "float32", "mixed_float16" or
     "mixed_bfloat16" for classifiers (ODE solves stay in float32); flows train
-    in float32.
+    in float32. ``resume``: continue from the newest checkpoint of this same
+    run (refused, naming the differing keys, for another run's).
+
+    Everything that can be checked is checked before training (arguments,
+    labels, shapes, a writable ``out`` with room); a non-finite loss or weight
+    stops the run with :class:`odezoo.TrainingError`, keeping the last good
+    checkpoint and writing no entry (docs/reliability.md).
 
     Returns the manifest entry (with the measured test metrics); with
     ``return_model`` the pair ``(entry, model)``.
@@ -261,97 +426,68 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
 
     spec, _ = _registry.resolve_model(name)
     config = dict(config or {})
-    valid = data.IMAGE_DATASETS if spec.kind == "classifier" else FLOW_DATASETS
-    if dataset not in valid:
-        raise UnknownNameError(f"dataset for {spec.kind} {spec.name!r}", dataset, valid)
-    for arg, value, ok in (("epochs", epochs, isinstance(epochs, int) and epochs >= 1),
-                           ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1),
-                           ("lr", lr, isinstance(lr, (int, float)) and lr > 0),
-                           ("seed", seed, isinstance(seed, int))):
-        if not ok:
-            raise bad_value(arg, value, "a positive number" if arg != "seed" else "an int")
-    if lr_schedule not in LR_SCHEDULES:
-        raise bad_value("lr_schedule", lr_schedule, ", ".join(LR_SCHEDULES))
-    if optimizer not in OPTIMIZERS:
-        raise bad_value("optimizer", optimizer, ", ".join(OPTIMIZERS))
-    if strategy not in _distribute.STRATEGIES:
-        raise bad_value("strategy", strategy, ", ".join(_distribute.STRATEGIES))
-    if precision not in _distribute.PRECISIONS:
-        raise bad_value("precision", precision, ", ".join(_distribute.PRECISIONS))
-    if spec.kind != "classifier" and precision != "float32":
-        raise bad_value("precision", precision, f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)")
+    _check_arguments(spec, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule,
+                     optimizer=optimizer, strategy=strategy, precision=precision)
     tag = tag or dataset
     _registry._check_name("weight tag", tag)
     key = f"{spec.name}.{tag}"
-    ckpt = os.path.join(out, f"{key}.ckpt.keras")
-    state_path = os.path.join(out, f"{key}.ckpt.json")
     if strategy != "default" and "synchronized_bn" in _builder.defaults_of(spec) and "synchronized_bn" not in config:
         # BatchNorm statistics over the global batch, not per replica (recorded in the build config;
         # the command's --strategy implies it)
         build_config = full_config(spec, name, dataset, {**config, "synchronized_bn": True})
     else:
         build_config = full_config(spec, name, dataset, config)
+    tensors, n = _training_data(spec, dataset, build_config)
+    steps_per_epoch = -(-n // batch_size)
+    args = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule, optimizer=optimizer,
+                strategy=strategy, precision=precision)
+    run = _run_fingerprint(spec, dataset, build_config, **args)
 
     dist = _distribute.make_strategy(strategy)  # before any other TensorFlow work (multi-worker needs that)
     chief = _distribute.is_chief(dist)
     if chief:
-        os.makedirs(out, exist_ok=True)
+        with _writing(out):
+            os.makedirs(out, exist_ok=True)
+        _weights.check_writable(out)
     jit = _distribute.can_jit(dist)
     if not jit and verbose:
         print(f"strategy {strategy!r} on CPU devices: the train step runs without XLA "
               "(XLA refuses replicas' variables on other CPU devices).")
-    keras.utils.set_random_seed(seed)
-    initial_epoch = 0
-    with _distribute.precision_policy(precision), dist.scope():
-        if resume and os.path.exists(ckpt) and os.path.exists(state_path):
-            with open(state_path, encoding="utf-8") as fh:
-                initial_epoch = int(json.load(fh)["epochs_done"])
-            model = keras.models.load_model(ckpt)
-            if verbose:
-                print(f"Resuming {key} from {ckpt} after epoch {initial_epoch}.")
-        else:
-            if resume and verbose:
-                print(f"No checkpoint for {key} in {out}; starting from scratch.")
-            model = _builder.build(name, **build_config)
-            steps = -(-_train_size(spec.kind, dataset) // batch_size)
-            opt = _optimizer(optimizer, _learning_rate(lr, lr_schedule, epochs, steps))
-            if spec.kind == "classifier":
-                model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
-                              metrics=["accuracy"], jit_compile=jit)
-            else:
-                model.compile(optimizer=opt, jit_compile=jit)
+    ckpts = checkpoint_lib.Checkpoints(out, key)
+    with _run_lock(out, key, verbose) if chief else contextlib.nullcontext():
+        keras.utils.set_random_seed(seed)
+        with _distribute.precision_policy(precision), dist.scope():
+            model, initial_epoch = _prepare_model(
+                spec, name, build_config, ckpts, run, resume=resume, chief=chief, jit=jit, optimizer=optimizer,
+                lr=lr, lr_schedule=lr_schedule, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose)
+        _check_model_input(spec, model, dataset, tensors)
+        if chief:
+            _check_space(out, model)
+        if initial_epoch < epochs:
+            batches = _epoch_batches(spec, dataset, tensors, n, initial_epoch=initial_epoch, epochs=epochs,
+                                     batch_size=batch_size, seed=seed)
+            guard = _guard_callback(ckpts, run, chief=chief, steps_per_epoch=steps_per_epoch)
+            with dist.scope(), _multiworker_keras_workaround(model, dist):
+                model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                          callbacks=[guard], shuffle=False, verbose=verbose)
 
-    callbacks = [_checkpoint_callback(ckpt, state_path, _crash_after_batches, write=chief)]
-    with dist.scope(), _multiworker_keras_workaround(model, dist):
-        _fit(model, spec, dataset, epochs, initial_epoch, batch_size, seed, callbacks, verbose)
-
-    metrics = evaluate(model, spec.kind, dataset, plain_calls=strategy == "multiworker")
-    weights_file = f"{key}.weights.h5"
-    if chief:
-        tmp = os.path.join(out, f".tmp-{os.getpid()}-{weights_file}")
-        model.save_weights(tmp)
-        os.replace(tmp, os.path.join(out, weights_file))
-    else:  # take part in whatever the chief's save does, write nothing that stays
-        with tempfile.TemporaryDirectory() as scratch:
-            model.save_weights(os.path.join(scratch, weights_file))
-    entry = {
-        "model": spec.name, "tag": tag, "file": weights_file,
-        "sha256": _weights.sha256_of(os.path.join(out, weights_file)) if chief else "",
-        "dataset": dataset, "split": "test", "metrics": metrics, "config": build_config,
-        "versions": _versions(), "device": _device(), "strategy": _distribute.describe(strategy, dist), "seed": seed,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "default": bool(default),
-        "command": _command(name, dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                       config=config, tag=tag, default=default, lr_schedule=lr_schedule,
-                                       optimizer=optimizer, strategy=strategy, precision=precision)),
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "optimizer": optimizer,
-        "precision": precision,
-    }
-    if chief:
-        _weights.add_entry(out, entry)
-        for path in (ckpt, state_path):
-            if os.path.exists(path):
-                os.unlink(path)
+        metrics = evaluate(model, spec.kind, dataset, plain_calls=strategy == "multiworker")
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            raise TrainingError(f"training diverged: the test metrics are not finite ({bad}); {_kept(ckpts)}.")
+        _check_finite_weights(model, f"at the end; {_kept(ckpts)}")
+        entry = {
+            "model": spec.name, "tag": tag, "dataset": dataset, "split": "test", "metrics": metrics,
+            "config": build_config, "versions": _versions(), "device": _device(),
+            "strategy": _distribute.describe(strategy, dist), "seed": seed,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "default": bool(default),
+            "command": _command(name, dict(dataset=dataset, config=config, tag=tag, default=default, **args)),
+            **{k: args[k] for k in ("epochs", "batch_size", "lr", "lr_schedule", "optimizer", "precision")},
+        }
+        entry = _commit_weights(out, model, entry, chief)
+        if chief:
+            ckpts.remove()
     return (entry, model) if return_model else entry
 
 

@@ -23,7 +23,8 @@ import odezoo  # noqa: E402  (after the environment default above)
 from odezoo._distribute import PRECISIONS, STRATEGIES  # noqa: E402
 from odezoo._train import OPTIMIZERS  # noqa: E402
 
-USER_ERRORS = (odezoo.OdezooError, LookupError, ValueError, TypeError)
+# OSError: a file odezoo could not read or write (disk full, read-only, missing), as one line like the others
+USER_ERRORS = (odezoo.OdezooError, LookupError, ValueError, TypeError, OSError)
 
 
 # --------------------------------------------------------------------------- tables
