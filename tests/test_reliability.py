@@ -236,3 +236,36 @@ def test_disk_full_during_the_run_is_one_line_and_leaves_nothing_half_written(pl
     errors = [line for line in err.splitlines() if line.startswith("odezoo: error:")]
     assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0], err[-2000:]
     assert not [f for f in left if f.startswith(".tmp") or f.endswith((".h5", ".json"))], left
+
+
+@pytest.mark.slow
+def test_concurrent_runs_into_one_folder_keep_every_entry(plugin_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    # each run sleeps 3 s inside the manifest's locked section: without the lock one entry would be lost
+    procs = [run(plugin_dir, tmp_path, "slow-commit:3", train_args(out, "--tag", tag, "--epochs", "1"), wait=False)
+             for tag in ("a", "b", "c")]
+    results = [finish(*p) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], [err[-1500:] for _, _, err in results]
+    entries = manifest(out)
+    assert sorted(entries) == ["rel_tiny.a", "rel_tiny.b", "rel_tiny.c"]
+    for key, entry in entries.items():
+        assert os.path.exists(out / entry["file"]), key
+
+
+@pytest.mark.slow
+def test_the_same_tag_twice_is_serialised_and_the_later_commit_says_so(plugin_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    first = run(plugin_dir, tmp_path, "slow-commit:2", train_args(out, "--epochs", "1"), wait=False)
+    second = run(plugin_dir, tmp_path, "none", train_args(out, "--epochs", "1", "--seed", "5"), wait=False)
+    results = [finish(*first), finish(*second)]
+    assert [code for code, _, _ in results] == [0, 0], [err[-1500:] for _, _, err in results]
+    waited = [res for _, res, err in results if "another run is training rel_tiny.digits" in err]
+    assert len(waited) == 1  # the later run waited for the first to finish
+    later_err = next(err for _, res, err in results if res is waited[0])
+    assert "rel_tiny.digits replaces the entry written" in later_err  # and its commit says what it replaced
+    entries = manifest(out)
+    assert entries["rel_tiny.digits"]["sha256"] == waited[0]["entry"]["sha256"]  # the later commit wins
+    weight_files = [f for f in os.listdir(out) if f.endswith(".weights.h5")]
+    assert weight_files == [entries["rel_tiny.digits"]["file"]]  # the replaced file was removed after the commit
