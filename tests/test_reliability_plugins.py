@@ -281,3 +281,14 @@ def test_a_private_plugin_folder_does_not_warn(monkeypatch, tmp_path, recwarn):
     monkeypatch.setenv(_registry.PLUGIN_PATH_ENV, str(tmp_path))
     assert [name for name, _, _ in _registry._path_plugins()] == ["mine"]
     assert not [w for w in recwarn if "writable" in str(w.message)]
+
+
+def test_the_cli_refuses_an_unrecognised_autoload_switch_before_any_plugin_runs():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ODEZOO_")}
+    env["ODEZOO_DISABLE_PLUGIN_AUTOLOAD"] = "please"
+    proc = subprocess.run([sys.executable, "-m", "odezoo", "list"], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("odezoo: error: Invalid value for `ODEZOO_DISABLE_PLUGIN_AUTOLOAD`")
+    assert "'please'" in lines[0]
