@@ -5,7 +5,10 @@ calls :func:`register_scheme` / :func:`register_model` when imported. Plugins
 are found through the ``odezoo.plugins`` entry-point group of installed
 distributions (odezoo's own built-ins included) and as ``.py`` files in the
 folders of ``ODEZOO_PLUGIN_PATH``. Discovery runs once, lazily, on first access
-to a registry, under a lock.
+to a registry, under a lock. Built-ins load first, so they own their names; each
+third-party plugin or distribution that fails (a clash, an import error,
+malformed metadata) fails alone. ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` loads the
+built-ins only.
 """
 
 from __future__ import annotations
