@@ -428,3 +428,18 @@ def test_file_loaders_do_not_import_tensorflow(tmp_path):
     env = {**os.environ, "ODEZOO_DATA_DIR": str(root)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.strip() == "False False", out.stderr[-2000:]
+
+
+def test_cli_train_on_a_hostile_cifar_batch_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    """The command line prints the DataError as one line, exits 2, runs nothing and writes no manifest entry."""
+    from odezoo import cli
+
+    marker = tmp_path / "pwned"
+    batch = {**_cifar_dict(), b"batch_label": _SystemGadget(str(marker))}
+    _cifar_folder(_data_dir(tmp_path, monkeypatch), batch=batch)
+    out = tmp_path / "out"
+    rc = cli.main(["train", "resnet", "--dataset", "cifar10", "--epochs", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not marker.exists()
+    assert err.count("\n") == 0 and err.startswith("odezoo: error: ") and "data_batch_1" in err, err
+    assert not (out / "manifest.json").exists()
