@@ -396,8 +396,10 @@ def _batches_folder(folder):
 
 
 def _cifar10(split):
-    folder = next((os.path.join(d, "cifar-10-batches-py") for d in _cache_dirs()
-                   if os.path.isdir(os.path.join(d, "cifar-10-batches-py"))), None)
+    # the archive's folder, or where keras.datasets.cifar10 itself extracts it
+    candidates = [os.path.join(d, sub) for d in _cache_dirs()
+                  for sub in ("cifar-10-batches-py", os.path.join("cifar-10-batches-py-target", "cifar-10-batches-py"))]
+    folder = next((c for c in candidates if os.path.isdir(c)), None)
     if folder is None:
         hint = _where("the cifar-10-batches-py folder of cifar-10-python.tar.gz (data_batch_1 .. data_batch_5, "
                       "test_batch)")

@@ -219,6 +219,13 @@ def test_cifar_partial_folder_is_an_error_not_a_fallback(tmp_path, monkeypatch):
     assert "test_batch" not in msg.split("missing")[1].split("(")[0]
 
 
+def test_cifar_found_where_keras_itself_extracts_it(tmp_path):
+    """keras.datasets.cifar10 extracts into cifar-10-batches-py-target/: that copy is used, not downloaded again."""
+    _cifar_folder(tmp_path / "home" / ".keras" / "datasets" / "cifar-10-batches-py-target")
+    x, y = data.load("cifar10", "test")  # downloads fail in these tests
+    assert x.shape == (3, 32, 32, 3) and y.tolist() == [0, 1, 2]
+
+
 # --------------------------------------------------------------------------- Fashion-MNIST IDX files
 def _idx_bytes(array, dims=None):
     dims = array.shape if dims is None else dims
