@@ -5,7 +5,10 @@ calls :func:`register_scheme` / :func:`register_model` when imported. Plugins
 are found through the ``odezoo.plugins`` entry-point group of installed
 distributions (odezoo's own built-ins included) and as ``.py`` files in the
 folders of ``ODEZOO_PLUGIN_PATH``. Discovery runs once, lazily, on first access
-to a registry, under a lock.
+to a registry, under a lock. Built-ins load first, so they own their names; each
+third-party plugin or distribution that fails (a clash, an import error,
+malformed metadata) fails alone. ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` loads the
+built-ins only.
 """
 
 from __future__ import annotations
@@ -18,16 +21,23 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
+import stat
 import sys
 import threading
 import traceback
 import warnings
 from typing import Any, Callable
 
-from odezoo._errors import PluginError, UnknownNameError
+from odezoo._errors import PluginError, UnknownNameError, bad_value
 
 ENTRY_POINT_GROUP = "odezoo.plugins"
 PLUGIN_PATH_ENV = "ODEZOO_PLUGIN_PATH"
+DISABLE_AUTOLOAD_ENV = "ODEZOO_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_DISTRIBUTION = "odezoo"
+_BUILTIN_VALUE = re.compile(r"odezoo\.plugins\.[A-Za-z_][A-Za-z0-9_]*")
+_AUTOLOAD_OFF = ("1", "true", "yes", "on")
+_AUTOLOAD_ON = ("", "0", "false", "no", "off")
 SUPPORTED_PLUGIN_APIS = (1,)
 MODEL_KINDS = ("classifier", "flow")
 
@@ -44,6 +54,7 @@ class ModelSpec:
     ode_reading: str
     aliases: dict
     plugin: str
+    owner: Any = None  # the PluginRecord (or "module <name>") that registered it
 
 
 @dataclasses.dataclass
@@ -59,30 +70,31 @@ _lock = threading.RLock()
 _state = threading.local()
 _discovered = False
 _discovering_thread: int | None = None
-_schemes: dict[str, tuple[type, str]] = {}
+_schemes: dict[str, tuple[type, PluginRecord | str]] = {}
 _models: dict[str, ModelSpec] = {}
 _aliases: dict[str, tuple[str, dict]] = {}
 _loaded: list[PluginRecord] = []
 _failures: list[dict] = []
+_warnings: list[str] = []
+_autoload = True
 
 
 def _current_plugin() -> PluginRecord | None:
     return getattr(_state, "plugin", None)
 
 
-def _owner_of(obj) -> str:
+def _owner_of(obj) -> PluginRecord | str:
+    """The plugin loading now, else ``"module <name>"``: owners are compared by identity."""
     plugin = _current_plugin()
     if plugin is not None:
-        return plugin.name
+        return plugin
     return f"module {getattr(obj, '__module__', '?')}"
 
 
-def _describe_owner(plugin_name: str) -> str:
-    current = _current_plugin()
-    for rec in _loaded + ([current] if current is not None else []):
-        if rec.name == plugin_name:
-            return f"plugin {rec.name!r} ({rec.source})"
-    return f"{plugin_name!r}" if not plugin_name.startswith("module ") else plugin_name
+def _describe_owner(owner: PluginRecord | str) -> str:
+    if isinstance(owner, PluginRecord):
+        return f"plugin {owner.name!r} ({owner.source})"
+    return owner
 
 
 # --------------------------------------------------------------------------- registration
@@ -176,7 +188,7 @@ def register_model(
                 if existing.builder is builder:
                     return builder
                 raise PluginError(
-                    f"Model name {name!r} is already registered by {_describe_owner(existing.plugin)} "
+                    f"Model name {name!r} is already registered by {_describe_owner(existing.owner)} "
                     f"({existing.builder.__module__}.{existing.builder.__qualname__}); "
                     f"{_describe_owner(_owner_of(builder))} tried to register "
                     f"{builder.__module__}.{builder.__qualname__}."
@@ -185,7 +197,9 @@ def register_model(
                 taken = _aliases.get(alias)
                 if alias in _models or (taken is not None and taken[0] != name):
                     raise PluginError(f"Model alias {alias!r} of {name!r} is already a registered model name.")
-            _models[name] = ModelSpec(name, builder, kind, family, paper, ode_reading, aliases, _owner_of(builder))
+            owner = _owner_of(builder)
+            plugin_name = owner.name if isinstance(owner, PluginRecord) else owner
+            _models[name] = ModelSpec(name, builder, kind, family, paper, ode_reading, aliases, plugin_name, owner)
             for alias, cfg in aliases.items():
                 _aliases[alias] = (name, dict(cfg))
             plugin = _current_plugin()
@@ -204,13 +218,28 @@ def _check_name(what: str, name) -> None:
 
 
 def _unregister(record: PluginRecord) -> None:
+    """Roll back what ``record`` itself registered, and nothing another plugin owns.
+
+    A module first imported while ``record`` loaded (another plugin's module, say)
+    is dropped from ``sys.modules`` with its registrations, so that its own entry
+    point later imports it afresh instead of finding it cached and empty.
+    """
+    modules = set()
     for name in record.schemes:
-        _schemes.pop(name, None)
+        entry = _schemes.get(name)
+        if entry is not None and entry[1] is record:
+            del _schemes[name]
+            modules.add(entry[0].__module__)
     for name in record.models:
-        spec = _models.pop(name, None)
-        if spec is not None:
+        spec = _models.get(name)
+        if spec is not None and spec.owner is record:
+            del _models[name]
+            modules.add(spec.builder.__module__)
             for alias in spec.aliases:
                 _aliases.pop(alias, None)
+    for module in modules:
+        if not module.startswith("odezoo.") or module.startswith("odezoo.plugins."):
+            sys.modules.pop(module, None)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -222,6 +251,11 @@ def _loading(record: PluginRecord):
         yield
     finally:
         _state.plugin = previous
+
+
+def _fail(name: str, source: str, message: str, tb: str = "") -> None:
+    _failures.append({"name": name, "source": source, "error": message, "traceback": tb})
+    warnings.warn(f"odezoo plugin {name!r} ({source}) was skipped: {message}", stacklevel=4)
 
 
 def _load_one(name: str, source: str, importer: Callable[[], Any]) -> None:
@@ -241,37 +275,159 @@ def _load_one(name: str, source: str, importer: Callable[[], Any]) -> None:
         raise
     except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not break the others
         _unregister(record)
-        message = f"{type(exc).__name__}: {exc}"
-        _failures.append(
-            {"name": name, "source": source, "error": message, "traceback": traceback.format_exc()}
-        )
-        warnings.warn(f"odezoo plugin {name!r} ({source}) was skipped: {message}", stacklevel=3)
+        _fail(name, source, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return
     _loaded.append(record)
 
 
-def _entry_point_plugins():
-    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    seen = set()
-    for ep in sorted(eps, key=lambda e: (e.dist.name if e.dist else "", e.name)):
-        key = (ep.name, ep.value)
+def autoload_enabled() -> bool:
+    """Whether third-party plugins load; ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` keeps to the built-ins.
+
+    1/true/yes/on disable autoload; unset, empty, 0/false/no/off leave it on
+    (case and surrounding spaces ignored). Any other value is an error, not a
+    guess: the switch exists to keep code from running, so a typo must not
+    silently load it, nor silently drop plugins the user meant to keep.
+    """
+    raw = os.environ.get(DISABLE_AUTOLOAD_ENV, "")
+    value = raw.strip().lower()
+    if value in _AUTOLOAD_OFF:
+        return False
+    if value in _AUTOLOAD_ON:
+        return True
+    raise bad_value(
+        DISABLE_AUTOLOAD_ENV, raw,
+        "'1', 'true', 'yes' or 'on' (built-in plugins only); unset, '', '0', 'false', 'no' or 'off' (autoload)",
+    )
+
+
+def _declares_group(text: str | None) -> bool:
+    return bool(text) and any(
+        line.strip().startswith("[") and ENTRY_POINT_GROUP in line for line in text.splitlines()
+    )
+
+
+def _unparsable_lines(text: str) -> list[str]:
+    """Lines of an entry_points.txt that are neither headers, comments nor ``name = value``."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith(("[", "#", ";")) and "=" not in line]
+
+
+def _group_entry_points(dist, text: str) -> list:
+    """The ``odezoo.plugins`` entry points of one distribution; ``_Malformed`` says what is wrong."""
+    if not dist.metadata["Name"]:
+        raise _Malformed("its METADATA has no Name")
+    try:
+        eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+    except Exception as exc:
+        bad = _unparsable_lines(text)
+        where = f" (line {bad[0]!r} has no '=')" if bad else ""
+        raise _Malformed(f"entry_points.txt cannot be parsed{where}: {type(exc).__name__}: {exc}") from None
+    if not eps:
+        raise _Malformed(f"entry_points.txt names {ENTRY_POINT_GROUP} but declares no entry point in that group "
+                         "(a broken section header?)")
+    return eps
+
+
+class _Malformed(Exception):
+    """A distribution's metadata that cannot be read (message says what is wrong)."""
+
+
+def _distributions(autoload: bool) -> list:
+    """Installed distributions declaring odezoo plugins; the first of a name on sys.path wins."""
+    if not autoload:
+        try:
+            return [importlib.metadata.distribution(BUILTIN_DISTRIBUTION)]
+        except importlib.metadata.PackageNotFoundError:
+            return []
+    found, seen = [], set()
+    for dist in importlib.metadata.distributions():
+        key = getattr(dist, "_normalized_name", None) or str(getattr(dist, "_path", id(dist)))
         if key in seen:
             continue
         seen.add(key)
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
-        yield ep.name, f"entry point {ep.value} ({dist})", ep.load
+        found.append(dist)
+    return found
+
+
+def _dist_identity(dist) -> tuple[str, str]:
+    """A name and a source line for a distribution, even one whose METADATA is broken."""
+    path = str(getattr(dist, "_path", dist))
+    try:
+        name, version = dist.metadata["Name"], dist.version
+    except Exception:
+        name = version = None
+    if name:
+        return name, f"distribution {name} {version}"
+    return os.path.basename(path), f"distribution at {path}"
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _entry_point_plugins(autoload: bool = True) -> list:
+    """``(name, source, importer)`` of every entry point: odezoo's built-ins first, then third parties.
+
+    A built-in is an entry point of the distribution named ``odezoo`` whose value is a
+    module of ``odezoo.plugins``; no other distribution can claim that, whatever it
+    names its entry points. A distribution whose metadata cannot be read is
+    reported and skipped alone.
+    """
+    builtin, third_party, seen = [], [], set()
+    for dist in _distributions(autoload):
+        try:
+            text = dist.read_text("entry_points.txt")
+            if not _declares_group(text):
+                continue
+            eps = _group_entry_points(dist, text)
+            dist_name, version = dist.metadata["Name"], dist.version
+        except Exception as exc:
+            name, source = _dist_identity(dist)
+            detail = str(exc) if isinstance(exc, _Malformed) else f"{type(exc).__name__}: {exc}"
+            _fail(name, source, f"malformed metadata: {detail}")
+            continue
+        for ep in eps:
+            if (ep.name, ep.value) in seen:
+                continue
+            seen.add((ep.name, ep.value))
+            is_builtin = _normalize(dist_name) == BUILTIN_DISTRIBUTION and _BUILTIN_VALUE.fullmatch(ep.value)
+            entry = (ep.name, f"entry point {ep.value} ({dist_name} {version})", ep.load)
+            (builtin if is_builtin else third_party).append(((_normalize(dist_name), ep.name), entry))
+    return [entry for _, entry in sorted(builtin, key=lambda e: e[0])] + (
+        [entry for _, entry in sorted(third_party, key=lambda e: e[0])] if autoload else []
+    )
+
+
+def _warn_if_writable_by_others(path: str, what: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & stat.S_IWOTH:
+        message = (f"odezoo plugin {what} {path!r} is writable by other users (mode {stat.filemode(mode)}): "
+                   f"anyone on this machine can change code odezoo runs; loaded anyway, `chmod o-w` it.")
+        _warnings.append(message)
+        warnings.warn(message, stacklevel=4)
 
 
 def _path_plugins():
+    """``(name, path, importer)`` of the ``.py`` files in the folders of ``ODEZOO_PLUGIN_PATH``.
+
+    A folder or file writable by other users is loaded, with a warning: refusing
+    would break shared setups that are fine (a group's scratch folder), while
+    the warning names the exact path to fix.
+    """
     raw = os.environ.get(PLUGIN_PATH_ENV, "")
     for folder in [p for p in raw.split(os.pathsep) if p]:
         if not os.path.isdir(folder):
             warnings.warn(f"{PLUGIN_PATH_ENV} lists {folder!r}, which is not a folder; ignored.", stacklevel=3)
             continue
+        _warn_if_writable_by_others(folder, "folder")
         for fname in sorted(os.listdir(folder)):
             if not fname.endswith(".py") or fname.startswith((".", "_")):
                 continue
             path = os.path.abspath(os.path.join(folder, fname))
+            _warn_if_writable_by_others(path, "file")
             stem = fname[:-3]
             digest = hashlib.sha1(path.encode()).hexdigest()[:10]
             modname = f"odezoo_path_plugins.{stem}_{digest}"
@@ -293,16 +449,23 @@ def _path_plugins():
 
 
 def ensure_discovered() -> None:
-    """Load every plugin once (thread-safe, re-entrant for plugins that query the registry)."""
-    global _discovered, _discovering_thread
+    """Load every plugin once (thread-safe, re-entrant for plugins that query the registry).
+
+    Built-ins load first, then third-party entry points, then ``ODEZOO_PLUGIN_PATH``
+    files; with ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` only the built-ins.
+    """
+    global _discovered, _discovering_thread, _autoload
     if _discovered:
         return
     with _lock:
         if _discovered or _discovering_thread == threading.get_ident():
             return
+        autoload = autoload_enabled()  # a bad value raises before any plugin runs
         _discovering_thread = threading.get_ident()
         try:
-            for name, source, importer in list(_entry_point_plugins()) + list(_path_plugins()):
+            _autoload = autoload
+            plugins = _entry_point_plugins(autoload) + (list(_path_plugins()) if autoload else [])
+            for name, source, importer in plugins:
                 _load_one(name, source, importer)
             _discovered = True
         finally:
@@ -314,8 +477,11 @@ def plugin_report() -> dict:
 
     Returns:
         ``{"loaded": [{"name", "source", "api", "schemes", "models"}, ...],
-        "failures": [{"name", "source", "error"}, ...]}``; registrations made
-        outside any plugin (in a user's own script) appear under ``"runtime"``.
+        "failures": [{"name", "source", "error"}, ...], "runtime": {...},
+        "autoload": bool, "warnings": [str, ...]}``. Registrations made outside
+        any plugin (in a user's own script) appear under ``"runtime"``;
+        ``"autoload"`` is False under ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1``;
+        ``"warnings"`` are the plugin paths writable by other users.
     """
     ensure_discovered()
     with _lock:
@@ -326,7 +492,8 @@ def plugin_report() -> dict:
             "models": sorted(n for n in _models if n not in in_plugins),
         }
         failures = [{k: f[k] for k in ("name", "source", "error")} for f in _failures]
-    return {"loaded": loaded, "failures": failures, "runtime": runtime}
+    return {"loaded": loaded, "failures": failures, "runtime": runtime, "autoload": _autoload,
+            "warnings": list(_warnings)}
 
 
 # --------------------------------------------------------------------------- lookup

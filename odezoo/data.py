@@ -14,17 +14,29 @@ them, shape (N, H, W, C) and dtype uint8:
   and Keras's cache (~/.keras/datasets) and downloaded with Keras otherwise.
 - toy densities (``8gaussians``, ``checkerboard``, ...): ``y`` is None; see
   :func:`toy_density`.
+
+Data files are untrusted input. CIFAR pickles go through a restricted
+unpickler (dicts, lists, bytes, ints and plain numeric numpy arrays only); IDX
+and npz headers are checked against the file's size before anything is
+allocated; labels must lie in ``[0, classes)`` and match the images in number.
+A corrupt, truncated, partial or absent file raises ``DataError`` with one line
+naming the file and the fault (offline: which files to put where). A folder
+holding part of a dataset is an error, never a reason to use another copy.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
+import re
+import zipfile
+import zlib
 
 import numpy as np
 
-from odezoo._errors import OdezooError, UnknownNameError, bad_value
+from odezoo._errors import DataError, OdezooError, UnknownNameError, bad_value  # noqa: F401 (data.OdezooError)
 
 IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10")
 TOY_DENSITIES = ("8gaussians", "checkerboard", "pinwheel", "2spirals", "moons", "rings", "circles", "swissroll")
@@ -48,7 +60,11 @@ def names() -> list[str]:
 
 
 def load(name: str, split: str = "train"):
-    """``(x, y)`` numpy arrays of a dataset split; images raw (N, H, W, C) uint8, labels int64."""
+    """``(x, y)`` numpy arrays of a dataset split; images raw (N, H, W, C) uint8, labels int64.
+
+    Raises:
+        DataError: a data file is missing (and cannot be downloaded), corrupt, truncated or inconsistent.
+    """
     if split not in SPLITS:
         raise bad_value("split", split, "'train' or 'test'")
     if name == "digits":
@@ -76,19 +92,107 @@ def _digits(split):
     return (x_tr, y_tr) if split == "train" else (x_te, y_te)
 
 
-def _read_idx(path):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise OdezooError(f"{path} is not an unsigned-byte IDX file (magic {data[:4]!r}).")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    count = int(np.prod(dims))
-    if len(data) - offset != count:
-        raise OdezooError(f"{path}: header says {dims} ({count} bytes) but holds {len(data) - offset}.")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+# Data files are untrusted input: every fault below becomes one DataError line naming the file.
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand one byte into more than ~1032
+_READ_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, ValueError, MemoryError)
+
+
+def _fault(path, what: str) -> DataError:
+    """The house form of a data-file fault: ``<file>: <what is wrong>.``, on one line."""
+    return DataError(f"{os.fspath(path)!s}: {' '.join(what.split())}.".replace("\n", "\\n"))
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _data_dir():
+    """``$ODEZOO_DATA_DIR`` (None when unset); naming no folder is an error, not a silent fallback."""
+    folder = os.environ.get(DATA_DIR_ENV)
+    if not folder:
+        return None
+    if not os.path.isdir(folder):
+        raise DataError(f"${DATA_DIR_ENV}={folder!r} is not a folder (missing or a file); "
+                        "point it at the folder that holds the datasets, or unset it.")
+    return folder
+
+
+def _cache_dirs():
+    folder = _data_dir()
+    return ([folder] if folder else []) + [os.path.join(os.path.expanduser("~"), ".keras", "datasets")]
+
+
+def _env_now() -> str:
+    return f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]}" if os.environ.get(DATA_DIR_ENV) else f"{DATA_DIR_ENV} unset"
+
+
+def _where(what: str) -> str:
+    return f"put {what} in ${DATA_DIR_ENV} ({_env_now()}) or ~/.keras/datasets"
+
+
+def _get_file(fname, **kwargs):
+    import keras  # only for a download; load() otherwise never imports Keras
+
+    return keras.utils.get_file(fname, **kwargs)
+
+
+def _download(dataset: str, fname: str, hint: str, **kwargs) -> str:
+    try:
+        return _get_file(fname, **kwargs)
+    except Exception as exc:  # keras raises a bare Exception offline
+        raise DataError(f"{dataset} is not on disk and could not be downloaded ({_why(exc)}); {hint}.") from exc
+
+
+def _check_labels(path, labels, n_images: int, name: str, key: str = "labels"):
+    """Labels as int64, refusing a count mismatch or a label outside ``[0, classes)`` (it trains to NaN)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise _fault(path, f"{key} must be a 1-D integer array; got dtype {labels.dtype}, shape {labels.shape}")
+    if len(labels) != n_images:
+        raise _fault(path, f"{key}: {len(labels)} labels for {n_images} images")
+    classes = INFO[name]["classes"]
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise _fault(path, f"{key}: label {int(bad[0])} outside [0, {classes}) ({name} has {classes} classes)")
+    return labels.astype(np.int64)
+
+
+def _check_images(path, x, item_shape, key="images"):
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.shape[1:] != item_shape or x.ndim < 2:
+        got = f"dtype {x.dtype}, shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise _fault(path, f"{key} must be uint8 of shape (N, {', '.join(map(str, item_shape))}); got {got}")
+    return x
+
+
+def _read_idx(path, item_shape=None):
+    """An unsigned-byte IDX array; the header is checked against the file's size before the body is read."""
+    gz = path.endswith(".gz")
+    try:
+        size = os.path.getsize(path)
+        with (gzip.open if gz else open)(path, "rb") as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[:3] != b"\0\0\x08":
+                raise _fault(path, f"not an unsigned-byte IDX file (magic {head!r})")
+            raw = fh.read(4 * head[3])
+            if len(raw) < 4 * head[3]:
+                raise _fault(path, f"IDX header truncated ({head[3]} dimensions announced, {len(raw)} header bytes)")
+            dims = tuple(int.from_bytes(raw[i:i + 4], "big") for i in range(0, len(raw), 4))
+            if item_shape is not None and (len(dims) != 1 + len(item_shape) or dims[1:] != tuple(item_shape)):
+                raise _fault(path, f"expected items of shape {tuple(item_shape)}; the header says {dims}")
+            count = math.prod(dims)
+            room = size * _DEFLATE_MAX_RATIO if gz else size - 4 - len(raw)
+            if count > room:  # checked before reading: an absurd header allocates nothing
+                holds = f"a {size}-byte gzip file holds at most {room}" if gz else f"holds {room}"
+                raise _fault(path, f"header says {dims} ({count} bytes) but {holds}")
+            body = fh.read(count + 1)
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _fault(path, f"unreadable IDX file ({_why(exc)})") from exc
+    if len(body) != count:
+        raise _fault(path, f"header says {dims} ({count} bytes) but holds {len(body)}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _find(folder, stem):
@@ -97,6 +201,11 @@ def _find(folder, stem):
         if os.path.exists(path):
             return path
     return None
+
+
+FASHION_MNIST_FILES = {s: (f"{p}-images-idx3-ubyte", f"{p}-labels-idx1-ubyte") for s, p in
+                       (("train", "train"), ("test", "t10k"))}
+_FASHION_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 
 
 def fashion_mnist_dirs() -> list[str]:
@@ -112,75 +221,196 @@ def fashion_mnist_available() -> bool:
     return any(_find(d, "t10k-images-idx3-ubyte") for d in fashion_mnist_dirs())
 
 
-def _fashion_mnist(split):
-    prefix = "train" if split == "train" else "t10k"
+def _fashion_mnist_paths(split):
+    """The split's (images, labels) files: from the first folder holding any Fashion-MNIST file, else downloaded.
+
+    A folder with some files but not this split's pair is an error: falling back to another copy would hide it.
+    """
+    stems = FASHION_MNIST_FILES[split]
+    _data_dir()
     for folder in fashion_mnist_dirs():
-        images = _find(folder, f"{prefix}-images-idx3-ubyte")
-        labels = _find(folder, f"{prefix}-labels-idx1-ubyte")
-        if images and labels:
-            x, y = _read_idx(images), _read_idx(labels)
-            if len(x) != len(y):
-                raise OdezooError(f"Fashion-MNIST {split}: {len(x)} images but {len(y)} labels in {folder}.")
-            return x[..., None], y.astype(np.int64)
+        if not any(_find(folder, s) for pair in FASHION_MNIST_FILES.values() for s in pair):
+            continue
+        paths = [_find(folder, s) for s in stems]
+        missing = [s + "[.gz]" for s, p in zip(stems, paths) if p is None]
+        if missing:
+            raise DataError(f"{folder} holds part of Fashion-MNIST: missing {', '.join(missing)} "
+                            f"(the {split} split needs {stems[0]}[.gz] and {stems[1]}[.gz]).")
+        return paths
+    hint = (f"install it with `apt-get install dataset-fashion-mnist`, or put {stems[0]}.gz and {stems[1]}.gz "
+            f"in ${DATA_DIR_ENV}/fashion-mnist ({_env_now()})")
+    return [_download("Fashion-MNIST", s + ".gz", hint, origin=_FASHION_ORIGIN + s + ".gz",
+                      cache_subdir=os.path.join("datasets", "fashion-mnist")) for s in stems]
+
+
+def _fashion_mnist(split):
+    images, labels = _fashion_mnist_paths(split)
+    x = _read_idx(images, INFO["fashion_mnist"]["shape"][:2])
+    y = _check_labels(labels, _read_idx(labels, ()), len(x), "fashion_mnist")
+    return x[..., None], y
+
+
+def _npz_member(zf, path, key, size):
+    """One ``.npy`` member of an npz; its header's shape is checked against the member's size before reading."""
+    info = zf.getinfo(key + ".npy")
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if info.compress_size > size or info.file_size > (
+            info.compress_size if stored else info.compress_size * _DEFLATE_MAX_RATIO):
+        raise _fault(path, f"{key}: zip entry claims {info.file_size} bytes, more than the archive can hold")
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+        if dtype.hasobject:
+            raise _fault(path, f"{key} holds Python objects (dtype object); a data file holds numbers")
+        if math.prod(shape) * dtype.itemsize > info.file_size:
+            raise _fault(path, f"{key}: header claims shape {shape} ({dtype}) but the entry holds {info.file_size} "
+                         "bytes")
+    with zf.open(info) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def _read_npz(path, keys):
+    """The named arrays of an ``.npz`` file, without pickles; any fault is a DataError naming the file."""
     try:
-        import keras
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as zf:
+            held = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+            missing = [k for k in keys if k not in held]
+            if missing:
+                raise _fault(path, f"missing {', '.join(missing)} (holds {', '.join(held) or 'no arrays'})")
+            return {k: _npz_member(zf, path, k, size) for k in keys}
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _fault(path, f"unreadable npz file ({_why(exc)})") from exc
 
-        (x_tr, y_tr), (x_te, y_te) = keras.datasets.fashion_mnist.load_data()
-    except Exception as exc:
-        raise OdezooError(
-            "Fashion-MNIST is not installed and could not be downloaded "
-            f"({type(exc).__name__}: {exc}). Install it with `apt-get install dataset-fashion-mnist`, "
-            f"or put the IDX files in ${DATA_DIR_ENV}/fashion-mnist."
-        ) from exc
-    x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
-    return x[..., None], y.astype(np.int64)
 
-
-def _cache_dirs():
-    dirs = []
-    if os.environ.get(DATA_DIR_ENV):
-        dirs.append(os.environ[DATA_DIR_ENV])
-    dirs.append(os.path.join(os.path.expanduser("~"), ".keras", "datasets"))
-    return dirs
+_MNIST_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # keras.datasets.mnist's pin
 
 
 def _mnist(split):
     path = next((os.path.join(d, "mnist.npz") for d in _cache_dirs()
                  if os.path.exists(os.path.join(d, "mnist.npz"))), None)
     if path is None:
-        import keras
+        path = _download("MNIST", "mnist.npz", _where("mnist.npz (keras.datasets' format)"),
+                         origin=_MNIST_ORIGIN, file_hash=_MNIST_SHA256)
+    arrays = _read_npz(path, (f"x_{split}", f"y_{split}"))
+    x = _check_images(path, arrays[f"x_{split}"], INFO["mnist"]["shape"][:2], f"x_{split}")
+    return x[..., None], _check_labels(path, arrays[f"y_{split}"], len(x), "mnist", f"y_{split}")
 
-        path = keras.utils.get_file(
-            "mnist.npz", "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz")
-    with np.load(path, allow_pickle=False) as f:
-        x, y = f[f"x_{split}"], f[f"y_{split}"]
-    if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
-        raise OdezooError(f"{path}: expected x_{split} of shape (N, 28, 28); got {x.shape}, {len(y)} labels.")
-    return x.astype(np.uint8)[..., None], y.astype(np.int64)
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Allows only what a CIFAR-10 batch holds: dicts, lists, bytes, ints and uint8 numpy arrays.
+
+    Containers, bytes and ints are pickle opcodes; the globals below are the only names a batch needs
+    (numpy's array reconstruction, and ``_codecs.encode`` that protocol 2 writes for bytes). Each is
+    wrapped so it cannot be called with other arguments (``numpy.ndarray`` called directly would allocate
+    any shape).
+    """
+
+    def find_class(self, module, name):
+        found = _CIFAR_GLOBALS.get((module.replace("numpy.core.", "numpy._core."), name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refused to unpickle {module}.{name} (not part of a CIFAR batch)")
+        return found
+
+
+def _array_class_only(*args):
+    raise pickle.UnpicklingError("refused to call numpy.ndarray directly (not part of a CIFAR batch)")
+
+
+def _reconstruct(cls, shape, dtype):
+    if cls is not _array_class_only or tuple(shape) not in ((0,), ()):
+        raise pickle.UnpicklingError(f"refused numpy _reconstruct({shape!r}) (not part of a CIFAR batch)")
+    return np.ndarray(shape, dtype=dtype)
+
+
+def _frombuffer(buf, dtype, shape, order, axis_order=None):
+    array = np.frombuffer(bytes(buf), dtype=np.dtype(dtype))
+    if order == "K" and axis_order is not None:
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order="F" if order == "F" else "C")
+
+
+def _latin1(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refused _codecs.encode(..., {encoding!r}) (not part of a CIFAR batch)")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    if args:
+        raise pickle.UnpicklingError("refused bytes(...) with arguments (not part of a CIFAR batch)")
+    return b""
+
+
+def _dtype(spec, align=False, copy=False):
+    spec = spec.decode("latin1") if isinstance(spec, bytes) else spec
+    if not isinstance(spec, str) or not re.fullmatch(r"[iuf][1248]|b1", spec):
+        raise pickle.UnpicklingError(f"refused numpy.dtype({spec!r}) (a CIFAR batch holds plain numbers)")
+    return np.dtype(spec)
+
+
+_CIFAR_GLOBALS = {
+    ("numpy", "ndarray"): _array_class_only, ("numpy", "dtype"): _dtype,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1, ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes,
+}
 
 
 def _cifar_batch(path):
-    with open(path, "rb") as fh:
-        batch = pickle.load(fh, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise OdezooError(f"{path}: expected data (N, 3072) and N labels; got {data.shape}, {len(labels)}.")
+    try:
+        with open(path, "rb") as fh:
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
+    except Exception as exc:  # a crafted pickle can raise anything its allowed calls raise
+        raise _fault(path, f"refused or unreadable CIFAR batch ({_why(exc)})") from exc
+    if not isinstance(batch, dict):
+        raise _fault(path, f"a CIFAR batch is a dict; got {type(batch).__name__}")
+    batch = {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}
+    missing = [k.decode() for k in (b"data", b"labels") if k not in batch]
+    if missing:
+        raise _fault(path, f"CIFAR batch without {', '.join(missing)}")
+    data = _check_images(path, batch[b"data"], (3072,), "data")
+    labels = batch[b"labels"]
+    if isinstance(labels, list) and all(type(v) is int for v in labels):  # checked before numpy sees it
+        labels = np.asarray(labels, dtype=np.int64) if labels else np.zeros(0, np.int64)
+    if not isinstance(labels, np.ndarray):
+        raise _fault(path, "labels must be a list of ints" + (
+            " (it holds other things)" if isinstance(labels, list) else f"; got {type(labels).__name__}"))
+    labels = _check_labels(path, labels, len(data), "cifar10")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def _cifar10(split):
-    folder = next((os.path.join(d, "cifar-10-batches-py") for d in _cache_dirs()
-                   if os.path.isdir(os.path.join(d, "cifar-10-batches-py"))), None)
-    if folder is None:
-        import keras
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+_CIFAR_ORIGIN = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+_CIFAR_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"  # keras.datasets.cifar10's pin
 
-        archive = keras.utils.get_file(
-            "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", extract=True)
-        folder = archive if os.path.basename(archive) == "cifar-10-batches-py" else os.path.join(
-            archive, "cifar-10-batches-py")
-    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    parts = [_cifar_batch(os.path.join(folder, f)) for f in files]
+
+def _batches_folder(folder):
+    """Keras extracts the archive into a folder of the same name: the batches sit one level down."""
+    inner = os.path.join(folder, "cifar-10-batches-py")
+    return inner if os.path.isdir(inner) else folder
+
+
+def _cifar10(split):
+    # the archive's folder, or where keras.datasets.cifar10 itself extracts it
+    candidates = [os.path.join(d, sub) for d in _cache_dirs()
+                  for sub in ("cifar-10-batches-py", os.path.join("cifar-10-batches-py-target", "cifar-10-batches-py"))]
+    folder = next((c for c in candidates if os.path.isdir(c)), None)
+    if folder is None:
+        hint = _where("the cifar-10-batches-py folder of cifar-10-python.tar.gz (data_batch_1 .. data_batch_5, "
+                      "test_batch)")
+        folder = _download("CIFAR-10", "cifar-10-batches-py", hint, origin=_CIFAR_ORIGIN, extract=True,
+                           file_hash=_CIFAR_SHA256)
+    folder = _batches_folder(folder)
+    missing = [f for f in CIFAR10_FILES[split] if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise DataError(f"{folder} holds part of CIFAR-10: missing {', '.join(missing)} "
+                        f"(the {split} split needs {', '.join(CIFAR10_FILES[split])}).")
+    parts = [_cifar_batch(os.path.join(folder, f)) for f in CIFAR10_FILES[split]]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

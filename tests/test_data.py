@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from odezoo import UnknownNameError, data
+from odezoo._errors import DataError, OdezooError
 
 
 def test_digits_split_is_fixed_stratified_and_raw():
@@ -58,10 +59,11 @@ def test_fashion_mnist_reads_idx_files(tmp_path, monkeypatch):
 
 
 def test_idx_reader_rejects_truncated_file(tmp_path):
+    assert issubclass(DataError, OdezooError)
     path = str(tmp_path / "bad-idx3-ubyte")
     with open(path, "wb") as fh:
         fh.write(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\0" * 100)
-    with pytest.raises(data.OdezooError, match="holds 100"):
+    with pytest.raises(DataError, match="holds 100"):  # a DataError is an OdezooError
         data._read_idx(path)
 
 

@@ -104,6 +104,7 @@ print(json.dumps({"results": results, "report": odezoo.plugin_report(), "cli": b
 
 def _run(args, env_extra=None, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
+    env.pop("ODEZOO_DISABLE_PLUGIN_AUTOLOAD", None)  # these checks need third-party plugins to load
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 
@@ -130,6 +131,13 @@ def test_a_good_path_plugin_is_loaded(discovery):
     good = discovery["loaded"]["good"]
     assert good["schemes"] == ["test_good"] and good["api"] == 1
     assert good["source"] == str(discovery["folder"] / "good.py")
+
+
+def test_builtins_load_before_every_other_plugin(discovery):
+    sources = [r["source"] for r in discovery["report"]["loaded"]]
+    builtin = [s.startswith("entry point odezoo.plugins.") for s in sources]
+    assert builtin == sorted(builtin, reverse=True) and sum(builtin) == 9
+    assert discovery["report"]["autoload"] is True and discovery["report"]["warnings"] == []
 
 
 def test_a_plugin_that_raises_is_reported_and_the_rest_load(discovery):

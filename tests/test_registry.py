@@ -162,6 +162,26 @@ def test_registering_the_same_object_again_is_a_no_op(scratch_names):
     assert odezoo.list_models("test_model_*") == ["test_model_again"]
 
 
+def test_owners_are_told_apart_by_identity_not_by_plugin_name(scratch_names):
+    # a third party may name its plugin like a built-in one; the clash message must show both sources
+    first_cls, second_cls = _toy_scheme(), _toy_scheme()
+    first = _registry.PluginRecord("twin", "entry point pkg_a (dist-a 1.0)")
+    second = _registry.PluginRecord("twin", "entry point pkg_b (dist-b 1.0)")
+    scratch_names.append("test_twin")
+    with _registry._loading(first):
+        odezoo.register_scheme("test_twin")(first_cls)
+    with _registry._loading(second), pytest.raises(odezoo.PluginError) as info:
+        odezoo.register_scheme("test_twin")(second_cls)
+    message = str(info.value)
+    assert "already registered by plugin 'twin' (entry point pkg_a (dist-a 1.0))" in message
+    assert "plugin 'twin' (entry point pkg_b (dist-b 1.0)) tried" in message
+    second.schemes.append("test_twin")  # even a record listing the name cannot roll back the owner's entry
+    _registry._unregister(second)
+    assert odezoo.get_scheme("test_twin") is first_cls
+    _registry._unregister(first)
+    assert "test_twin" not in odezoo.list_schemes()
+
+
 def test_model_name_clash_is_a_plugin_error(scratch_names):
     kwargs = dict(kind="classifier", family="test", paper="-", ode_reading="-")
     with pytest.raises(odezoo.PluginError, match="'resnet'.*plugin 'families'"):
