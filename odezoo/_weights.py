@@ -256,6 +256,23 @@ def _check_config(key, config: dict, where: str) -> None:
             refuse(name, value, allowed)
 
 
+def check_entry_inputs(model: str, tag: str, config: dict) -> None:
+    """Raise :class:`ManifestError` now if an entry for ``model.tag`` with ``config`` would be refused.
+
+    For callers that commit after a long job (``odezoo train``): the names and the config are the parts
+    of an entry known before it starts.
+    """
+    key, where = f"{model}.{tag}", "new entry"
+    for field, value in (("model", model), ("tag", tag)):
+        if not isinstance(value, str) or not NAME.fullmatch(value):
+            raise ManifestError(f"{where} {key!r}: {field} {value!r} must be 1-100 letters, digits and _ . + - "
+                                "(not starting with . + -).")
+    if not isinstance(config, dict):
+        raise ManifestError(f"{where} {key!r}: config must be a dict, got {type(config).__name__}.")
+    _check_tree(config, where, (key, "config"), depth=3)
+    _check_config(key, config, where)
+
+
 def resolve_file(key, file, folder, *, where="manifest") -> str:
     """The weight file's path inside ``folder``; refuse empty names, folders and paths that leave it."""
     parts = file.replace("\\", "/").split("/")

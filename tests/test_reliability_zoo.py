@@ -159,7 +159,7 @@ _weights.commit(folder, entry(sys.argv[4]), tmp)
 WIDEN = """
 _real_write = _weights._write_manifest
 def _slow_write(*a, **k):
-    time.sleep(0.5)  # the read-modify-write window, widened
+    time.sleep(%s)  # the read-modify-write window, widened
     return _real_write(*a, **k)
 _weights._write_manifest = _slow_write
 """
@@ -181,7 +181,7 @@ def _race(folder, tags, patch):
 
 def test_concurrent_commits_keep_every_entry(tmp_path):
     tags = ["t1", "t2", "t3"]
-    results = _race(tmp_path, tags, WIDEN)
+    results = _race(tmp_path, tags, WIDEN % 0.5)
     assert all(rc == 0 for rc, _ in results), results
     assert set(_assert_consistent(tmp_path)) == {f"{MODEL}.{t}" for t in tags}
 
@@ -189,13 +189,13 @@ def test_concurrent_commits_keep_every_entry(tmp_path):
 def test_without_the_lock_the_same_race_loses_entries(tmp_path):
     """The control: the widened window does lose entries once the lock is taken away."""
     tags = ["t1", "t2", "t3"]
-    results = _race(tmp_path, tags, WIDEN + NO_LOCK)
+    results = _race(tmp_path, tags, WIDEN % 1.5 + NO_LOCK)
     assert all(rc == 0 for rc, _ in results), results
     assert len(_weights.read_manifest(str(tmp_path))) < len(tags)
 
 
 def test_the_same_tag_from_two_runs_is_serialised_and_the_later_says_so(tmp_path):
-    results = _race(tmp_path, ["same", "same"], WIDEN)
+    results = _race(tmp_path, ["same", "same"], WIDEN % 0.5)
     assert all(rc == 0 for rc, _ in results), results
     said = [err for _, err in results if f"{MODEL}.same replaces the entry written" in err]
     assert len(said) == 1
@@ -405,6 +405,19 @@ def test_commit_refuses_an_entry_it_could_not_read_back(tmp_path):
     with pytest.raises(ManifestError, match="lr"):
         _weights.commit(str(tmp_path), _entry("a", lr=float("inf")), tmp)
     assert [f for f in os.listdir(tmp_path) if f != _weights.LOCK] == []
+
+
+@pytest.mark.parametrize("model,tag,config,message", [
+    (MODEL, "a/b", {}, "tag 'a/b'"),
+    (MODEL, "", {}, "tag ''"),
+    (MODEL, "ok", {"num_classes": 10 ** 9}, "num_classes"),
+    (MODEL, "ok", {"h": float("nan")}, "non-finite"),
+])
+def test_entry_inputs_are_checkable_before_a_long_job(model, tag, config, message):
+    with pytest.raises(ManifestError, match=message) as err:
+        _weights.check_entry_inputs(model, tag, config)
+    _one_line(err)
+    _weights.check_entry_inputs(MODEL, "digits", {"num_classes": 10, "input_shape": [8, 8, 1]})
 
 
 def test_weights_dir_naming_a_missing_folder_or_a_file_is_an_error(tmp_path, monkeypatch):
