@@ -64,7 +64,9 @@ HANGS = """
 
 # folder name -> (METADATA Name or None, entry_points.txt)
 DISTS = {
-    "aaa_evil-1.0.dist-info": ("aaa-evil", "[odezoo.plugins]\nevil = aaa_evil\neuler = aaa_evil_euler\n"),
+    # also lists the built-in families module, hoping to move it behind its own "evil"
+    "aaa_evil-1.0.dist-info": ("aaa-evil", "[odezoo.plugins]\nevil = aaa_evil\neuler = aaa_evil_euler\n"
+                                           "families = odezoo.plugins.families\n"),
     "bbb_good-1.0.dist-info": ("bbb-good", "[odezoo.plugins]\ngood = bbb_good\n"),
     "fake-1.0.dist-info": ("fake", "[odezoo.plugins]\nthis line has no equals sign\n"),
     "fake_header-1.0.dist-info": ("fake-header", "[odezoo.plugins\nlost = fake_header\n"),
@@ -112,12 +114,13 @@ def site(tmp_path_factory) -> Path:
     return root
 
 
-def _run(script: str, env_extra: dict, timeout: float) -> subprocess.CompletedProcess:
+def _run(script: str, env_extra: dict, timeout: float, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` in ``cwd``: not the repository, whose odezoo.egg-info would come first on sys.path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODEZOO_")}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", **env_extra)
     try:
         return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                              timeout=timeout, cwd=REPO)
+                              timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"discovery did not finish in {timeout} s; stderr: {exc.stderr}")
 
@@ -131,7 +134,7 @@ def autoload_on(site, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ww_plugins")
     _write(folder / "ww.py", WORLD_WRITABLE)
     folder.chmod(0o777)
-    proc = _run(ON_SCRIPT, {"PYTHONPATH": _pythonpath(site), "ODEZOO_PLUGIN_PATH": str(folder)}, timeout=240)
+    proc = _run(ON_SCRIPT, {"PYTHONPATH": _pythonpath(site), "ODEZOO_PLUGIN_PATH": str(folder)}, timeout=240, cwd=site)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["stderr"], out["folder"] = proc.stderr, folder
@@ -223,7 +226,7 @@ def test_disable_autoload_loads_builtins_only_and_skips_a_hanging_plugin(site, t
     _write(folder / "hangs.py", HANGS)
     _write(folder / "ww.py", WORLD_WRITABLE)
     env = {"PYTHONPATH": _pythonpath(site), "ODEZOO_PLUGIN_PATH": str(folder), "ODEZOO_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    proc = _run(OFF_SCRIPT, env, timeout=150)
+    proc = _run(OFF_SCRIPT, env, timeout=150, cwd=site)
     assert proc.returncode == 0, proc.stderr
     listed, _, report = proc.stdout.rpartition("REPORT ")
     out = json.loads(report)
@@ -283,11 +286,11 @@ def test_a_private_plugin_folder_does_not_warn(monkeypatch, tmp_path, recwarn):
     assert not [w for w in recwarn if "writable" in str(w.message)]
 
 
-def test_the_cli_refuses_an_unrecognised_autoload_switch_before_any_plugin_runs():
+def test_the_cli_refuses_an_unrecognised_autoload_switch_before_any_plugin_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODEZOO_")}
     env["ODEZOO_DISABLE_PLUGIN_AUTOLOAD"] = "please"
     proc = subprocess.run([sys.executable, "-m", "odezoo", "list"], capture_output=True, text=True, env=env,
-                          timeout=60, cwd=REPO)
+                          timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("odezoo: error: Invalid value for `ODEZOO_DISABLE_PLUGIN_AUTOLOAD`")
