@@ -347,8 +347,9 @@ def test_a_file_name_naming_a_folder_is_refused_at_load(tmp_path):
     ("[" * 200_000 + "]" * 200_000, "nested"),
     ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": ' + "[" * 100 + "]" * 100 + "}",
      "nested"),
+    ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": 1e400}', "non-finite"),
     (b"\xff\xfe{}", "not UTF-8"),
-], ids=["duplicate", "nan", "infinity", "deep", "nested", "not-utf8"])
+], ids=["duplicate", "nan", "infinity", "deep", "nested", "overflow", "not-utf8"])
 def test_hostile_json_is_one_manifest_error(tmp_path, text, message):
     with pytest.raises(ManifestError, match=message) as err:
         _weights.read_manifest(_write_doc(tmp_path, text=text))
@@ -474,6 +475,7 @@ def test_junk_with_a_matching_hash_is_refused_before_building(tmp_path, monkeypa
     assert BUILT == []
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_hdf5_that_does_not_fit_the_model_is_one_line(tmp_path, monkeypatch):
     _h5(tmp_path / "src.h5", 1)
     _zoo_with(tmp_path, (tmp_path / "src.h5").read_bytes(), monkeypatch)
