@@ -1,13 +1,15 @@
 """Issue 12, item 6: built-ins own their names; hostile or broken plugins fail alone.
 
-Two subprocesses (discovery runs once per process and importing TensorFlow
-costs seconds): one with autoload on and a folder of fake installed
-distributions on PYTHONPATH (a clashing one that sorts before odezoo, one
-impersonating a built-in's entry-point name, malformed metadata of three
-kinds, a well-behaved one) and a world-writable ODEZOO_PLUGIN_PATH folder; one
-with ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` and a plugin that hangs at import.
-The switch's parsing and the world-writable warning are also checked in this
-process, without loading anything.
+Two heavy subprocesses (discovery runs once per process and importing
+TensorFlow costs seconds), run outside the repository so that the fake
+distributions come before odezoo's own on sys.path. One with autoload on: a
+folder on PYTHONPATH holding a distribution that sorts before odezoo, takes
+``resnet``, names an entry point ``euler`` and lists the built-in families
+module; four kinds of malformed metadata; a well-behaved plugin; and a
+world-writable ODEZOO_PLUGIN_PATH folder. One with
+``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` and a plugin that hangs at import. The
+switch's parsing and the world-writable warning are checked in this process
+(nothing is loaded), a bad switch value through the CLI (no TensorFlow).
 """
 
 import json
@@ -71,6 +73,7 @@ DISTS = {
     "fake-1.0.dist-info": ("fake", "[odezoo.plugins]\nthis line has no equals sign\n"),
     "fake_header-1.0.dist-info": ("fake-header", "[odezoo.plugins\nlost = fake_header\n"),
     "nameless-1.0.dist-info": (None, "[odezoo.plugins]\nnameless = nameless_mod\n"),
+    "binary-1.0.dist-info": ("binary", b"[odezoo.plugins]\nbinary = \xff\xfe\n"),
 }
 
 ON_SCRIPT = """
@@ -100,14 +103,17 @@ def _write(path: Path, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """A folder that looks like site-packages with five third-party distributions."""
+    """A folder that looks like site-packages with six third-party distributions."""
     root = tmp_path_factory.mktemp("site")
     for folder, (name, entry_points) in DISTS.items():
         info = root / folder
         info.mkdir()
         meta = "Metadata-Version: 2.1\n" + (f"Name: {name}\n" if name else "") + "Version: 1.0\n"
         (info / "METADATA").write_text(meta)
-        (info / "entry_points.txt").write_text(entry_points)
+        if isinstance(entry_points, bytes):
+            (info / "entry_points.txt").write_bytes(entry_points)
+        else:
+            (info / "entry_points.txt").write_text(entry_points)
     _write(root / "aaa_evil.py", EVIL)
     _write(root / "aaa_evil_euler.py", EVIL_EULER)
     _write(root / "bbb_good.py", GOOD)
@@ -196,6 +202,7 @@ def test_an_entry_point_named_like_a_builtin_is_not_a_builtin(autoload_on):
         ("distribution fake 1.0", "TypeError"),  # a line without '='
         ("distribution fake-header 1.0", "declares no entry point"),  # a broken section header
         ("nameless-1.0.dist-info", "no Name"),
+        ("distribution binary 1.0", "UnicodeDecodeError"),
     ],
 )
 def test_malformed_metadata_is_reported_and_skipped_alone(autoload_on, dist, why):
@@ -209,7 +216,7 @@ def test_every_plugin_is_accounted_for(autoload_on):
     assert len(builtin) == 9
     others = sorted(name for name, source in autoload_on["loaded"] if not source.startswith("entry point odezoo."))
     assert others == ["good", "ww"]
-    assert len(autoload_on["failures"]) == 5
+    assert len(autoload_on["failures"]) == 6
     assert autoload_on["report"]["autoload"] is True
 
 
