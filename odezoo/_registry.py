@@ -334,7 +334,7 @@ class _Malformed(Exception):
 
 
 def _distributions(autoload: bool) -> list:
-    """Installed distributions declaring odezoo plugins; the first of a name on sys.path wins."""
+    """Installed distributions, each name once (the first on sys.path wins, as importlib decides)."""
     if not autoload:
         try:
             return [importlib.metadata.distribution(BUILTIN_DISTRIBUTION)]
