@@ -250,7 +250,7 @@ def _check_config(key, config: dict, where: str) -> None:
         if value is None:
             continue
         allowed = f"a list of at most {length} ints in [1, {high}]" + (f", product <= {product}" if product else "")
-        if (not isinstance(value, list) or len(value) > length
+        if (not isinstance(value, (list, tuple)) or len(value) > length
                 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high for v in value)
                 or (product and math.prod(value) > product)):
             refuse(name, value, allowed)

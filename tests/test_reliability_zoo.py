@@ -150,7 +150,10 @@ def test_kill_inside_the_manifest_rename_leaves_a_temp_that_the_next_commit_clea
 BARRIER = """
 n = int(sys.argv[2]); me = sys.argv[3]
 open(os.path.join(folder, ".ready-" + me), "w").close()
+deadline = time.time() + 60
 while len([f for f in os.listdir(folder) if f.startswith(".ready-")]) < n:
+    if time.time() > deadline:
+        sys.exit("the other children never came")
     time.sleep(0.01)
 tmp = _weights.temp_path(folder, "weights.h5")
 h5(tmp, int(me))
