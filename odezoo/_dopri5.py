@@ -77,13 +77,40 @@ import tensorflow as tf
 from odezoo._errors import SolverError
 
 # reasons (tfp's ``diagnostics.status`` is 0 on success and -1 on failure; ours adds why)
-OK, MAX_STEPS, NONFINITE, UNDERFLOW = 0, 1, 2, 3
+OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED = 0, 1, 2, 3, 4
 REASONS = {
     OK: "success",
     MAX_STEPS: "the step budget (max_steps attempted steps) was exhausted",
     NONFINITE: "NaN or Inf in the state, the field or the cotangents",
     UNDERFLOW: "the step size underflowed (the tolerances cannot be met: stiff or singular field?)",
+    UNORDERED: "the solution times are out of order (not monotone from t0 in the direction of integration)",
 }
+
+
+def times_ordered(t0, times):
+    """A scalar bool tensor: ``times`` run monotonically from ``t0`` towards ``times[-1]``.
+
+    Equal neighbours are allowed (the adjoint's refined grid repeats t0); the static
+    checks of ``odeint`` and ``ODEBlock`` refuse repeated user times before this runs.
+    """
+    times = tf.reshape(times, [-1])
+    t0 = tf.cast(t0, times.dtype)
+    direction = tf.where(times[-1] >= t0, tf.ones([], times.dtype), -tf.ones([], times.dtype))
+    edges = tf.concat([tf.reshape(t0, [1]), times], 0)
+    return tf.reduce_all(direction * (edges[1:] - edges[:-1]) >= 0.0)
+
+
+def check_finite_positive(arg, value, *, allow_none=False, allowed="a finite positive float"):
+    """Validate a numeric solver option (a Python number; tensors are left to the caller)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return value
+    if (not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, (bool, np.bool_))
+            or not np.isfinite(value) or not value > 0):
+        raise ValueError(f"Invalid value for `{arg}`. Received: {arg}={value!r}. "
+                         f"Allowed: {'None or ' if allow_none else ''}{allowed}.")
+    return value
 
 # Dormand & Prince (1980) tableau, FSAL: the 7th stage is f at the new point.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -118,7 +145,8 @@ class Diagnostics(collections.namedtuple(
             the initial f(t0) and the initial-step probe included.
         num_jacobian_evaluations, num_matrix_factorizations: always 0 (explicit method).
         status: tfp's convention: 0 success, -1 failure.
-        reason: odezoo's code: 0 ok, 1 step budget exhausted, 2 NaN/Inf, 3 step underflow.
+        reason: odezoo's code: 0 ok, 1 step budget exhausted, 2 NaN/Inf, 3 step underflow,
+            4 solution times out of order (see :data:`REASONS`).
         num_steps: attempted steps; num_accepted_steps: accepted ones.
         time_reached: the time the solution reached (the last solution time on success).
     """
@@ -272,6 +300,7 @@ def integrate(fn, t0, y0, times, *, rtol, atol, first_step=None, max_steps=10000
     h = tf.stop_gradient(direction * h_abs)
 
     reason = tf.where(finite0, OK, NONFINITE)
+    reason = tf.where(times_ordered(t0, times), reason, UNORDERED)
     tas = [tf.TensorArray(dtype, size=n, element_shape=y.shape) for y in y0]
 
     # outputs at t0 itself
@@ -585,9 +614,18 @@ class DormandPrince:
             raise ValueError(f"Invalid value for `gradient`. Received: gradient={gradient!r}. "
                              f"Allowed: {', '.join(map(repr, _GRADIENTS))}.")
         for arg, value in (("rtol", rtol), ("atol", atol), ("adjoint_rtol", adjoint_rtol),
-                           ("adjoint_atol", adjoint_atol)):
-            if isinstance(value, (int, float)) and not value > 0:
-                raise ValueError(f"Invalid value for `{arg}`. Received: {arg}={value!r}. Allowed: a positive float.")
+                           ("adjoint_atol", adjoint_atol), ("first_step_size", first_step_size)):
+            check_finite_positive(arg, value, allow_none=arg not in ("rtol", "atol"))
+        check_finite_positive("safety", safety, allowed="a finite float in (0, 1]")
+        if not safety <= 1:
+            raise ValueError(f"Invalid value for `safety`. Received: safety={safety!r}. Allowed: a finite float in (0, 1].")
+        check_finite_positive("ifactor", ifactor, allowed="a finite float >= 1")
+        check_finite_positive("dfactor", dfactor, allowed="a finite float in (0, 1]")
+        if not (ifactor >= 1 and dfactor <= 1):
+            raise ValueError(f"Invalid value for `ifactor`/`dfactor`. Received: ifactor={ifactor!r}, "
+                             f"dfactor={dfactor!r}. Allowed: ifactor >= 1 and 0 < dfactor <= 1, both finite.")
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not (np.isfinite(beta) and beta >= 0):
+            raise ValueError(f"Invalid value for `beta`. Received: beta={beta!r}. Allowed: a finite float >= 0.")
         if not isinstance(adjoint_checkpoints, int) or isinstance(adjoint_checkpoints, bool) or adjoint_checkpoints < 0:
             raise ValueError(f"Invalid value for `adjoint_checkpoints`. Received: "
                              f"adjoint_checkpoints={adjoint_checkpoints!r}. Allowed: an int >= 0.")

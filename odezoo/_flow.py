@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from odezoo import _dopri5
+from odezoo import _dopri5, _odeblock
 from odezoo._errors import bad_value
 
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
@@ -122,7 +122,7 @@ def exact_trace(ode_fn, state_shape, dtype):
 
 
 def _positive(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 class _Setting:
@@ -184,8 +184,8 @@ class FFJORDFlow(keras.Model):
     trace = _Setting(lambda v: v in TRACES, ", ".join(map(repr, TRACES)))
     noise = _Setting(lambda v: v in NOISES, ", ".join(map(repr, NOISES)))
     solver = _Setting(lambda v: v in SOLVERS, ", ".join(map(repr, SOLVERS)))
-    rtol = _Setting(_positive, "a positive float", float)
-    atol = _Setting(_positive, "a positive float", float)
+    rtol = _Setting(_positive, "a finite positive float", float)
+    atol = _Setting(_positive, "a finite positive float", float)
 
     def __init__(self, data_dim, hidden=(64, 64, 64), activation="tanh", trace="hutchinson",
                  noise="rademacher", solver="dopri5", rtol=1e-5, atol=1e-5, num_blocks=1, t1=1.0,
@@ -199,8 +199,8 @@ class FFJORDFlow(keras.Model):
         if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
             raise bad_value("hidden", hidden, "a non-empty sequence of positive ints")
         if not _positive(t1):
-            raise bad_value("t1", t1, "a positive float")
-        if not isinstance(max_steps, int) or max_steps < 1:
+            raise bad_value("t1", t1, "a finite positive float")
+        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
             raise bad_value("max_steps", max_steps, "a positive int")
         if not isinstance(eval_probes, int) or eval_probes < 1:
             raise bad_value("eval_probes", eval_probes, "a positive int")
@@ -401,11 +401,16 @@ class FFJORDFlow(keras.Model):
         x = tf.cast(x, tf.float32)
         self.nfe_forward.assign(0)
         self.nfe_backward.assign(0)
+        self.solver_status.assign([0, 0])
         with tf.GradientTape() as tape:
             nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
         variables = self.trainable_variables
         grads = tape.gradient(nll, variables)
-        self.optimizer.apply(grads, variables)
+        if _odeblock._gate_in_this_context():  # a failed solve applies no update (issue 12)
+            _odeblock.apply_if_solved(lambda: [self.solver_status.value], grads,
+                                      lambda: self.optimizer.apply(grads, variables))
+        else:
+            self.optimizer.apply(grads, variables)
         self.nll_tracker.update_state(nll)
         self.bpd_tracker.update_state(self._bits_per_dim(nll))
         return self._logs()
@@ -414,6 +419,7 @@ class FFJORDFlow(keras.Model):
         x = data[0] if isinstance(data, (tuple, list)) else data
         x = tf.cast(x, tf.float32)
         self.nfe_forward.assign(0)
+        self.solver_status.assign([0, 0])
         if self.data_dim <= 8:
             nll = -tf.reduce_mean(self._distribution("exact").log_prob(x))
             logs_se = tf.zeros([])
@@ -429,6 +435,37 @@ class FFJORDFlow(keras.Model):
         if self.data_dim > 8:
             logs["nll_se"] = self.se_tracker.result()
         return logs
+
+    # -- SolverError from every Keras entry point (the status is read after each batch) --------
+    def _with_guard(self, callbacks):
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            return callbacks  # fit's own validation pass: the guard is already in the list
+        self.solver_status.assign([0, 0])
+        return list(callbacks or []) + [_odeblock._SolverGuard([self])]
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        return super().fit(*args, callbacks=self._with_guard(callbacks), **kwargs)
+
+    def evaluate(self, *args, callbacks=None, **kwargs):
+        return super().evaluate(*args, callbacks=self._with_guard(callbacks), **kwargs)
+
+    def predict(self, *args, callbacks=None, **kwargs):
+        return super().predict(*args, callbacks=self._with_guard(callbacks), **kwargs)
+
+    def _checked(self, method, *args, **kwargs):
+        self.solver_status.assign([0, 0])
+        out = method(*args, **kwargs)
+        self.check_status()
+        return out
+
+    def train_on_batch(self, *args, **kwargs):
+        return self._checked(super().train_on_batch, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        return self._checked(super().test_on_batch, *args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        return self._checked(super().predict_on_batch, *args, **kwargs)
 
     def get_config(self):
         return dict(name=self.name, data_dim=self.data_dim, hidden=list(self.hidden), activation=self.activation,

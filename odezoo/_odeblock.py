@@ -47,6 +47,12 @@ def check_solver(solver):
         from odezoo._errors import UnknownNameError
 
         raise UnknownNameError("solver", solver, list(ADAPTIVE) + _registry.list_schemes()) from None
+    from odezoo._layers import make_scheme
+
+    if any(width != 4 for width in make_scheme(solver, {}).block_fields(4)):
+        # e.g. "reversible": its fields act on halves of the state, a partitioned system
+        raise bad_value("solver", solver, "an adaptive solver or a scheme whose fields take the whole state "
+                        f"(solver={solver!r} splits the state, so it cannot solve dy/dt = f(t, y))")
     return solver
 
 
@@ -72,8 +78,9 @@ def _check_positive(arg, value, *, allow_none=False, integer=False):
     if value is None and allow_none:
         return None
     kind = int if integer else (int, float)
-    if not isinstance(value, kind) or isinstance(value, bool) or not value > 0:
-        raise bad_value(arg, value, ("None or " if allow_none else "") + ("a positive int" if integer else "a positive float"))
+    if not isinstance(value, kind) or isinstance(value, bool) or not math.isfinite(value) or not value > 0:
+        allowed = "a positive int" if integer else "a finite positive float"
+        raise bad_value(arg, value, ("None or " if allow_none else "") + allowed)
     return int(value) if integer else float(value)
 
 
@@ -119,7 +126,7 @@ def plan_fixed_grid(t0, times, num_steps=None, step_size=None):
 
 
 def fixed_grid_solve(scheme_name, f, y0, t0, times, *, num_steps=None, step_size=None):
-    """Solve with a registered scheme's ``step``; returns ``(outputs (n, *y0.shape), nfe)``."""
+    """Solve with a registered scheme's ``step``; returns ``(outputs (n, *y0.shape), nfe, steps)``."""
     from odezoo._layers import make_scheme
 
     scheme = make_scheme(scheme_name, {})
@@ -154,7 +161,7 @@ def fixed_grid_solve(scheme_name, f, y0, t0, times, *, num_steps=None, step_size
             total_steps += n
             t = t + n * h
         outs.append(scheme.output(state))
-    return tf.stack(outs, 0), (per_step or 0) * total_steps
+    return tf.stack(outs, 0), (per_step or 0) * total_steps, total_steps
 
 
 # --------------------------------------------------------------------------- tfp behind guards
@@ -247,17 +254,17 @@ def _no_gradient_through_map(x, fn):
 
     tfp's adjoint inside ``tf.map_fn`` fails to differentiate when the field reads
     variables ("... is in list of internal_captures but not in
-    internal_capture_to_output"), so the per-sample BDF is inference-only.
+    internal_capture_to_output"), so the per-sample BDF is inference-only. The
+    solve must run with the tapes recording: BDF's Newton iteration takes its
+    Jacobian from a GradientTape, and under ``stop_recording`` that Jacobian is
+    zero (the solve then crawls and returns wrong numbers: issue 12).
     """
 
     @tf.custom_gradient
     def run(x):
-        from tensorflow.python.eager import record
+        y = fn(x)
 
-        with record.stop_recording():
-            y = fn(x)
-
-        def grad(dy, variables=None):
+        def grad(*dys, variables=None):
             raise ValueError(
                 "ODEBlock(solver='bdf') solves each sample as its own system (tf.map_fn) and has no "
                 "gradient: tfp's adjoint cannot be differentiated through tf.map_fn. Train with "
@@ -291,23 +298,35 @@ def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guar
                                   **({"first_step_size": first_step} if first_step else {}))
         budget = 8 * max_steps + 1
     guard.budget = budget
+    ordered = _dopri5.times_ordered(t0, times)
+    times_in = tf.where(ordered, times, tf.fill(tf.shape(times), t0))  # out of order: a no-op solve
     with tf.control_dependencies([guard.reset()]):
         y_in = tf.identity(y0)
     (y_in,) = guard.report_inputs([y_in], on_backward)
     gfield = guard.field(lambda t, y: tf.cast(f(t, y), dtype))
 
     def one(y):
-        res = solver.solve(gfield, t0, y, solution_times=times)
-        return res.states
+        res = solver.solve(gfield, t0, y, solution_times=times_in)
+        return res.states, tf.cast(tf.not_equal(res.diagnostics.status, 0), tf.int32)
 
     if kind == "bdf" and batch_axis == 0:
-        states = _no_gradient_through_map(
-            y_in, lambda y_in: tf.map_fn(lambda y: one(y[None])[:, 0], y_in, fn_output_signature=dtype))
+        def per_sample(y):
+            states, failed = one(y[None])
+            return states[:, 0], failed
+
+        states, failed = _no_gradient_through_map(
+            y_in, lambda y_in: tf.map_fn(per_sample, y_in, fn_output_signature=(dtype, tf.int32)))
+        failed = tf.reduce_max(failed)
         states = tf.transpose(states, [1, 0] + list(range(2, states.shape.rank)))
     else:
-        states = one(y_in)
+        states, failed = one(y_in)
     with tf.control_dependencies([states]):
         calls, reason = TFPGuard.status(guard.v.read_value())
+    # tfp's own failure (its status) or a non-finite state the guard did not see: never silent numbers
+    reason = tf.where(tf.logical_and(tf.equal(reason, 0), failed > 0), _dopri5.MAX_STEPS, reason)
+    reason = tf.where(tf.logical_and(tf.equal(reason, 0), tf.logical_not(tf.reduce_all(tf.math.is_finite(states)))),
+                      _dopri5.NONFINITE, reason)
+    reason = tf.where(ordered, reason, _dopri5.UNORDERED)
     info = dict(reason=reason, nfe=calls, steps=tf.constant(-1), accepted=tf.constant(-1),
                 t=tf.where(tf.equal(reason, 0), times[-1], tf.constant(np.nan, dtype)))
     deps = _dopri5._run_hook(on_forward, info)
@@ -352,9 +371,14 @@ def solve(f, y0, t0, times, *, solver="dopri5", rtol=1e-3, atol=1e-6, first_step
         return tfp_solve(solver, f, y0, t0, times, rtol=rtol, atol=atol, first_step=first_step,
                          max_steps=max_steps, guard=guard, batch_axis=batch_axis,
                          on_forward=on_forward, on_backward=on_backward)
-    states, nfe = fixed_grid_solve(solver, f, y0, t0, times, num_steps=num_steps, step_size=step_size)
+    states, nfe, steps = fixed_grid_solve(solver, f, y0, t0, times, num_steps=num_steps, step_size=step_size)
+    # the same status as dopri5's: a non-finite state anywhere on the grid fails the solve
+    finite = tf.reduce_all(tf.math.is_finite(states))
+    reason = tf.where(finite, _dopri5.OK, _dopri5.NONFINITE)
+    states = tf.where(finite, states, tf.constant(np.nan, dtype))
     t_end = tf.cast(tf.reshape(times, [-1])[-1], dtype)
-    info = dict(reason=tf.constant(0), nfe=tf.constant(nfe), steps=tf.constant(-1), t=t_end)
+    info = dict(reason=reason, nfe=tf.constant(nfe), steps=tf.constant(steps),
+                t=tf.where(finite, t_end, tf.constant(np.nan, dtype)))
     deps = _dopri5._run_hook(on_forward, info)
     deps += _dopri5._run_hook(on_backward, dict(nfe=tf.constant(0), reason=tf.constant(0),
                                                 steps=tf.constant(0), t=tf.cast(t0, dtype)))
@@ -364,6 +388,17 @@ def solve(f, y0, t0, times, *, solver="dopri5", rtol=1e-3, atol=1e-6, first_step
 
 
 # --------------------------------------------------------------------------- odeint
+def _check_static_grid(t):
+    """A ValueError for known times that are not finite and strictly monotone (run-time ones get a status)."""
+    tv = tf.get_static_value(t)
+    if tv is None or tv.size < 2:
+        return
+    d = np.diff(tv)
+    if not np.all(np.isfinite(tv)) or not (np.all(d > 0) or np.all(d < 0)):
+        raise bad_value("t", tv.tolist(), "finite times strictly increasing or strictly decreasing from t[0] "
+                        "(no repeated or out-of-order times)")
+
+
 _ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient")
 _odeint_cache = weakref.WeakKeyDictionary()
 
@@ -374,7 +409,8 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     Args:
         f: any callable ``f(t, y)`` returning dy/dt shaped like ``y``.
         y0: initial state (a tensor), at time ``t[0]``.
-        t: 1-D tensor of times, starting at t0 and monotone (increasing or decreasing).
+        t: 1-D tensor of times, starting at t0 and strictly monotone (increasing or decreasing);
+            known times out of order are a ValueError, run-time ones fail with status 4.
         solver: "dopri5" (default; odezoo's own), "tfp_dopri5", "bdf", or a
             registered fixed-grid scheme ("euler", "rk4", ...).
         rtol, atol: tolerances of the adaptive solvers.
@@ -400,6 +436,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     if not y0.dtype.is_floating:
         y0 = tf.cast(y0, keras.config.floatx())
     t = tf.cast(tf.reshape(tf.convert_to_tensor(t), [-1]), y0.dtype)
+    _check_static_grid(t)
 
     fixed = solver not in ADAPTIVE
     static_t = None
@@ -537,9 +574,11 @@ class ODEBlock(keras.layers.Layer):
                 raise bad_value("solution_times", solution_times, "None or a list of floats") from None
             sign = 1.0 if t1 > t0 else -1.0
             rel = [sign * (x - t0) for x in times]
-            if not times or any(r < 0 for r in rel) or any(b < a for a, b in zip(rel, rel[1:])):
+            if (not times or not all(map(math.isfinite, times)) or any(r < 0 for r in rel)
+                    or any(b <= a for a, b in zip(rel, rel[1:]))):
                 raise bad_value("solution_times", solution_times,
-                                "a non-empty list of times from t0 onwards, monotone in the direction t0 -> t1")
+                                "a non-empty list of finite times from t0 onwards, strictly monotone in the "
+                                "direction t0 -> t1")
             solution_times = times
         self.solution_times = solution_times
         if not isinstance(augment_dims, int) or isinstance(augment_dims, bool) or augment_dims < 0:
@@ -551,9 +590,15 @@ class ODEBlock(keras.layers.Layer):
 
     # -- settable solver options -----------------------------------------------------------
     def __setattr__(self, name, value):
+        checked = name in ODEBlock._SETTABLE and getattr(self, "_ready", False)
+        old = getattr(self, name, None) if checked else None
         super().__setattr__(name, value)
-        if name in ODEBlock._SETTABLE and getattr(self, "_ready", False):
-            self._validate()
+        if checked:
+            try:
+                self._validate()
+            except ValueError:
+                super().__setattr__(name, old)  # a refused value leaves the block as it was
+                raise
             self._compiled = {}
 
     def _validate(self):
@@ -795,7 +840,10 @@ class ODEConvField(keras.layers.Layer):
 
 
 class _SolverGuard(keras.callbacks.Callback):
-    """Raise SolverError after any batch whose solve failed inside the compiled step."""
+    """Raise SolverError after any batch whose solve failed inside the compiled step.
+
+    ``blocks`` are objects with ``check_status()`` (ODE blocks, the FFJORD model).
+    """
 
     def __init__(self, blocks):
         super().__init__()
@@ -808,14 +856,68 @@ class _SolverGuard(keras.callbacks.Callback):
     on_train_batch_end = on_test_batch_end = on_predict_batch_end = _check
 
 
+def apply_if_solved(read_reasons, grads, apply_fn):
+    """Run ``apply_fn()`` (the optimizer's update) only if every solve of the step succeeded.
+
+    ``read_reasons()`` returns int tensors of reason codes (0 = success); it is
+    called after ``grads`` (the backward solves write their status while the
+    gradients are computed). The update sits in a ``tf.cond``, so a failed batch
+    leaves the weights, ``optimizer.iterations`` and the moments untouched; the
+    caller raises :class:`odezoo.SolverError` in Python after the step.
+    """
+    deps = [g for g in tf.nest.flatten(grads) if g is not None]
+    with tf.control_dependencies(deps):
+        ok = tf.constant(True)
+        for reasons in read_reasons():
+            ok = tf.logical_and(ok, tf.reduce_all(tf.equal(reasons, 0)))
+
+    def update():
+        apply_fn()
+        return tf.constant(True)
+
+    return tf.cond(ok, update, lambda: tf.constant(False))
+
+
+class _GatedApply:
+    """While Keras traces its train step, route ``optimizer.apply_gradients`` through :func:`apply_if_solved`.
+
+    Keras's ``train_step`` owns the update; wrapping that one call keeps its
+    step (loss scaling, metrics) as it is instead of copying it.
+    """
+
+    def __init__(self, optimizer, read_reasons):
+        self.optimizer, self.read_reasons = optimizer, read_reasons
+
+    def __enter__(self):
+        opt, real = self.optimizer, self.optimizer.apply_gradients
+
+        def gated(grads_and_vars, *args, **kwargs):
+            grads_and_vars = list(grads_and_vars)
+            apply_if_solved(self.read_reasons, [g for g, _ in grads_and_vars],
+                            lambda: real(grads_and_vars, *args, **kwargs))
+
+        opt.apply_gradients = gated
+        return self
+
+    def __exit__(self, *exc):
+        del self.optimizer.apply_gradients  # the class's method again
+
+
+def _gate_in_this_context():
+    """The gate's ``tf.cond`` cannot hold a distribution strategy's cross-replica update (merge_call)."""
+    return not tf.distribute.has_strategy() or tf.distribute.get_strategy().num_replicas_in_sync == 1
+
+
 @_serializable
 class ODEClassifier(keras.Model):
     """A functional classifier with :class:`ODEBlock` layers (ODE-Net, RK-Net).
 
     Adds ``nfe_forward`` / ``nfe_backward`` (summed over its ODE blocks) to the
-    ``fit`` / ``evaluate`` logs, and raises :class:`odezoo.SolverError` after
-    any batch whose solve failed inside the compiled step (the status is read
-    from the blocks' ``solver_status`` variables).
+    ``fit`` / ``evaluate`` logs. A batch whose solve failed applies no update
+    (the optimizer's apply is gated on the blocks' ``solver_status`` inside the
+    compiled step; not under a multi-replica strategy, whose update cannot sit in
+    a ``tf.cond``), and ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch``
+    methods raise :class:`odezoo.SolverError` after it.
     """
 
     def ode_blocks(self):
@@ -829,7 +931,13 @@ class ODEClassifier(keras.Model):
         return logs
 
     def train_step(self, data):
-        logs = super().train_step(data)
+        blocks = self.ode_blocks()
+        if blocks and self.optimizer is not None and _gate_in_this_context():
+            reasons = lambda: [b.solver_status.value[:2] for b in blocks]  # noqa: E731  [forward, backward]
+            with _GatedApply(self.optimizer, reasons):
+                logs = super().train_step(data)
+        else:
+            logs = super().train_step(data)
         logs = dict(logs)
         logs.update(self._nfe_logs())
         return logs
@@ -858,6 +966,24 @@ class ODEClassifier(keras.Model):
 
     def predict(self, *args, callbacks=None, **kwargs):
         return super().predict(*args, callbacks=self._with_guard(callbacks), **kwargs)
+
+    def _checked(self, method, *args, **kwargs):
+        blocks = self.ode_blocks()
+        for b in blocks:
+            b.reset_status()
+        out = method(*args, **kwargs)
+        for b in blocks:
+            b.check_status()
+        return out
+
+    def train_on_batch(self, *args, **kwargs):
+        return self._checked(super().train_on_batch, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        return self._checked(super().test_on_batch, *args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        return self._checked(super().predict_on_batch, *args, **kwargs)
 
 
 def ode_classifier(*, name, input_shape, num_classes, solver, rtol, atol, num_steps=None, step_size=None,

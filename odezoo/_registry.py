@@ -217,12 +217,13 @@ def _check_name(what: str, name) -> None:
         )
 
 
-def _unregister(record: PluginRecord) -> None:
+def _unregister(record: PluginRecord, new_modules: frozenset = frozenset()) -> None:
     """Roll back what ``record`` itself registered, and nothing another plugin owns.
 
-    A module first imported while ``record`` loaded (another plugin's module, say)
-    is dropped from ``sys.modules`` with its registrations, so that its own entry
-    point later imports it afresh instead of finding it cached and empty.
+    A module in ``new_modules`` (first imported while ``record`` loaded: another
+    plugin's module, say) that defined a rolled-back object is dropped from
+    ``sys.modules``, so that its own entry point later imports it afresh instead
+    of finding it cached and empty.
     """
     modules = set()
     for name in record.schemes:
@@ -237,9 +238,8 @@ def _unregister(record: PluginRecord) -> None:
             modules.add(spec.builder.__module__)
             for alias in spec.aliases:
                 _aliases.pop(alias, None)
-    for module in modules:
-        if not module.startswith("odezoo.") or module.startswith("odezoo.plugins."):
-            sys.modules.pop(module, None)
+    for module in modules & new_modules:
+        sys.modules.pop(module, None)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -260,6 +260,7 @@ def _fail(name: str, source: str, message: str, tb: str = "") -> None:
 
 def _load_one(name: str, source: str, importer: Callable[[], Any]) -> None:
     record = PluginRecord(name=name, source=source)
+    before = set(sys.modules)
     try:
         with _loading(record):
             module = importer()
@@ -271,10 +272,10 @@ def _load_one(name: str, source: str, importer: Callable[[], Any]) -> None:
                     f"{', '.join(map(str, SUPPORTED_PLUGIN_APIS))}"
                 )
     except KeyboardInterrupt:
-        _unregister(record)
+        _unregister(record, frozenset(set(sys.modules) - before))
         raise
     except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not break the others
-        _unregister(record)
+        _unregister(record, frozenset(set(sys.modules) - before))
         _fail(name, source, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return
     _loaded.append(record)
@@ -333,7 +334,7 @@ class _Malformed(Exception):
 
 
 def _distributions(autoload: bool) -> list:
-    """Installed distributions declaring odezoo plugins; the first of a name on sys.path wins."""
+    """Installed distributions, each name once (the first on sys.path wins, as importlib decides)."""
     if not autoload:
         try:
             return [importlib.metadata.distribution(BUILTIN_DISTRIBUTION)]
@@ -341,7 +342,11 @@ def _distributions(autoload: bool) -> list:
             return []
     found, seen = [], set()
     for dist in importlib.metadata.distributions():
-        key = getattr(dist, "_normalized_name", None) or str(getattr(dist, "_path", id(dist)))
+        try:  # importlib's own notion of "the same distribution" (a folder name for most)
+            key = dist._normalized_name
+        except Exception:
+            key = None
+        key = key or str(getattr(dist, "_path", id(dist)))
         if key in seen:
             continue
         seen.add(key)
@@ -361,6 +366,10 @@ def _dist_identity(dist) -> tuple[str, str]:
     return os.path.basename(path), f"distribution at {path}"
 
 
+def _by_key(entries: list) -> list:
+    return sorted(entries, key=lambda entry: entry[0])
+
+
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -373,7 +382,7 @@ def _entry_point_plugins(autoload: bool = True) -> list:
     names its entry points. A distribution whose metadata cannot be read is
     reported and skipped alone.
     """
-    builtin, third_party, seen = [], [], set()
+    builtin, third_party = [], []
     for dist in _distributions(autoload):
         try:
             text = dist.read_text("entry_points.txt")
@@ -387,15 +396,16 @@ def _entry_point_plugins(autoload: bool = True) -> list:
             _fail(name, source, f"malformed metadata: {detail}")
             continue
         for ep in eps:
-            if (ep.name, ep.value) in seen:
-                continue
-            seen.add((ep.name, ep.value))
             is_builtin = _normalize(dist_name) == BUILTIN_DISTRIBUTION and _BUILTIN_VALUE.fullmatch(ep.value)
-            entry = (ep.name, f"entry point {ep.value} ({dist_name} {version})", ep.load)
+            entry = (ep.name, ep.value, f"entry point {ep.value} ({dist_name} {version})", ep.load)
             (builtin if is_builtin else third_party).append(((_normalize(dist_name), ep.name), entry))
-    return [entry for _, entry in sorted(builtin, key=lambda e: e[0])] + (
-        [entry for _, entry in sorted(third_party, key=lambda e: e[0])] if autoload else []
-    )
+    plugins, seen = [], set()
+    for _, (name, value, source, load) in _by_key(builtin) + (_by_key(third_party) if autoload else []):
+        if value in seen:  # a module listed twice (or a built-in's listed by another distribution) loads once
+            continue
+        seen.add(value)
+        plugins.append((name, source, load))
+    return plugins
 
 
 def _warn_if_writable_by_others(path: str, what: str) -> None:

@@ -250,10 +250,27 @@ def _check_config(key, config: dict, where: str) -> None:
         if value is None:
             continue
         allowed = f"a list of at most {length} ints in [1, {high}]" + (f", product <= {product}" if product else "")
-        if (not isinstance(value, list) or len(value) > length
+        if (not isinstance(value, (list, tuple)) or len(value) > length
                 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high for v in value)
                 or (product and math.prod(value) > product)):
             refuse(name, value, allowed)
+
+
+def check_entry_inputs(model: str, tag: str, config: dict) -> None:
+    """Raise :class:`ManifestError` now if an entry for ``model.tag`` with ``config`` would be refused.
+
+    For callers that commit after a long job (``odezoo train``): the names and the config are the parts
+    of an entry known before it starts.
+    """
+    key, where = f"{model}.{tag}", "new entry"
+    for field, value in (("model", model), ("tag", tag)):
+        if not isinstance(value, str) or not NAME.fullmatch(value):
+            raise ManifestError(f"{where} {key!r}: {field} {value!r} must be 1-100 letters, digits and _ . + - "
+                                "(not starting with . + -).")
+    if not isinstance(config, dict):
+        raise ManifestError(f"{where} {key!r}: config must be a dict, got {type(config).__name__}.")
+    _check_tree(config, where, (key, "config"), depth=3)
+    _check_config(key, config, where)
 
 
 def resolve_file(key, file, folder, *, where="manifest") -> str:

@@ -1,13 +1,15 @@
 """Issue 12, item 6: built-ins own their names; hostile or broken plugins fail alone.
 
-Two subprocesses (discovery runs once per process and importing TensorFlow
-costs seconds): one with autoload on and a folder of fake installed
-distributions on PYTHONPATH (a clashing one that sorts before odezoo, one
-impersonating a built-in's entry-point name, malformed metadata of three
-kinds, a well-behaved one) and a world-writable ODEZOO_PLUGIN_PATH folder; one
-with ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` and a plugin that hangs at import.
-The switch's parsing and the world-writable warning are also checked in this
-process, without loading anything.
+Two heavy subprocesses (discovery runs once per process and importing
+TensorFlow costs seconds), run outside the repository so that the fake
+distributions come before odezoo's own on sys.path. One with autoload on: a
+folder on PYTHONPATH holding a distribution that sorts before odezoo, takes
+``resnet``, names an entry point ``euler`` and lists the built-in families
+module; four kinds of malformed metadata; a well-behaved plugin; and a
+world-writable ODEZOO_PLUGIN_PATH folder. One with
+``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` and a plugin that hangs at import. The
+switch's parsing and the world-writable warning are checked in this process
+(nothing is loaded), a bad switch value through the CLI (no TensorFlow).
 """
 
 import json
@@ -64,11 +66,14 @@ HANGS = """
 
 # folder name -> (METADATA Name or None, entry_points.txt)
 DISTS = {
-    "aaa_evil-1.0.dist-info": ("aaa-evil", "[odezoo.plugins]\nevil = aaa_evil\neuler = aaa_evil_euler\n"),
+    # also lists the built-in families module, hoping to move it behind its own "evil"
+    "aaa_evil-1.0.dist-info": ("aaa-evil", "[odezoo.plugins]\nevil = aaa_evil\neuler = aaa_evil_euler\n"
+                                           "families = odezoo.plugins.families\n"),
     "bbb_good-1.0.dist-info": ("bbb-good", "[odezoo.plugins]\ngood = bbb_good\n"),
     "fake-1.0.dist-info": ("fake", "[odezoo.plugins]\nthis line has no equals sign\n"),
     "fake_header-1.0.dist-info": ("fake-header", "[odezoo.plugins\nlost = fake_header\n"),
     "nameless-1.0.dist-info": (None, "[odezoo.plugins]\nnameless = nameless_mod\n"),
+    "binary-1.0.dist-info": ("binary", b"[odezoo.plugins]\nbinary = \xff\xfe\n"),
 }
 
 ON_SCRIPT = """
@@ -98,26 +103,30 @@ def _write(path: Path, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """A folder that looks like site-packages with five third-party distributions."""
+    """A folder that looks like site-packages with six third-party distributions."""
     root = tmp_path_factory.mktemp("site")
     for folder, (name, entry_points) in DISTS.items():
         info = root / folder
         info.mkdir()
         meta = "Metadata-Version: 2.1\n" + (f"Name: {name}\n" if name else "") + "Version: 1.0\n"
         (info / "METADATA").write_text(meta)
-        (info / "entry_points.txt").write_text(entry_points)
+        if isinstance(entry_points, bytes):
+            (info / "entry_points.txt").write_bytes(entry_points)
+        else:
+            (info / "entry_points.txt").write_text(entry_points)
     _write(root / "aaa_evil.py", EVIL)
     _write(root / "aaa_evil_euler.py", EVIL_EULER)
     _write(root / "bbb_good.py", GOOD)
     return root
 
 
-def _run(script: str, env_extra: dict, timeout: float) -> subprocess.CompletedProcess:
+def _run(script: str, env_extra: dict, timeout: float, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` in ``cwd``: not the repository, whose odezoo.egg-info would come first on sys.path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODEZOO_")}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", **env_extra)
     try:
         return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                              timeout=timeout, cwd=REPO)
+                              timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"discovery did not finish in {timeout} s; stderr: {exc.stderr}")
 
@@ -131,7 +140,7 @@ def autoload_on(site, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ww_plugins")
     _write(folder / "ww.py", WORLD_WRITABLE)
     folder.chmod(0o777)
-    proc = _run(ON_SCRIPT, {"PYTHONPATH": _pythonpath(site), "ODEZOO_PLUGIN_PATH": str(folder)}, timeout=240)
+    proc = _run(ON_SCRIPT, {"PYTHONPATH": _pythonpath(site), "ODEZOO_PLUGIN_PATH": str(folder)}, timeout=240, cwd=site)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["stderr"], out["folder"] = proc.stderr, folder
@@ -193,6 +202,7 @@ def test_an_entry_point_named_like_a_builtin_is_not_a_builtin(autoload_on):
         ("distribution fake 1.0", "TypeError"),  # a line without '='
         ("distribution fake-header 1.0", "declares no entry point"),  # a broken section header
         ("nameless-1.0.dist-info", "no Name"),
+        ("distribution binary 1.0", "UnicodeDecodeError"),
     ],
 )
 def test_malformed_metadata_is_reported_and_skipped_alone(autoload_on, dist, why):
@@ -206,7 +216,7 @@ def test_every_plugin_is_accounted_for(autoload_on):
     assert len(builtin) == 9
     others = sorted(name for name, source in autoload_on["loaded"] if not source.startswith("entry point odezoo."))
     assert others == ["good", "ww"]
-    assert len(autoload_on["failures"]) == 5
+    assert len(autoload_on["failures"]) == 6
     assert autoload_on["report"]["autoload"] is True
 
 
@@ -223,7 +233,7 @@ def test_disable_autoload_loads_builtins_only_and_skips_a_hanging_plugin(site, t
     _write(folder / "hangs.py", HANGS)
     _write(folder / "ww.py", WORLD_WRITABLE)
     env = {"PYTHONPATH": _pythonpath(site), "ODEZOO_PLUGIN_PATH": str(folder), "ODEZOO_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    proc = _run(OFF_SCRIPT, env, timeout=150)
+    proc = _run(OFF_SCRIPT, env, timeout=150, cwd=site)
     assert proc.returncode == 0, proc.stderr
     listed, _, report = proc.stdout.rpartition("REPORT ")
     out = json.loads(report)
@@ -283,11 +293,11 @@ def test_a_private_plugin_folder_does_not_warn(monkeypatch, tmp_path, recwarn):
     assert not [w for w in recwarn if "writable" in str(w.message)]
 
 
-def test_the_cli_refuses_an_unrecognised_autoload_switch_before_any_plugin_runs():
+def test_the_cli_refuses_an_unrecognised_autoload_switch_before_any_plugin_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODEZOO_")}
     env["ODEZOO_DISABLE_PLUGIN_AUTOLOAD"] = "please"
     proc = subprocess.run([sys.executable, "-m", "odezoo", "list"], capture_output=True, text=True, env=env,
-                          timeout=60, cwd=REPO)
+                          timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("odezoo: error: Invalid value for `ODEZOO_DISABLE_PLUGIN_AUTOLOAD`")
