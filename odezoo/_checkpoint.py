@@ -42,15 +42,7 @@ def _fsync_tree(folder: str) -> None:
         if os.path.isfile(path):
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-    fsync_dir(folder)
-
-
-def fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _weights.fsync_dir(folder)
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -107,7 +99,7 @@ class Checkpoints:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fsync_dir(self.folder)
+        _weights.fsync_dir(self.folder)
         for old in self._epochs()[KEEP:]:
             shutil.rmtree(self.path(old), ignore_errors=True)
         return final

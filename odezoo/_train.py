@@ -437,6 +437,7 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
         build_config = full_config(spec, name, dataset, {**config, "synchronized_bn": True})
     else:
         build_config = full_config(spec, name, dataset, config)
+    _weights.check_entry_inputs(spec.name, tag, build_config)  # the entry's parts known now: refused now, not after
     tensors, n = _training_data(spec, dataset, build_config)
     steps_per_epoch = -(-n // batch_size)
     args = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule, optimizer=optimizer,

@@ -488,7 +488,7 @@ def check_writable(folder: str) -> None:
         raise OdezooError(f"Cannot write to {folder}: {exc.strerror or exc}.") from exc
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -529,7 +529,7 @@ def _replace_file(path: str, data: bytes, mode: int) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _write_manifest(folder: str, doc: dict, mode: int) -> None:
@@ -579,7 +579,7 @@ def _remove_unreferenced(folder: str, doc: dict, candidates) -> None:
             removed = True
     if removed:
         with contextlib.suppress(OSError):
-            _fsync_dir(folder)
+            fsync_dir(folder)
 
 
 def _say_replaced(key: str, old) -> None:
@@ -604,7 +604,7 @@ def _place_weights(tmp: str, final: str, sha: str) -> bool:
         os.unlink(tmp)
         return False
     os.replace(tmp, final)
-    _fsync_dir(os.path.dirname(final))
+    fsync_dir(os.path.dirname(final))
     return True
 
 

@@ -63,6 +63,10 @@ def test_plugins_lists_loaded_plugins_and_failures(capsys, monkeypatch):
     monkeypatch.setattr(odezoo, "plugin_report", lambda: report)
     status, out, _ = run(capsys, "plugins")
     assert "failures (1):" in out and "shaky  [/tmp/shaky.py]" in out and "ImportError: no module named x" in out
+    report.update(autoload=False, warnings=["ODEZOO_PLUGIN_PATH folder /tmp/p is writable by other users"])
+    status, out, _ = run(capsys, "plugins")
+    assert out.startswith("autoload: off (ODEZOO_DISABLE_PLUGIN_AUTOLOAD)")
+    assert "warning: ODEZOO_PLUGIN_PATH folder /tmp/p is writable by other users" in out
 
 
 @pytest.mark.parametrize(

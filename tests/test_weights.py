@@ -160,23 +160,6 @@ def test_failed_manifest_write_leaves_the_old_one_intact(zoo, tmp_path, monkeypa
     assert [f for f in os.listdir(folder) if f.startswith(".tmp")] == []
 
 
-def test_resume_after_a_crash_keeps_finished_epochs(tmp_path, capsys):
-    _register_tiny()
-    out = str(tmp_path)
-    steps_per_epoch = -(-1437 // 256)
-    with pytest.raises(KeyboardInterrupt, match="simulated crash"):
-        _train.train(TINY, dataset="digits", epochs=3, batch_size=256, lr=1e-2, seed=1, out=out, verbose=0,
-                     _crash_after_batches=steps_per_epoch + 2)  # inside the second epoch
-    state = json.load(open(os.path.join(out, f"{TINY}.digits.ckpt.json")))
-    assert state["epochs_done"] == 1
-    assert not os.path.exists(os.path.join(out, "manifest.json"))  # nothing half-written
-    entry = _train.train(TINY, dataset="digits", epochs=3, batch_size=256, lr=1e-2, seed=1, out=out, verbose=1,
-                         resume=True)
-    printed = capsys.readouterr().out
-    assert "after epoch 1" in printed and "Epoch 2/3" in printed and "Epoch 1/3" not in printed
-    assert entry["epochs"] == 3 and entry["metrics"]["accuracy"] > 0.5
-
-
 def test_train_rejects_bad_input(tmp_path):
     _register_tiny()
     with pytest.raises(odezoo.UnknownNameError, match="'cifar100'"):
