@@ -7,11 +7,12 @@ fixed-grid scheme (``"euler"``, ``"rk4"``, a third party's), run with the same
 field for all of its ``num_fields``. Every solve runs under
 ``tf.function(jit_compile=True)`` (eager adaptive solving is ~16x slower).
 
-Failures never hang and never return silent numbers: the solve returns NaN
-states and a status; :class:`odezoo.SolverError` is raised in Python where the
-status is concrete (eager calls of ``odeint`` and of the layer; the
-:class:`ODEClassifier`'s ``fit``/``evaluate``/``predict`` read the layer's
-status variable after every batch).
+Failures never hang and never return silent numbers: every solver (the fixed
+grids too) returns NaN states and a status (``_dopri5.REASONS``);
+:class:`odezoo.SolverError` is raised in Python where the status is concrete
+(eager calls of ``odeint`` and of the layer; :class:`ODEClassifier` applies no
+update for a failed batch and raises from ``fit``/``evaluate``/``predict`` and the
+``*_on_batch`` methods after it).
 """
 
 from __future__ import annotations
@@ -904,8 +905,8 @@ class _GatedApply:
 
 
 def _gate_in_this_context():
-    """The gate's ``tf.cond`` cannot hold a distribution strategy's cross-replica update (merge_call)."""
-    return not tf.distribute.has_strategy() or tf.distribute.get_strategy().num_replicas_in_sync == 1
+    """The gate's ``tf.cond`` cannot hold a strategy's cross-replica update (a merge_call), even on one replica."""
+    return not tf.distribute.has_strategy()
 
 
 @_serializable
@@ -915,8 +916,8 @@ class ODEClassifier(keras.Model):
     Adds ``nfe_forward`` / ``nfe_backward`` (summed over its ODE blocks) to the
     ``fit`` / ``evaluate`` logs. A batch whose solve failed applies no update
     (the optimizer's apply is gated on the blocks' ``solver_status`` inside the
-    compiled step; not under a multi-replica strategy, whose update cannot sit in
-    a ``tf.cond``), and ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch``
+    compiled step; not under a ``tf.distribute`` strategy, whose update is a
+    ``merge_call`` that cannot sit in a ``tf.cond``), and ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch``
     methods raise :class:`odezoo.SolverError` after it.
     """
 
