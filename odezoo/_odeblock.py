@@ -325,8 +325,8 @@ def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guar
         calls, reason = TFPGuard.status(guard.v.read_value())
     # tfp's own failure (its status) or a non-finite state the guard did not see: never silent numbers
     reason = tf.where(tf.logical_and(tf.equal(reason, 0), failed > 0), _dopri5.MAX_STEPS, reason)
-    reason = tf.where(tf.logical_and(tf.equal(reason, 0), tf.logical_not(tf.reduce_all(tf.math.is_finite(states)))),
-                      _dopri5.NONFINITE, reason)
+    finite = tf.reduce_all(tf.math.is_finite(states))
+    reason = tf.where(tf.logical_and(tf.equal(reason, 0), tf.logical_not(finite)), _dopri5.NONFINITE, reason)
     reason = tf.where(ordered, reason, _dopri5.UNORDERED)
     info = dict(reason=reason, nfe=calls, steps=tf.constant(-1), accepted=tf.constant(-1),
                 t=tf.where(tf.equal(reason, 0), times[-1], tf.constant(np.nan, dtype)))
@@ -905,7 +905,7 @@ class _GatedApply:
 
 
 def _gate_in_this_context():
-    """The gate's ``tf.cond`` cannot hold a strategy's cross-replica update (a merge_call), even on one replica."""
+    """The gate's ``tf.cond`` cannot hold a strategy's update (a merge_call), even on one replica."""
     return not tf.distribute.has_strategy()
 
 
@@ -917,8 +917,8 @@ class ODEClassifier(keras.Model):
     ``fit`` / ``evaluate`` logs. A batch whose solve failed applies no update
     (the optimizer's apply is gated on the blocks' ``solver_status`` inside the
     compiled step; not under a ``tf.distribute`` strategy, whose update is a
-    ``merge_call`` that cannot sit in a ``tf.cond``), and ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch``
-    methods raise :class:`odezoo.SolverError` after it.
+    ``merge_call`` that cannot sit in a ``tf.cond``), and ``fit``, ``evaluate``,
+    ``predict`` and the ``*_on_batch`` methods raise :class:`odezoo.SolverError` after it.
     """
 
     def ode_blocks(self):
