@@ -618,7 +618,8 @@ class DormandPrince:
             check_finite_positive(arg, value, allow_none=arg not in ("rtol", "atol"))
         check_finite_positive("safety", safety, allowed="a finite float in (0, 1]")
         if not safety <= 1:
-            raise ValueError(f"Invalid value for `safety`. Received: safety={safety!r}. Allowed: a finite float in (0, 1].")
+            raise ValueError(f"Invalid value for `safety`. Received: safety={safety!r}. "
+                             "Allowed: a finite float in (0, 1].")
         check_finite_positive("ifactor", ifactor, allowed="a finite float >= 1")
         check_finite_positive("dfactor", dfactor, allowed="a finite float in (0, 1]")
         if not (ifactor >= 1 and dfactor <= 1):

@@ -7,11 +7,12 @@ fixed-grid scheme (``"euler"``, ``"rk4"``, a third party's), run with the same
 field for all of its ``num_fields``. Every solve runs under
 ``tf.function(jit_compile=True)`` (eager adaptive solving is ~16x slower).
 
-Failures never hang and never return silent numbers: the solve returns NaN
-states and a status; :class:`odezoo.SolverError` is raised in Python where the
-status is concrete (eager calls of ``odeint`` and of the layer; the
-:class:`ODEClassifier`'s ``fit``/``evaluate``/``predict`` read the layer's
-status variable after every batch).
+Failures never hang and never return silent numbers: every solver (the fixed
+grids too) returns NaN states and a status (``_dopri5.REASONS``);
+:class:`odezoo.SolverError` is raised in Python where the status is concrete
+(eager calls of ``odeint`` and of the layer; :class:`ODEClassifier` applies no
+update for a failed batch and raises from ``fit``/``evaluate``/``predict`` and the
+``*_on_batch`` methods after it).
 """
 
 from __future__ import annotations
@@ -324,8 +325,8 @@ def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guar
         calls, reason = TFPGuard.status(guard.v.read_value())
     # tfp's own failure (its status) or a non-finite state the guard did not see: never silent numbers
     reason = tf.where(tf.logical_and(tf.equal(reason, 0), failed > 0), _dopri5.MAX_STEPS, reason)
-    reason = tf.where(tf.logical_and(tf.equal(reason, 0), tf.logical_not(tf.reduce_all(tf.math.is_finite(states)))),
-                      _dopri5.NONFINITE, reason)
+    finite = tf.reduce_all(tf.math.is_finite(states))
+    reason = tf.where(tf.logical_and(tf.equal(reason, 0), tf.logical_not(finite)), _dopri5.NONFINITE, reason)
     reason = tf.where(ordered, reason, _dopri5.UNORDERED)
     info = dict(reason=reason, nfe=calls, steps=tf.constant(-1), accepted=tf.constant(-1),
                 t=tf.where(tf.equal(reason, 0), times[-1], tf.constant(np.nan, dtype)))
@@ -904,8 +905,8 @@ class _GatedApply:
 
 
 def _gate_in_this_context():
-    """The gate's ``tf.cond`` cannot hold a distribution strategy's cross-replica update (merge_call)."""
-    return not tf.distribute.has_strategy() or tf.distribute.get_strategy().num_replicas_in_sync == 1
+    """The gate's ``tf.cond`` cannot hold a strategy's update (a merge_call), even on one replica."""
+    return not tf.distribute.has_strategy()
 
 
 @_serializable
@@ -915,9 +916,9 @@ class ODEClassifier(keras.Model):
     Adds ``nfe_forward`` / ``nfe_backward`` (summed over its ODE blocks) to the
     ``fit`` / ``evaluate`` logs. A batch whose solve failed applies no update
     (the optimizer's apply is gated on the blocks' ``solver_status`` inside the
-    compiled step; not under a multi-replica strategy, whose update cannot sit in
-    a ``tf.cond``), and ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch``
-    methods raise :class:`odezoo.SolverError` after it.
+    compiled step; not under a ``tf.distribute`` strategy, whose update is a
+    ``merge_call`` that cannot sit in a ``tf.cond``), and ``fit``, ``evaluate``,
+    ``predict`` and the ``*_on_batch`` methods raise :class:`odezoo.SolverError` after it.
     """
 
     def ode_blocks(self):

@@ -210,3 +210,17 @@ def test_run_time_out_of_order_reason_from_integrate():
 def test_partitioned_scheme_is_refused_as_a_solver():
     with pytest.raises(ValueError, match=r"Received: solver='reversible'.*cannot solve dy/dt = f\(t, y\)"):
         odezoo.ODEBlock(keras.layers.Dense(2), solver="reversible", num_steps=4)
+
+
+@pytest.mark.slow
+def test_under_a_strategy_the_failed_batch_still_raises():
+    """The documented limit: a strategy's update is a merge_call, which the gate's tf.cond cannot hold."""
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 17, (4, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 4)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = odezoo.build("rknet", input_shape=(8, 8, 1), channels=8, num_steps=2)
+        model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=False)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    x[0, 0, 0, 0] = np.inf
+    with pytest.raises(odezoo.SolverError, match="status 2"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
