@@ -9,6 +9,7 @@ Keras backend. Every layer names its scheme by registered name in
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 from keras import ops
@@ -90,8 +91,8 @@ class SchemeBlock(keras.layers.Layer):
         self.scheme = make_scheme(scheme, scheme_options)
         self.scheme_name = self.scheme.name
         self.scheme_options = dict(scheme_options)
-        if not isinstance(h, (int, float)) or isinstance(h, bool) or not h > 0:
-            raise bad_value("h", h, "a positive float")
+        if not isinstance(h, (int, float)) or isinstance(h, bool) or not math.isfinite(h) or not h > 0:
+            raise bad_value("h", h, "a finite positive float")
         self.h = float(h)
         if fields is None and field_factory is None:
             raise TypeError("SchemeBlock needs a `field_factory` (or ready-made `fields`).")

@@ -224,3 +224,9 @@ def test_under_a_strategy_the_failed_batch_still_raises():
     x[0, 0, 0, 0] = np.inf
     with pytest.raises(odezoo.SolverError, match="status 2"):
         model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("h", [float("inf"), float("nan"), 0.0, -1.0])
+def test_a_network_blocks_step_size_h_must_be_finite_and_positive(h):
+    with pytest.raises(ValueError, match=r"Received: h=(inf|nan|0\.0|-1\.0)\. Allowed: a finite positive float"):
+        odezoo.build("resnet", depth=8, input_shape=(8, 8, 1), num_classes=10, h=h)
