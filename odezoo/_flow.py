@@ -157,7 +157,7 @@ class _SolveResults:
 
 
 @_serializable
-class FFJORDFlow(keras.Model):
+class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
     """A continuous normalising flow (FFJORD) as a Keras model.
 
     Args:
@@ -437,35 +437,11 @@ class FFJORDFlow(keras.Model):
         return logs
 
     # -- SolverError from every Keras entry point (the status is read after each batch) --------
-    def _with_guard(self, callbacks):
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            return callbacks  # fit's own validation pass: the guard is already in the list
+    def _solver_checks(self):
+        return [self]
+
+    def reset_status(self):
         self.solver_status.assign([0, 0])
-        return list(callbacks or []) + [_odeblock._SolverGuard([self])]
-
-    def fit(self, *args, callbacks=None, **kwargs):
-        return super().fit(*args, callbacks=self._with_guard(callbacks), **kwargs)
-
-    def evaluate(self, *args, callbacks=None, **kwargs):
-        return super().evaluate(*args, callbacks=self._with_guard(callbacks), **kwargs)
-
-    def predict(self, *args, callbacks=None, **kwargs):
-        return super().predict(*args, callbacks=self._with_guard(callbacks), **kwargs)
-
-    def _checked(self, method, *args, **kwargs):
-        self.solver_status.assign([0, 0])
-        out = method(*args, **kwargs)
-        self.check_status()
-        return out
-
-    def train_on_batch(self, *args, **kwargs):
-        return self._checked(super().train_on_batch, *args, **kwargs)
-
-    def test_on_batch(self, *args, **kwargs):
-        return self._checked(super().test_on_batch, *args, **kwargs)
-
-    def predict_on_batch(self, *args, **kwargs):
-        return self._checked(super().predict_on_batch, *args, **kwargs)
 
     def get_config(self):
         return dict(name=self.name, data_dim=self.data_dim, hidden=list(self.hidden), activation=self.activation,

@@ -857,6 +857,54 @@ class _SolverGuard(keras.callbacks.Callback):
     on_train_batch_end = on_test_batch_end = on_predict_batch_end = _check
 
 
+class SolverChecked:
+    """A mixin for a ``keras.Model`` whose steps solve ODEs: every Keras entry point raises for a failed batch.
+
+    ``fit``, ``evaluate`` and ``predict`` check after each batch (a callback),
+    the ``*_on_batch`` methods after their one batch. The model names what to
+    check in ``_solver_checks()``: objects with ``reset_status()`` and
+    ``check_status()`` (its ODE blocks, or the model itself).
+    """
+
+    def _solver_checks(self) -> list:
+        return []
+
+    def _with_guard(self, callbacks):
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            return callbacks  # fit's own validation pass: the guard is already in the list
+        checks = self._solver_checks()
+        for check in checks:
+            check.reset_status()
+        return list(callbacks or []) + ([_SolverGuard(checks)] if checks else [])
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        return super().fit(*args, callbacks=self._with_guard(callbacks), **kwargs)
+
+    def evaluate(self, *args, callbacks=None, **kwargs):
+        return super().evaluate(*args, callbacks=self._with_guard(callbacks), **kwargs)
+
+    def predict(self, *args, callbacks=None, **kwargs):
+        return super().predict(*args, callbacks=self._with_guard(callbacks), **kwargs)
+
+    def _checked(self, method, *args, **kwargs):
+        checks = self._solver_checks()
+        for check in checks:
+            check.reset_status()
+        out = method(*args, **kwargs)
+        for check in checks:
+            check.check_status()
+        return out
+
+    def train_on_batch(self, *args, **kwargs):
+        return self._checked(super().train_on_batch, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        return self._checked(super().test_on_batch, *args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        return self._checked(super().predict_on_batch, *args, **kwargs)
+
+
 def apply_if_solved(read_reasons, grads, apply_fn):
     """Run ``apply_fn()`` (the optimizer's update) only if every solve of the step succeeded.
 
@@ -910,7 +958,7 @@ def _gate_in_this_context():
 
 
 @_serializable
-class ODEClassifier(keras.Model):
+class ODEClassifier(SolverChecked, keras.Model):
     """A functional classifier with :class:`ODEBlock` layers (ODE-Net, RK-Net).
 
     Adds ``nfe_forward`` / ``nfe_backward`` (summed over its ODE blocks) to the
@@ -948,43 +996,8 @@ class ODEClassifier(keras.Model):
         logs.update(self._nfe_logs(backward=False))
         return logs
 
-    def _with_guard(self, callbacks):
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            return callbacks  # fit's own validation pass: the guard is already in the list
-        callbacks = list(callbacks or [])
-        blocks = self.ode_blocks()
-        if blocks:
-            for b in blocks:
-                b.reset_status()
-            callbacks.append(_SolverGuard(blocks))
-        return callbacks
-
-    def fit(self, *args, callbacks=None, **kwargs):
-        return super().fit(*args, callbacks=self._with_guard(callbacks), **kwargs)
-
-    def evaluate(self, *args, callbacks=None, **kwargs):
-        return super().evaluate(*args, callbacks=self._with_guard(callbacks), **kwargs)
-
-    def predict(self, *args, callbacks=None, **kwargs):
-        return super().predict(*args, callbacks=self._with_guard(callbacks), **kwargs)
-
-    def _checked(self, method, *args, **kwargs):
-        blocks = self.ode_blocks()
-        for b in blocks:
-            b.reset_status()
-        out = method(*args, **kwargs)
-        for b in blocks:
-            b.check_status()
-        return out
-
-    def train_on_batch(self, *args, **kwargs):
-        return self._checked(super().train_on_batch, *args, **kwargs)
-
-    def test_on_batch(self, *args, **kwargs):
-        return self._checked(super().test_on_batch, *args, **kwargs)
-
-    def predict_on_batch(self, *args, **kwargs):
-        return self._checked(super().predict_on_batch, *args, **kwargs)
+    def _solver_checks(self):
+        return self.ode_blocks()
 
 
 def ode_classifier(*, name, input_shape, num_classes, solver, rtol, atol, num_steps=None, step_size=None,
