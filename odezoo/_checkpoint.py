@@ -79,6 +79,11 @@ class Checkpoints:
     def exists(self) -> bool:
         return bool(self._epochs())
 
+    def newest(self) -> int | None:
+        """The finished-epoch count of the newest committed checkpoint, or None."""
+        epochs = self._epochs()
+        return epochs[0] if epochs else None
+
     def save(self, model, *, epochs_done: int, optimizer_steps: int, run: dict, logs: dict) -> str:
         """Commit one checkpoint (temp folder, fsync, one rename), then keep the newest :data:`KEEP`."""
         os.makedirs(self.folder, exist_ok=True)

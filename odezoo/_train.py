@@ -261,7 +261,7 @@ def _epoch_batches(spec, dataset, tensors, n, *, initial_epoch, epochs, batch_si
     return tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
-def _guard_callback(ckpts, run, *, chief, steps_per_epoch):
+def _guard_callback(ckpts, run, *, chief):
     """After each batch: stop on a non-finite loss. After each epoch: check the weights, commit a checkpoint."""
     import keras
 
@@ -272,7 +272,8 @@ def _guard_callback(ckpts, run, *, chief, steps_per_epoch):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
+            logs = logs or {}
+            loss = logs.get("loss", logs.get("nll"))  # a classifier's loss; a flow's NLL
             if loss is not None and not math.isfinite(float(loss)):
                 raise TrainingError(f"training diverged at epoch {self.epoch + 1}, step {batch + 1} "
                                     f"(loss {float(loss)}); {_kept(ckpts)}")
@@ -292,8 +293,8 @@ def _guard_callback(ckpts, run, *, chief, steps_per_epoch):
 
 
 def _kept(ckpts) -> str:
-    epochs = ckpts._epochs()
-    return (f"the last good checkpoint (epoch {epochs[0]}) is kept in {ckpts.path(epochs[0])}" if epochs
+    newest = ckpts.newest()
+    return (f"the last good checkpoint (epoch {newest}) is kept in {ckpts.path(newest)}" if newest
             else "no checkpoint was written")
 
 
@@ -467,7 +468,7 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
         if initial_epoch < epochs:
             batches = _epoch_batches(spec, dataset, tensors, n, initial_epoch=initial_epoch, epochs=epochs,
                                      batch_size=batch_size, seed=seed)
-            guard = _guard_callback(ckpts, run, chief=chief, steps_per_epoch=steps_per_epoch)
+            guard = _guard_callback(ckpts, run, chief=chief)
             with dist.scope(), _multiworker_keras_workaround(model, dist):
                 model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                           callbacks=[guard], shuffle=False, verbose=verbose)

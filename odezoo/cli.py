@@ -253,7 +253,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", metavar="KEY=VALUE", help="build config (repeatable; JSON values)")
     p.add_argument("--tag", help="manifest tag (default: the dataset's name)")
     p.add_argument("--default", action="store_true", help="mark the entry the model's default tag")
-    p.add_argument("--resume", action="store_true", help="continue from the last finished epoch's checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue this run from its newest checkpoint (refused, naming the differing keys, "
+                        "for another run's)")
     p.add_argument("--strategy", default="default", choices=STRATEGIES,
                    help="tf.distribute strategy: default (one device), mirrored (local devices), "
                         "multiworker (cluster from TF_CONFIG), tpu; --batch-size is the global batch")

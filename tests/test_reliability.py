@@ -202,6 +202,18 @@ def test_divergence_stops_the_run_and_writes_no_entry(tmp_path, capsys):
     assert not [f for f in os.listdir(out) if f.endswith(".weights.h5")]
 
 
+@pytest.mark.slow
+def test_a_diverging_flow_stops_the_run_and_writes_no_entry(tmp_path, capsys):
+    out = tmp_path / "out"
+    status, errors = odezoo_cli(capsys, ["train", "ffjord", "--dataset", "8gaussians", "--epochs", "1",
+                                         "--batch-size", "512", "--lr", "1e9", "--out", str(out),
+                                         "--config", "hidden=[16, 16]"])
+    # a NaN NLL is the guard's "training diverged"; a NaN state inside the solve is the flow's SolverError
+    assert status == 2 and len(errors) == 1, errors
+    assert "training diverged at epoch 1" in errors[0] or "NaN or Inf" in errors[0], errors
+    assert not os.path.exists(out / "manifest.json")
+
+
 @contextlib.contextmanager
 def small_filesystem(path, size, *, read_only=False):
     """A real tmpfs of ``size`` at ``path`` (root only; the test skips where mounting is not allowed)."""
