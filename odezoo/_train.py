@@ -222,8 +222,8 @@ def _training_data(spec, dataset, build_config):
         flow_data(dataset, "test")
         return (x,), len(x)
     num_classes, shape = build_config.get("num_classes"), tuple(build_config.get("input_shape") or ())
-    for split in ("test", "train"):
-        x, y = data.load(dataset, split)
+    train = data.load(dataset, "train")
+    for split, (x, y) in (("train", train), ("test", data.load(dataset, "test"))):
         if x.shape[1:] != shape:
             raise TrainingError(f"{dataset} {split} images have shape {x.shape[1:]}, but the model is built for "
                                 f"input_shape={list(shape)}; drop --config input_shape or match the data.")
@@ -231,7 +231,7 @@ def _training_data(spec, dataset, build_config):
             raise TrainingError(f"{dataset} {split} labels lie in [{y.min()}, {y.max()}], outside "
                                 f"[0, {num_classes}) for num_classes={num_classes}; set --config num_classes to "
                                 f"the dataset's class count ({data.INFO[dataset]['classes']}).")
-    return (x, y), len(x)
+    return train, len(train[0])
 
 
 def _epoch_batches(spec, dataset, tensors, n, *, initial_epoch, epochs, batch_size, seed):
