@@ -286,8 +286,8 @@ def _guard_callback(ckpts, run, *, chief):
                     self.model.save(os.path.join(scratch, "model.keras"))
                 return
             with _writing(ckpts.folder):
-                ckpts.save(self.model, epochs_done=epoch + 1, optimizer_steps=int(self.model.optimizer.iterations),
-                           run=run, logs=logs)
+                steps = int(self.model.optimizer.iterations.numpy())  # .numpy(): a MirroredVariable under a strategy
+                ckpts.save(self.model, epochs_done=epoch + 1, optimizer_steps=steps, run=run, logs=logs)
 
     return Guard()
 
@@ -356,7 +356,7 @@ def _prepare_model(spec, name, build_config, ckpts, run, *, resume, chief, jit, 
         except Exception as exc:  # a damaged or foreign file: untrusted input
             raise CheckpointError(f"Checkpoint {folder}: cannot load its model ({type(exc).__name__}: "
                                   f"{' '.join(str(exc).split())[:300]}).") from exc
-        steps = int(model.optimizer.iterations)
+        steps = int(model.optimizer.iterations.numpy())
         if steps != state["optimizer_steps"] or steps != state["epochs_done"] * steps_per_epoch:
             raise CheckpointError(f"Checkpoint {folder}: its optimizer made {steps} steps, but "
                                   f"{state['epochs_done']} epochs of {steps_per_epoch} steps were recorded.")

@@ -33,7 +33,8 @@ def rel_tiny(*, input_shape=(8, 8, 1), num_classes=10, width=16):
     import keras
 
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"Invalid value for `num_classes`. Received: num_classes={num_classes!r}. Allowed: an int >= 2.")
+        raise ValueError(f"Invalid value for `num_classes`. Received: num_classes={num_classes!r}. "
+                         "Allowed: an int >= 2.")
     inputs = keras.Input(input_shape)
     x = odezoo.nets.normalization_layer("auto", input_shape)(inputs)
     x = keras.layers.Flatten()(x)
@@ -171,7 +172,8 @@ def test_resume_refuses_another_runs_checkpoint(tmp_path, capsys):
     assert os.listdir(out / "rel_tiny.digits.ckpt") == ["epoch-000001"]
     status, errors = odezoo_cli(capsys, ["train"] + train_args(out, "--resume", "--config", "width=8", "--lr", "0.02"))
     assert status == 2 and len(errors) == 1
-    assert "config.width (16 in the checkpoint, 8 now)" in errors[0] and "lr (0.01 in the checkpoint, 0.02 now)" in errors[0]
+    assert "config.width (16 in the checkpoint, 8 now)" in errors[0]
+    assert "lr (0.01 in the checkpoint, 0.02 now)" in errors[0]
     # the checkpoint is untouched, and a fresh start without --resume is refused rather than overwriting it
     assert os.listdir(out / "rel_tiny.digits.ckpt") == ["epoch-000001"]
     status, errors = odezoo_cli(capsys, ["train"] + train_args(out))

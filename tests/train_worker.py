@@ -82,7 +82,7 @@ train = _train.train
 
 def recording_train(*a, **k):
     entry, model = train(*a, **dict(k, return_model=True))
-    steps["optimizer_steps"] = int(model.optimizer.iterations)
+    steps["optimizer_steps"] = int(model.optimizer.iterations.numpy())
     steps["entry"] = entry
     return entry
 
