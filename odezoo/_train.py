@@ -299,8 +299,6 @@ def _kept(ckpts) -> str:
 
 
 def _check_finite_weights(model, when: str) -> None:
-    import numpy as np
-
     bad = [w.path for w in model.weights if not np.all(np.isfinite(np.asarray(w.numpy(), dtype=np.float64)))]
     if bad:
         raise TrainingError(f"training diverged: non-finite values in {', '.join(bad[:3])}"
@@ -328,7 +326,7 @@ def _check_space(out, model) -> None:
 
 
 @contextlib.contextmanager
-def _run_lock(out, key, verbose):
+def _run_lock(out, key):
     """Serialise runs of one ``model.tag`` into one folder (the second waits; a killed run frees it)."""
     path = os.path.join(out, f".{key}.train.lock")
     with open(path, "a+") as fh:
@@ -456,7 +454,7 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
         print(f"strategy {strategy!r} on CPU devices: the train step runs without XLA "
               "(XLA refuses replicas' variables on other CPU devices).")
     ckpts = checkpoint_lib.Checkpoints(out, key)
-    with _run_lock(out, key, verbose) if chief else contextlib.nullcontext():
+    with _run_lock(out, key) if chief else contextlib.nullcontext():
         keras.utils.set_random_seed(seed)
         with _distribute.precision_policy(precision), dist.scope():
             model, initial_epoch = _prepare_model(
