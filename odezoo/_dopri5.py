@@ -74,7 +74,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from odezoo._errors import SolverError
+from odezoo._errors import SolverError, bad_value
 
 # reasons (tfp's ``diagnostics.status`` is 0 on success and -1 on failure; ours adds why)
 OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED = 0, 1, 2, 3, 4
@@ -108,9 +108,9 @@ def check_finite_positive(arg, value, *, allow_none=False, allowed="a finite pos
         return value
     if (not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, (bool, np.bool_))
             or not np.isfinite(value) or not value > 0):
-        raise ValueError(f"Invalid value for `{arg}`. Received: {arg}={value!r}. "
-                         f"Allowed: {'None or ' if allow_none else ''}{allowed}.")
+        raise bad_value(arg, value, ("None or " if allow_none else "") + allowed)
     return value
+
 
 # Dormand & Prince (1980) tableau, FSAL: the 7th stage is f at the new point.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -618,15 +618,14 @@ class DormandPrince:
             check_finite_positive(arg, value, allow_none=arg not in ("rtol", "atol"))
         check_finite_positive("safety", safety, allowed="a finite float in (0, 1]")
         if not safety <= 1:
-            raise ValueError(f"Invalid value for `safety`. Received: safety={safety!r}. "
-                             "Allowed: a finite float in (0, 1].")
+            raise bad_value("safety", safety, "a finite float in (0, 1]")
         check_finite_positive("ifactor", ifactor, allowed="a finite float >= 1")
         check_finite_positive("dfactor", dfactor, allowed="a finite float in (0, 1]")
         if not (ifactor >= 1 and dfactor <= 1):
             raise ValueError(f"Invalid value for `ifactor`/`dfactor`. Received: ifactor={ifactor!r}, "
                              f"dfactor={dfactor!r}. Allowed: ifactor >= 1 and 0 < dfactor <= 1, both finite.")
         if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not (np.isfinite(beta) and beta >= 0):
-            raise ValueError(f"Invalid value for `beta`. Received: beta={beta!r}. Allowed: a finite float >= 0.")
+            raise bad_value("beta", beta, "a finite float >= 0")
         if not isinstance(adjoint_checkpoints, int) or isinstance(adjoint_checkpoints, bool) or adjoint_checkpoints < 0:
             raise ValueError(f"Invalid value for `adjoint_checkpoints`. Received: "
                              f"adjoint_checkpoints={adjoint_checkpoints!r}. Allowed: an int >= 0.")
