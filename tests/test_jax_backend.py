@@ -2,8 +2,10 @@
 
 Keras fixes its backend at import, so every check runs in a subprocess with
 ``KERAS_BACKEND=jax`` (tests/_jax_checks.py; this process stays on
-TensorFlow). The default run is one subprocess; training under
-``jit_compile=True`` and the shipped weights are ``slow``.
+TensorFlow). Every test here is marked ``jax`` and left out of the default
+run (they cost minutes and run on their own: ``pytest -m jax``, as .ci/run does
+after installing the jax extra); training under ``jit_compile=True`` and the
+shipped weights are also ``slow``.
 """
 
 import json
@@ -14,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.jax
 pytest.importorskip("jax", reason="JAX is not installed: pip install -e '.[jax]' to test the JAX backend")
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "_jax_checks.py")
