@@ -167,12 +167,17 @@ def raise_for_status(reason, *, rtol, atol, time_reached, num_steps, max_steps=N
         return
     if code == OK:
         return
-    t = float(np.asarray(time_reached))
-    steps = int(np.asarray(num_steps))
     budget = f" of max_steps={max_steps}" if max_steps is not None else ""
+    where = ""
+    if time_reached is not None and num_steps is not None:  # None: the caller did not record them
+        t = float(np.asarray(time_reached))
+        steps = int(np.asarray(num_steps))
+        where = f"; time reached t={t:.6g} after {steps} attempted steps{budget}"
+    elif max_steps is not None:
+        where = f"; max_steps={max_steps}"
     raise SolverError(
         f"{what} with {solver!r} failed: status {code} ({REASONS.get(code, 'unknown')}); "
-        f"rtol={rtol!r}, atol={atol!r}; time reached t={t:.6g} after {steps} attempted steps{budget}."
+        f"rtol={rtol!r}, atol={atol!r}{where}."
     )
 
 

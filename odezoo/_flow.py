@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from odezoo import _dopri5, _odeblock
+from odezoo import _dopri5, _gate, _odeblock
 from odezoo._errors import bad_value
 
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
@@ -256,12 +256,14 @@ class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
             return solver.solve(ode_fn, initial_time, initial_state, times, constants=constants)
 
         def on_forward(info):
+            info = _gate.across_replicas(info)
             return [self.nfe_forward.assign_add(tf.cast(info["nfe"], tf.int32)),
                     self.solver_status.assign(tf.stack([tf.maximum(self.solver_status[0],
                                                                    tf.cast(info["reason"], tf.int32)),
                                                         self.solver_status[1]]))]
 
         def on_backward(info):
+            info = _gate.across_replicas(info)
             return [self.nfe_backward.assign_add(tf.cast(info["nfe"], tf.int32)),
                     self.solver_status.assign(tf.stack([self.solver_status[0],
                                                         tf.maximum(self.solver_status[1],
@@ -374,8 +376,8 @@ class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
         status = np.asarray(self.solver_status.numpy())
         for i, what in enumerate(("forward", "backward")):
             if status[i] != 0:
-                _dopri5.raise_for_status(int(status[i]), rtol=self.rtol, atol=self.atol, time_reached=float("nan"),
-                                         num_steps=-1, max_steps=self.max_steps, solver=self.solver,
+                _dopri5.raise_for_status(int(status[i]), rtol=self.rtol, atol=self.atol, time_reached=None,
+                                         num_steps=None, max_steps=self.max_steps, solver=self.solver,
                                          what=f"FFJORD {what} solve")
 
     # -- Keras -----------------------------------------------------------------------------
@@ -406,11 +408,10 @@ class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
             nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
         variables = self.trainable_variables
         grads = tape.gradient(nll, variables)
-        if _odeblock._gate_in_this_context():  # a failed solve applies no update (issue 12)
-            _odeblock.apply_if_solved(lambda: [self.solver_status.value], grads,
-                                      lambda: self.optimizer.apply(grads, variables))
-        else:
-            self.optimizer.apply(grads, variables)
+        # a failed solve applies no update, on one device or under a strategy (odezoo._gate)
+        _gate.apply_if_solved(lambda: [self.solver_status.value], grads,
+                              lambda: self.optimizer.apply(grads, variables),
+                              list(self.optimizer.variables) + list(variables))
         self.nll_tracker.update_state(nll)
         self.bpd_tracker.update_state(self._bits_per_dim(nll))
         return self._logs()

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from odezoo import _dopri5, _registry
+from odezoo import _dopri5, _gate, _registry
 from odezoo._errors import SolverError, bad_value, check_keys
 
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
@@ -641,6 +641,7 @@ class ODEBlock(keras.layers.Layer):
     # -- solving ----------------------------------------------------------------------------
     def _hooks(self):
         def fwd(info):
+            info = _gate.across_replicas(info)
             return [self.nfe_forward.assign(tf.cast(info["nfe"], tf.int32)),
                     self.solver_status.assign(tf.stack([
                         tf.cast(info["reason"], tf.int32), 0,
@@ -648,6 +649,7 @@ class ODEBlock(keras.layers.Layer):
                     self.time_reached.assign(tf.stack([tf.cast(info["t"], tf.float32), 0.0]))]
 
         def bwd(info):
+            info = _gate.across_replicas(info)
             s = self.solver_status
             return [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32)),
                     s.assign(tf.stack([s[0], tf.cast(info["reason"], tf.int32), s[2],
@@ -905,58 +907,6 @@ class SolverChecked:
         return self._checked(super().predict_on_batch, *args, **kwargs)
 
 
-def apply_if_solved(read_reasons, grads, apply_fn):
-    """Run ``apply_fn()`` (the optimizer's update) only if every solve of the step succeeded.
-
-    ``read_reasons()`` returns int tensors of reason codes (0 = success); it is
-    called after ``grads`` (the backward solves write their status while the
-    gradients are computed). The update sits in a ``tf.cond``, so a failed batch
-    leaves the weights, ``optimizer.iterations`` and the moments untouched; the
-    caller raises :class:`odezoo.SolverError` in Python after the step.
-    """
-    deps = [g for g in tf.nest.flatten(grads) if g is not None]
-    with tf.control_dependencies(deps):
-        ok = tf.constant(True)
-        for reasons in read_reasons():
-            ok = tf.logical_and(ok, tf.reduce_all(tf.equal(reasons, 0)))
-
-    def update():
-        apply_fn()
-        return tf.constant(True)
-
-    return tf.cond(ok, update, lambda: tf.constant(False))
-
-
-class _GatedApply:
-    """While Keras traces its train step, route ``optimizer.apply_gradients`` through :func:`apply_if_solved`.
-
-    Keras's ``train_step`` owns the update; wrapping that one call keeps its
-    step (loss scaling, metrics) as it is instead of copying it.
-    """
-
-    def __init__(self, optimizer, read_reasons):
-        self.optimizer, self.read_reasons = optimizer, read_reasons
-
-    def __enter__(self):
-        opt, real = self.optimizer, self.optimizer.apply_gradients
-
-        def gated(grads_and_vars, *args, **kwargs):
-            grads_and_vars = list(grads_and_vars)
-            apply_if_solved(self.read_reasons, [g for g, _ in grads_and_vars],
-                            lambda: real(grads_and_vars, *args, **kwargs))
-
-        opt.apply_gradients = gated
-        return self
-
-    def __exit__(self, *exc):
-        del self.optimizer.apply_gradients  # the class's method again
-
-
-def _gate_in_this_context():
-    """The gate's ``tf.cond`` cannot hold a strategy's update (a merge_call), even on one replica."""
-    return not tf.distribute.has_strategy()
-
-
 @_serializable
 class ODEClassifier(SolverChecked, keras.Model):
     """A functional classifier with :class:`ODEBlock` layers (ODE-Net, RK-Net).
@@ -964,8 +914,8 @@ class ODEClassifier(SolverChecked, keras.Model):
     Adds ``nfe_forward`` / ``nfe_backward`` (summed over its ODE blocks) to the
     ``fit`` / ``evaluate`` logs. A batch whose solve failed applies no update
     (the optimizer's apply is gated on the blocks' ``solver_status`` inside the
-    compiled step; not under a ``tf.distribute`` strategy, whose update is a
-    ``merge_call`` that cannot sit in a ``tf.cond``), and ``fit``, ``evaluate``,
+    compiled step, on one device and under a ``tf.distribute`` strategy: see
+    ``odezoo._gate``), and ``fit``, ``evaluate``,
     ``predict`` and the ``*_on_batch`` methods raise :class:`odezoo.SolverError` after it.
     """
 
@@ -981,9 +931,9 @@ class ODEClassifier(SolverChecked, keras.Model):
 
     def train_step(self, data):
         blocks = self.ode_blocks()
-        if blocks and self.optimizer is not None and _gate_in_this_context():
+        if blocks and self.optimizer is not None:
             reasons = lambda: [b.solver_status.value[:2] for b in blocks]  # noqa: E731  [forward, backward]
-            with _GatedApply(self.optimizer, reasons):
+            with _gate.GatedApply(self.optimizer, reasons, self.trainable_variables):
                 logs = super().train_step(data)
         else:
             logs = super().train_step(data)
