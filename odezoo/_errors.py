@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-from typing import Iterable
 
 
 class OdezooError(Exception):
@@ -54,22 +52,5 @@ class CheckpointError(OdezooError):
     """A training checkpoint that does not belong to the run being resumed, or cannot be read."""
 
 
-def check_keys(what: str, given: Iterable[str], valid: Iterable[str]) -> None:
-    """Raise ``TypeError`` naming the unknown keys and the valid ones."""
-    valid = sorted(valid)
-    bad = sorted(set(given) - set(valid))
-    if not bad:
-        return
-    hints = []
-    for key in bad:
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TypeError(
-        f"{what} got unexpected config key(s) {', '.join(hints)}. "
-        f"Valid keys: {', '.join(valid) if valid else '(none)'}."
-    )
-
-
-def bad_value(arg: str, value, allowed: str) -> ValueError:
-    """A ``ValueError`` in the house form: ``Received: arg=value``, plus what is allowed."""
-    return ValueError(f"Invalid value for `{arg}`. Received: {arg}={value!r}. Allowed: {allowed}.")
+# the one error format lives in the public odezoo.checks; these names stay for odezoo's own modules
+from odezoo.checks import bad_value, check_keys  # noqa: E402,F401
