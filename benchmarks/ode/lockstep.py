@@ -12,6 +12,16 @@ and the fraction of rounds odezoo was faster. Accuracy and NFE are ``peers.py``'
 
     python benchmarks/ode/lockstep.py --torch-py /tmp/venv_torch/bin/python \\
         --jax-py /tmp/venv_jax/bin/python [--rounds 60] [--kind grad] [--torch]
+
+Before/after a change of odezoo itself: ``--baseline DIR`` adds a second odezoo worker that
+imports odezoo from DIR (a ``git worktree`` of the older commit, with ``odezoo/plugins`` and
+``odezoo/zoo_weights`` symlinked to its top-level folders so that nothing resolves to the
+installed tree); its ratio is baseline ÷ current (> 1: the current code is faster). Without
+``--jax-py`` / ``--torch`` only odezoo runs.
+
+    git worktree add /tmp/wt_before <commit>
+    ln -s ../plugins /tmp/wt_before/odezoo/plugins; ln -s ../zoo_weights /tmp/wt_before/odezoo/zoo_weights
+    python benchmarks/ode/lockstep.py --baseline /tmp/wt_before --rounds 60
 """
 import argparse
 import json
@@ -29,12 +39,15 @@ from peers import make_weights  # noqa: E402
 
 
 class Worker:
-    def __init__(self, py, framework, modes, tols, weights, torch_threads=1):
+    def __init__(self, py, framework, modes, tols, weights, torch_threads=1, label=None, pythonpath=None):
         cmd = [py, os.path.join(HERE, "peer_worker.py"), "--serve", "--framework", framework, "--modes", modes,
                "--tols", tols, "--weights", weights, "--torch-threads", str(torch_threads)]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        if pythonpath:
+            env["PYTHONPATH"] = os.path.abspath(pythonpath)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        self.framework = framework
+                                     env=env)
+        self.framework = label or framework
         while True:
             line = self.proc.stdout.readline()
             if not line:
@@ -59,8 +72,9 @@ def quartiles(xs):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--torch-py", required=True)
-    p.add_argument("--jax-py", required=True)
+    p.add_argument("--torch-py")
+    p.add_argument("--jax-py")
+    p.add_argument("--baseline", help="a source tree of an older odezoo to time beside the current one")
     p.add_argument("--tf-py", default=sys.executable)
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--tols", default="1e-3,1e-5")
@@ -73,8 +87,13 @@ def main():
     meta = dict(date_utc_start=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), rounds=args.rounds,
                 command=" ".join([os.path.basename(sys.executable)] + sys.argv),
                 uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    workers = [Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights),
-               Worker(args.jax_py, "jax", "recursive,backsolve", args.tols, args.weights)]
+    workers = [Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights)]
+    if args.baseline:
+        meta["baseline"] = os.path.abspath(args.baseline)
+        workers.append(Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights, label="baseline",
+                              pythonpath=args.baseline))
+    if args.jax_py:
+        workers.append(Worker(args.jax_py, "jax", "recursive,backsolve", args.tols, args.weights))
     if args.torch:
         workers.append(Worker(args.torch_py, "torch", "odeint_adjoint", args.tols, args.weights))
     kinds = args.kind.split(",")
