@@ -1,11 +1,18 @@
-"""``odezoo.build`` and ``odezoo.describe``: resolve a name, check the config, call the builder."""
+"""``odezoo.build`` and ``odezoo.describe``: resolve a name, check the config, call the builder.
+
+The pretrained path runs here too: :mod:`odezoo._weights` finds and verifies a tag's entry and file
+(it imports no builder); this module builds the model and loads the verified bytes into it.
+"""
 
 from __future__ import annotations
 
 import inspect
+import os
+import tempfile
+from typing import Any
 
-from odezoo import _registry
-from odezoo._errors import check_keys
+from odezoo import _registry, _weights
+from odezoo._errors import ManifestError, WeightsIntegrityError, check_keys
 
 # Adaptive solvers are not Schemes; describe() still reports their order.
 ADAPTIVE_SOLVER_ORDERS = {"dopri5": 5, "tfp_dopri5": 5, "bdf": None}
@@ -41,7 +48,7 @@ def valid_config_keys(spec, config: dict) -> list[str]:
     return sorted(keys)
 
 
-def build(name: str, *, pretrained=False, **config):
+def build(name: str, *, pretrained: bool | str | None = False, **config: Any) -> Any:
     """Build a registered model and return an ordinary ``keras.Model``.
 
     Args:
@@ -58,14 +65,12 @@ def build(name: str, *, pretrained=False, **config):
     spec, preset = _registry.resolve_model(name)
     config = {**preset, **config}
     if pretrained is not False and pretrained is not None:
-        from odezoo import _weights
-
-        return _weights.build_pretrained(spec, name, pretrained, config)
+        return build_pretrained(spec, name, pretrained, config)
     check_keys(f"build({name!r})", config, valid_config_keys(spec, config))
     return spec.builder(**config)
 
 
-def describe(name: str) -> dict:
+def describe(name: str) -> dict[str, Any]:
     """Metadata of a registered model.
 
     Returns:
@@ -82,8 +87,6 @@ def describe(name: str) -> dict:
             order = ADAPTIVE_SOLVER_ORDERS[scheme]
         else:
             order = _registry.get_scheme(scheme).order
-    from odezoo import _weights
-
     return {
         "name": name,
         "kind": spec.kind,
@@ -95,3 +98,44 @@ def describe(name: str) -> dict:
         "defaults": defaults,
         "weights": _weights.list_tags(spec.name),
     }
+
+
+def _check_tag_keys(spec, key: str, tag_config: dict, where: str) -> None:
+    try:
+        check_keys(f"entry {key!r} config", tag_config, valid_config_keys(spec, tag_config))
+    except (TypeError, LookupError) as exc:
+        raise ManifestError(f"{where}: {_weights.first_line(exc)}") from exc
+
+
+def build_pretrained(spec, name: str, pretrained: bool | str, config: dict) -> Any:
+    """Build ``spec``'s model with a tag's config and load its verified weights.
+
+    Order: config checks (no allocation), one read of the file that hashes it into a private 0700 temp
+    folder, the build, then the load of that private copy, so the bytes loaded are the bytes hashed.
+    """
+    entry = _weights.find_entry(spec.name, pretrained)
+    key, where = f"{entry['model']}.{entry['tag']}", os.path.join(entry["_folder"], _weights.MANIFEST)
+    tag_config = entry["config"]
+    conflicts = _weights.config_conflicts(config, tag_config)
+    if conflicts:
+        detail = "; ".join(f"{k}={given!r} but the tag has {k}={tagged!r}" for k, (given, tagged) in conflicts.items())
+        raise ValueError(f"build({name!r}, pretrained={entry['tag']!r}): the config conflicts with the weights: "
+                         f"{detail}. Drop these keys or use pretrained=False.")
+    _check_tag_keys(spec, key, tag_config, where)
+    with tempfile.TemporaryDirectory(prefix="odezoo-weights-") as private:
+        copy = os.path.join(private, f"{key}.weights.h5")
+        path = _weights.read_verified(entry, copy)  # before anything is built or touched
+        try:
+            model = build(spec.name, **{**tag_config, **config})
+        except (ValueError, TypeError) as exc:
+            if set(config) - set(tag_config):
+                raise  # the caller's own keys may be at fault
+            raise ManifestError(f"{where}: entry {key!r} field 'config' is refused by the builder: "
+                                f"{_weights.first_line(exc)}") from exc
+        try:
+            model.load_weights(copy)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise WeightsIntegrityError(f"Weights {key}: {path} could not be loaded into {spec.name}: "
+                                        f"{_weights.first_line(exc)}") from exc
+    model.zoo_entry = {k: v for k, v in entry.items() if not k.startswith("_")}
+    return model

@@ -1,4 +1,4 @@
-"""Pretrained weights: manifests, integrity checks, ``build(name, pretrained=...)`` and zoo commits.
+"""Pretrained weights: manifests, integrity checks and zoo commits (a leaf: it imports no builder).
 
 A zoo folder holds ``manifest.json`` and the weight files it names. The
 shipped zoo is the package's ``zoo_weights/``; ``ODEZOO_WEIGHTS_DIR`` adds a
@@ -27,7 +27,6 @@ import secrets
 import shutil
 import stat
 import sys
-import tempfile
 from importlib import resources
 
 from odezoo._errors import ManifestError, OdezooError, UnknownNameError, WeightsIntegrityError
@@ -326,8 +325,11 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def _read_verified(entry: dict, copy_to: str | None = None) -> str:
-    """Open the entry's file once, hash it (copying the bytes to ``copy_to``), check hash and HDF5 signature."""
+def read_verified(entry: dict, copy_to: str | None = None) -> str:
+    """Open the entry's file once, hash it (copying the bytes to ``copy_to``), check hash and HDF5 signature.
+
+    Returns the path read. A caller that loads ``copy_to`` loads the very bytes that were hashed.
+    """
     key = f"{entry['model']}.{entry['tag']}"
     path = resolve_file(key, entry["file"], entry["_folder"])
     try:
@@ -360,61 +362,21 @@ def _read_verified(entry: dict, copy_to: str | None = None) -> str:
 def verified_file(entry: dict) -> str:
     """The entry's weight file after its sha256 is checked (:class:`WeightsIntegrityError` if not).
 
-    For inspection: loading goes through :func:`build_pretrained`, which loads the very bytes it hashed.
+    For inspection: loading goes through ``odezoo._builder.build_pretrained``, which loads the very bytes it hashed.
     """
-    return _read_verified(entry)
+    return read_verified(entry)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 
 
-def _check_builder_keys(spec, key: str, tag_config: dict, where: str) -> None:
-    from odezoo import _builder
-    from odezoo._errors import check_keys
-
-    try:
-        check_keys(f"entry {key!r} config", tag_config, _builder.valid_config_keys(spec, tag_config))
-    except (TypeError, LookupError) as exc:
-        raise ManifestError(f"{where}: {_first_line(exc)}") from exc
-
-
-def build_pretrained(spec, name, pretrained, config):
-    """Build ``spec``'s model with a tag's config and load its verified weights.
-
-    Order: config checks (no allocation), one read of the file that hashes it into a private 0700 temp
-    folder, the build, then the load of that private copy, so the bytes loaded are the bytes hashed.
-    """
-    entry = find_entry(spec.name, pretrained)
-    key, where = f"{entry['model']}.{entry['tag']}", os.path.join(entry["_folder"], MANIFEST)
-    tag_config = entry["config"]
-    conflicts = {k: (v, tag_config[k]) for k, v in config.items()
-                 if k in tag_config and _normal(v) != _normal(tag_config[k])}
-    if conflicts:
-        detail = "; ".join(f"{k}={given!r} but the tag has {k}={tagged!r}" for k, (given, tagged) in conflicts.items())
-        raise ValueError(f"build({name!r}, pretrained={entry['tag']!r}): the config conflicts with the weights: "
-                         f"{detail}. Drop these keys or use pretrained=False.")
-    _check_builder_keys(spec, key, tag_config, where)
-    from odezoo import _builder
-
-    with tempfile.TemporaryDirectory(prefix="odezoo-weights-") as private:
-        copy = os.path.join(private, f"{key}.weights.h5")
-        path = _read_verified(entry, copy)  # before anything is built or touched
-        try:
-            model = _builder.build(spec.name, **{**tag_config, **config})
-        except (ValueError, TypeError) as exc:
-            if set(config) - set(tag_config):
-                raise  # the caller's own keys may be at fault
-            raise ManifestError(f"{where}: entry {key!r} field 'config' is refused by the builder: "
-                                f"{_first_line(exc)}") from exc
-        try:
-            model.load_weights(copy)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise WeightsIntegrityError(f"Weights {key}: {path} could not be loaded into {spec.name}: "
-                                        f"{_first_line(exc)}") from exc
-    model.zoo_entry = {k: v for k, v in entry.items() if not k.startswith("_")}
-    return model
+def config_conflicts(config: dict, tag_config: dict) -> dict:
+    """``{key: (given, tagged)}`` for the caller's keys whose values differ from the tag's config."""
+    return {k: (v, tag_config[k]) for k, v in config.items()
+            if k in tag_config and _normal(v) != _normal(tag_config[k])}
 
 
 def _normal(value):
