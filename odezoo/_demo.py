@@ -17,7 +17,7 @@ import time
 
 
 import odezoo
-from odezoo import _train, _weights, cli, data
+from odezoo import _report, _train, _weights, data
 from odezoo.testing import convergence_slope
 
 DEMO_MODEL = "lm_resnet"
@@ -49,7 +49,7 @@ def _summary(model: str, out) -> None:
     info = odezoo.describe(model)
     if info["kind"] != "classifier":
         raise ValueError(f"Invalid value for `model`. Received: model={model!r} (a {info['kind']}). "
-                         f"Allowed: a classifier, e.g. {', '.join(cli.registered_models())}.")
+                         f"Allowed: a classifier, e.g. {', '.join(_report.registered_models())}.")
     if info["weights"]:
         t0 = time.perf_counter()
         net = odezoo.build(model, pretrained=True)
@@ -89,7 +89,7 @@ def evaluate_classifiers(out) -> list:
         rows.append([entry["model"], entry["tag"], entry["dataset"], f"{net.count_params():,}",
                      f"{measured:.4f}", f"{entry['metrics']['accuracy']:.4f}"])
     if rows:
-        out(cli.format_table(["model", "tag", "dataset", "params", "accuracy", "manifest"], rows))
+        out(_report.format_table(["model", "tag", "dataset", "params", "accuracy", "manifest"], rows))
     else:
         out("  (no pretrained classifiers in the zoo)")
     for line in skipped:
@@ -123,9 +123,9 @@ def run(model: str = DEMO_MODEL, out=print, out_dir: str = "odezoo-demo") -> dic
     out(f"odezoo {odezoo.__version__}: neural networks read as differential equations.")
 
     _section(f"Models ({len(odezoo.list_models())} names; aliases build the family at a set depth)", out)
-    out(cli.models_table())
+    out(_report.models_table())
     _section("Schemes (measured = error slope of step() on y' = Ay + b cos t, float64)", out)
-    out(cli.schemes_table(measured_orders()))
+    out(_report.schemes_table(measured_orders()))
 
     _section(f"Pretrained {model}", out)
     _summary(model, out)
