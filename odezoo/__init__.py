@@ -29,7 +29,7 @@ from odezoo._registry import (
 )
 from odezoo._scheme import BlockContext, ExplicitRungeKutta, Scheme
 
-__version__ = "0.1.0"
+from odezoo._version import __version__
 
 from odezoo import _keras_hook  # noqa: E402
 
