@@ -9,10 +9,13 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from odezoo import _registry, _weights
 from odezoo._errors import ManifestError, WeightsIntegrityError, check_keys
+
+if TYPE_CHECKING:  # import odezoo does not import Keras
+    import keras
 
 # Adaptive solvers are not Schemes; describe() still reports their order.
 ADAPTIVE_SOLVER_ORDERS = {"dopri5": 5, "tfp_dopri5": 5, "bdf": None}
@@ -48,7 +51,7 @@ def valid_config_keys(spec, config: dict) -> list[str]:
     return sorted(keys)
 
 
-def build(name: str, *, pretrained: bool | str | None = False, **config: Any) -> Any:
+def build(name: str, *, pretrained: bool | str | None = False, **config: Any) -> keras.Model:
     """Build a registered model and return an ordinary ``keras.Model``.
 
     Args:
@@ -107,7 +110,7 @@ def _check_tag_keys(spec, key: str, tag_config: dict, where: str) -> None:
         raise ManifestError(f"{where}: {_weights.first_line(exc)}") from exc
 
 
-def build_pretrained(spec, name: str, pretrained: bool | str, config: dict) -> Any:
+def build_pretrained(spec, name: str, pretrained: bool | str, config: dict) -> keras.Model:
     """Build ``spec``'s model with a tag's config and load its verified weights.
 
     Order: config checks (no allocation), one read of the file that hashes it into a private 0700 temp

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 
 # Quieten TensorFlow's C++ INFO/WARNING logs before any plugin imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -175,7 +176,7 @@ def _one_line_warning(message, category, filename, lineno, line=None):
     return f"odezoo: warning: {' '.join(str(message).split())}\n"
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0, or 2 for bad input)."""
     parser = make_parser()
     args = parser.parse_args(argv)  # argparse exits 2 on bad arguments

@@ -34,7 +34,13 @@ import re
 import zipfile
 import zlib
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:  # odezoo.data.load must not import TensorFlow
+    import tensorflow as tf
 
 from odezoo._errors import DataError, OdezooError, UnknownNameError, bad_value  # noqa: F401 (data.OdezooError)
 
@@ -59,7 +65,7 @@ def names() -> list[str]:
     return list(IMAGE_DATASETS) + list(TOY_DENSITIES)
 
 
-def load(name: str, split: str = "train"):
+def load(name: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` numpy arrays of a dataset split; images raw (N, H, W, C) uint8, labels int64.
 
     Raises:
@@ -415,8 +421,9 @@ def _cifar10(split):
 
 
 # --------------------------------------------------------------------------- tf.data
-def dataset(name, split="train", *, batch_size=128, shuffle=None, augment=False, normalize=False,
-            seed=0, repeat=False, drop_remainder=False):
+def dataset(name: str, split: str = "train", *, batch_size: int = 128, shuffle: bool | None = None,
+            augment: bool = False, normalize: bool = False, seed: int | None = 0, repeat: bool = False,
+            drop_remainder: bool = False) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``(x, y)`` batches (float32 images), or ``x`` for toy densities.
 
     Args:
@@ -460,7 +467,7 @@ def dataset(name, split="train", *, batch_size=128, shuffle=None, augment=False,
 
 
 # --------------------------------------------------------------------------- toy densities
-def toy_density(name: str, n: int, seed=None) -> np.ndarray:
+def toy_density(name: str, n: int, seed: int | None = None) -> np.ndarray:
     """``n`` points (float32, shape (n, 2)) of a 2-D toy density of the FFJORD paper's experiments.
 
     Generated as in Grathwohl et al. (2019), ``lib/toy_data.py`` of their code:
@@ -553,7 +560,7 @@ _TOY = {
 TOY_LOG_PROB = ("8gaussians", "checkerboard")
 
 
-def toy_log_prob(name: str, x) -> np.ndarray:
+def toy_log_prob(name: str, x: ArrayLike) -> np.ndarray:
     """Closed-form log-density of a toy density at points ``x`` (n, 2); float64.
 
     Available for 8gaussians (an equal-weight mixture of 8 isotropic Gaussians,

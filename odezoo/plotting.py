@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def plot_density(flow, data, path, *, grid=150, extent=None, num_samples=2000, seed=0):
+def plot_density(flow: Any, data: ArrayLike, path: str, *, grid: int = 150,
+                 extent: tuple[float, float] | None = None, num_samples: int = 2000,
+                 seed: int | None = 0) -> str:
     """Write one PNG: the data, the flow's learned density and its samples, side by side.
 
     Args:

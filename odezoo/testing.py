@@ -6,6 +6,9 @@ import math
 import os
 import tempfile
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from odezoo import _registry
@@ -24,7 +27,7 @@ def _resolve(scheme) -> Scheme:
     raise TypeError(f"check_scheme takes a Scheme class, instance or registered name. Received: {scheme!r}.")
 
 
-def linear_test_problem():
+def linear_test_problem() -> dict[str, Any]:
     """y' = A y + b·cos t on [0, 1] in float64, with its closed-form solution.
 
     A = [[-1, 2], [-2, -1]] (eigenvalues −1 ± 2i: decaying rotation, inside every
@@ -66,7 +69,8 @@ def _solve(scheme, fields, y0, t0, t1, n):
     return scheme.output(state)
 
 
-def convergence_slope(scheme, steps=None):
+def convergence_slope(scheme: str | type[Scheme] | Scheme,
+                      steps: Sequence[int] | None = None) -> tuple[float, list[tuple[float, float]]]:
     """Log-log slope of the global error against h, with the errors measured.
 
     Step counts are chosen so the finest error stays well above float64
@@ -170,7 +174,8 @@ def _check_network(scheme_obj, tmpdir):
     return "ok"
 
 
-def check_scheme(scheme, *, tolerance=0.3, network=True) -> dict:
+def check_scheme(scheme: str | type[Scheme] | Scheme, *, tolerance: float = 0.3,
+                 network: bool = True) -> dict[str, Any]:
     """Check a scheme against its declarations; raise ``AssertionError`` on a violation.
 
     1. ``step`` as a fixed-grid solver on y' = Ay + b·cos t in float64 (or the
