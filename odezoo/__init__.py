@@ -41,8 +41,8 @@ _keras_hook.install()
 
 _LAZY = {
     "SchemeBlock": ("odezoo._layers", "SchemeBlock"),
-    "ODEBlock": ("odezoo._odeblock", "ODEBlock"),
-    "odeint": ("odezoo._odeblock", "odeint"),
+    "ODEBlock": ("odezoo.ode.block", "ODEBlock"),
+    "odeint": ("odezoo.ode.dispatch", "odeint"),
 }
 _LAZY_MODULES = ("data", "layers", "nets", "plotting", "testing")
 

@@ -27,7 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from odezoo import _dopri5, _gate, _odeblock
+from odezoo.ode import adjoint as _adjoint
+from odezoo.ode import gate as _gate
+from odezoo.ode import status as _status
 from odezoo._errors import bad_value
 
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
@@ -157,7 +159,7 @@ class _SolveResults:
 
 
 @_serializable
-class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
+class FFJORDFlow(_status.SolverChecked, keras.Model):
     """A continuous normalising flow (FFJORD) as a Keras model.
 
     Args:
@@ -273,7 +275,7 @@ class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
         flat = [tf.convert_to_tensor(s) for s in tf.nest.flatten(initial_state)]
         flat_c = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
         options = dict(rtol=self.rtol, atol=self.atol, first_step=None, max_steps=self.max_steps)
-        outputs, _ = _dopri5.solve_flat(ode_fn, initial_state, constants, tf.cast(initial_time, dtype), flat,
+        outputs, _ = _adjoint.solve_flat(ode_fn, initial_state, constants, tf.cast(initial_time, dtype), flat,
                                         times, flat_c, options=options, gradient="adjoint",
                                         on_forward=on_forward, on_backward=on_backward)
         return _SolveResults(times, tf.nest.pack_sequence_as(initial_state, outputs))
@@ -376,7 +378,7 @@ class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
         status = np.asarray(self.solver_status.numpy())
         for i, what in enumerate(("forward", "backward")):
             if status[i] != 0:
-                _dopri5.raise_for_status(int(status[i]), rtol=self.rtol, atol=self.atol, time_reached=None,
+                _status.raise_for_status(int(status[i]), rtol=self.rtol, atol=self.atol, time_reached=None,
                                          num_steps=None, max_steps=self.max_steps, solver=self.solver,
                                          what=f"FFJORD {what} solve")
 
@@ -408,7 +410,7 @@ class FFJORDFlow(_odeblock.SolverChecked, keras.Model):
             nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
         variables = self.trainable_variables
         grads = tape.gradient(nll, variables)
-        # a failed solve applies no update, on one device or under a strategy (odezoo._gate)
+        # a failed solve applies no update, on one device or under a strategy (odezoo.ode.gate)
         _gate.apply_if_solved(lambda: [self.solver_status.value], grads,
                               lambda: self.optimizer.apply(grads, variables),
                               list(self.optimizer.variables) + list(variables))

@@ -26,12 +26,12 @@ from odezoo._errors import OdezooError
 
 # TensorFlow-only modules, registered only when Keras runs on TensorFlow.
 _CORE = ("odezoo._layers",)
-_TF_ONLY = ("odezoo._odeblock", "odezoo._flow")
+_TF_ONLY = ("odezoo.ode.block", "odezoo.plugins.ode.model", "odezoo._flow")
 # The serializable layers those modules define: public name -> module.
 TF_ONLY_LAYERS = {
-    "ODEBlock": "odezoo._odeblock",
-    "ODEConvField": "odezoo._odeblock",
-    "ODEClassifier": "odezoo._odeblock",
+    "ODEBlock": "odezoo.ode.block",
+    "ODEConvField": "odezoo.plugins.ode.model",
+    "ODEClassifier": "odezoo.plugins.ode.model",
     "FFJORDFlow": "odezoo._flow",
     "TimeMLPField": "odezoo._flow",
 }

@@ -21,13 +21,23 @@ from odezoo._keras_hook import require_tensorflow as _require_tensorflow
 # under another Keras backend asking for one raises an error naming the backend it needs.
 
 __all__ = ["SchemeBlock", "SchemeStage", "ConvField", "ConvFieldFactory", "DownsampleBlock",
-           "Normalize", "ColumnSampler", "make_scheme", *_TF_ONLY]
+           "Normalize", "ColumnSampler", "make_scheme", *(n for n in _TF_ONLY if n not in ("ODEConvField", "ODEClassifier"))]
+
+
+# ODE-Net's own layers moved to its plugin (issue 13): the old names still resolve, with a warning.
+_MOVED = {"ODEConvField": "odezoo.plugins.ode.model", "ODEClassifier": "odezoo.plugins.ode.model"}
 
 
 def __getattr__(name):
-    if name in _TF_ONLY:
+    if name in _MOVED or name in _TF_ONLY:
         import importlib
 
         _require_tensorflow(f"odezoo.layers.{name}")
+        if name in _MOVED:
+            import warnings
+
+            warnings.warn(f"odezoo.layers.{name} moved to {_MOVED[name]}.{name} (the ODE-Net plugin); the old "
+                          "name will be removed.", DeprecationWarning, stacklevel=2)
+            return getattr(importlib.import_module(_MOVED[name]), name)
         return getattr(importlib.import_module(_TF_ONLY[name]), name)
     raise AttributeError(f"module 'odezoo.layers' has no attribute {name!r}")

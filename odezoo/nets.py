@@ -161,18 +161,17 @@ def residual_classifier(
 
 
 def ode_classifier(**config):
-    """ODE-Net's skeleton (TensorFlow only): conv stem, one :class:`odezoo.ODEBlock`, head.
+    """Deprecated: ODE-Net's skeleton moved to its plugin, ``odezoo.plugins.ode.model.ode_classifier``.
 
-    See ``odezoo._odeblock.ode_classifier`` for the arguments; the ``odenet`` and
-    ``rknet`` builders call it. Under another Keras backend it raises an error
-    naming the backend it needs.
+    Forwards there with a ``DeprecationWarning``; under another Keras backend it
+    raises an error naming the backend it needs.
     """
-    from odezoo._keras_hook import require_tensorflow
+    import importlib
+    import warnings
 
-    require_tensorflow(f"The {config.get('name', 'ODE-Net')} model (an ODEBlock)")
-    from odezoo._odeblock import ode_classifier as build
-
-    return build(**config)
+    warnings.warn("odezoo.nets.ode_classifier moved to odezoo.plugins.ode.model.ode_classifier (the ODE-Net "
+                  "plugin); the old name will be removed.", DeprecationWarning, stacklevel=2)
+    return importlib.import_module("odezoo.plugins.ode").ode_classifier(**config)
 
 
 __all__ = ["residual_classifier", "ode_classifier", "blocks_per_stage", "valid_depths", "normalization_layer",

@@ -1,4 +1,4 @@
-"""ODE-Net and RK-Net (plugins/ode.py): shapes, parameters, compiled training, NFE logs, failures."""
+"""ODE-Net and RK-Net (plugins/ode/): shapes, parameters, compiled training, NFE logs, failures."""
 
 import keras
 import numpy as np

@@ -17,8 +17,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import odezoo  # noqa: E402
-from odezoo import _dopri5  # noqa: E402
-from odezoo._dopri5 import DormandPrince  # noqa: E402
+from odezoo import ode  # noqa: E402
+from odezoo.ode import status as ode_status  # noqa: E402
+from odezoo.ode import DormandPrince  # noqa: E402
 
 F64 = tf.float64
 INF = math.inf
@@ -160,7 +161,7 @@ def test_fixed_grid_failure_inside_a_compiled_function_sets_the_block_status():
         return block(x)
 
     assert np.all(np.isnan(run(tf.ones((2, 3))).numpy()))
-    assert block.solver_status.numpy()[0] == _dopri5.NONFINITE
+    assert block.solver_status.numpy()[0] == ode_status.NONFINITE
     with pytest.raises(odezoo.SolverError, match="status 2"):
         block.check_status()
 
@@ -180,31 +181,31 @@ def test_odeblock_refuses_repeated_solution_times():
 
 @pytest.mark.parametrize("solver", ["dopri5", "tfp_dopri5", "bdf"])
 def test_out_of_order_run_time_times_have_their_own_status(solver):
-    guard = odezoo._odeblock.TFPGuard(tf.Variable([0, 0, 0], dtype=tf.int32), 0)
+    guard = ode.TFPGuard(tf.Variable([0, 0, 0], dtype=tf.int32), 0)
 
     @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([2], F64)])
     def run(t):
-        return odezoo._odeblock.solve(lambda tt, y: -y, tf.constant([[1.0]], F64), tf.constant(0.0, F64), t,
+        return ode.solve(lambda tt, y: -y, tf.constant([[1.0]], F64), tf.constant(0.0, F64), t,
                                       solver=solver, guard=guard, batch_axis=0)
 
     ys, info = run(tf.constant([1.0, 0.5], F64))
-    assert np.all(np.isnan(ys.numpy())) and int(info["reason"]) == _dopri5.UNORDERED
+    assert np.all(np.isnan(ys.numpy())) and int(info["reason"]) == ode_status.UNORDERED
     ys, info = run(tf.constant([0.5, 1.0], F64))
     np.testing.assert_allclose(ys.numpy()[:, 0, 0], np.exp(-np.array([0.5, 1.0])), rtol=1e-2)
-    assert int(info["reason"]) == _dopri5.OK
+    assert int(info["reason"]) == ode_status.OK
     with pytest.raises(odezoo.SolverError, match=r"status 4 \(the solution times are out of order"):
-        _dopri5.raise_for_status(info["reason"] * 0 + _dopri5.UNORDERED, rtol=1e-7, atol=1e-9,
+        ode.raise_for_status(info["reason"] * 0 + ode_status.UNORDERED, rtol=1e-7, atol=1e-9,
                                  time_reached=0.0, num_steps=0)
 
 
 def test_run_time_out_of_order_reason_from_integrate():
     @tf.function(jit_compile=True)
     def run(t):
-        return _dopri5.integrate(lambda tt, y: [-y[0]], tf.constant(0.0, F64), [tf.constant([1.0], F64)], t,
+        return ode.integrate(lambda tt, y: [-y[0]], tf.constant(0.0, F64), [tf.constant([1.0], F64)], t,
                                  rtol=1e-6, atol=1e-9)[1]["reason"]
 
-    assert int(run(tf.constant([1.0, 0.5], F64))) == _dopri5.UNORDERED
-    assert int(run(tf.constant([0.5, 1.0], F64))) == _dopri5.OK
+    assert int(run(tf.constant([1.0, 0.5], F64))) == ode_status.UNORDERED
+    assert int(run(tf.constant([0.5, 1.0], F64))) == ode_status.OK
 
 
 def test_partitioned_scheme_is_refused_as_a_solver():

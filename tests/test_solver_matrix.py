@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import odezoo  # noqa: E402
-from odezoo._odeblock import ADAPTIVE, check_solver  # noqa: E402
+from odezoo.ode.options import ADAPTIVE, check_solver  # noqa: E402
 
 A = np.array([[-0.2, 1.5], [-1.5, -0.2]])
 B = np.array([0.5, -0.3])

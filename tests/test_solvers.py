@@ -8,8 +8,9 @@ import tensorflow as tf
 from scipy.integrate import solve_ivp
 
 import odezoo
-from odezoo import _dopri5
-from odezoo._odeblock import odeint
+from odezoo import ode
+from odezoo.ode import status as ode_status
+from odezoo.ode import odeint
 
 F64 = tf.float64
 
@@ -127,7 +128,7 @@ def _loss_fn(mode, solver="dopri5", num_steps=None):
     def loss_and_grad(y0):
         with tf.GradientTape() as tape:
             tape.watch(y0)
-            ys, _ = odezoo._odeblock.solve(f, y0, tf.constant(0.0, F64), tf.constant([0.5, 1.0, 2.0], F64),
+            ys, _ = ode.solve(f, y0, tf.constant(0.0, F64), tf.constant([0.5, 1.0, 2.0], F64),
                                            solver=solver, rtol=1e-10, atol=1e-12, gradient=mode,
                                            num_steps=num_steps)
             loss = tf.reduce_sum(ys ** 2 * WEIGHTS)
@@ -172,7 +173,7 @@ def _cubic_decay_gradient(**adjoint_options):
     @tf.function(jit_compile=True)
     def run():
         with tf.GradientTape() as tape:
-            outs, _ = _dopri5.adjoint_solve(lambda t, y, c: [-theta * y[0] ** 3], 0.0, [tf.constant([10.0], F64)],
+            outs, _ = ode.adjoint_solve(lambda t, y, c: [-theta * y[0] ** 3], 0.0, [tf.constant([10.0], F64)],
                                             tf.constant([1.0], F64), [],
                                             options=dict(rtol=1e-8, atol=1e-8, **adjoint_options))
             y1 = outs[0][-1][0]
@@ -200,7 +201,7 @@ def test_adjoint_options_are_checked():
                          (dict(adjoint_checkpoints=1.5), "adjoint_checkpoints"),
                          (dict(adjoint_rtol=0.0), "adjoint_rtol")):
         with pytest.raises(ValueError, match=name):
-            _dopri5.DormandPrince(**kwargs)
+            ode.DormandPrince(**kwargs)
 
 
 @pytest.mark.slow
@@ -217,7 +218,7 @@ def test_backprop_through_dopri5_matches_adjoint():
 def test_adjoint_gradient_reaches_constants_and_ffjord():
     import tensorflow_probability as tfp
 
-    solver = _dopri5.DormandPrince(rtol=1e-8, atol=1e-10)
+    solver = ode.DormandPrince(rtol=1e-8, atol=1e-10)
     c = tf.constant(0.7, F64)
 
     @tf.function(jit_compile=True)
@@ -257,7 +258,7 @@ def test_adjoint_gradient_reaches_constants_and_ffjord():
 
 # --------------------------------------------------------------------------- step-size controllers
 def _integrate(controller, f, y0, t1, tol):
-    out, info = _dopri5.integrate(f, 0.0, [tf.constant(y0, F64)], tf.constant([t1], F64), rtol=tol, atol=tol,
+    out, info = ode.integrate(f, 0.0, [tf.constant(y0, F64)], tf.constant([t1], F64), rtol=tol, atol=tol,
                                   controller=controller)
     return out[0][0].numpy(), int(info["nfe"]), int(info["steps"]) - int(info["accepted"])
 
@@ -273,7 +274,7 @@ def test_controllers_against_closed_form(problem):
         exact = 1.0 / (1.0 + (1.0 / y0 - 1.0) * np.exp(-t1))
     for tol in (1e-4, 1e-7):
         nfe = {}
-        for controller in _dopri5.CONTROLLERS:
+        for controller in ode.CONTROLLERS:
             y, nfe[controller], rejected = _integrate(controller, f, y0, t1, tol)
             assert np.abs(y - exact).max() / np.abs(exact).max() <= 20 * tol, (controller, tol)
             assert rejected <= 1, (controller, tol, rejected)
@@ -282,7 +283,7 @@ def test_controllers_against_closed_form(problem):
 
 def test_invalid_controller_names_the_choices():
     with pytest.raises(ValueError, match=r"controller='pid'.*'predictive', 'pi'"):
-        _dopri5.DormandPrince(controller="pid")
+        ode.DormandPrince(controller="pid")
     with pytest.raises(ValueError, match=r"controller='PI'.*'predictive', 'pi'"):
         _integrate("PI", lambda t, y: [-y[0]], np.array([1.0]), 1.0, 1e-3)
 
@@ -302,7 +303,7 @@ def test_nfe_equals_true_field_calls(jit):
         calls.assign(0)
         with tf.GradientTape() as tape:
             tape.watch(y0)
-            out, info = _dopri5.adjoint_solve(lambda t, y, c: [f(t, y[0])], 0.0, [y0],
+            out, info = ode.adjoint_solve(lambda t, y, c: [f(t, y[0])], 0.0, [y0],
                                               tf.constant([0.5, 1.0]), [],
                                               options=dict(rtol=1e-5, atol=1e-6))
             forward_calls = calls.read_value()
@@ -359,7 +360,7 @@ def test_inf_cotangent_is_reported_under_xla():
     def run(y0):
         with tf.GradientTape() as tape:
             tape.watch(y0)
-            out, info = _dopri5.adjoint_solve(lambda t, y, c: [tf.linalg.matvec(w, y[0])], 0.0, [y0],
+            out, info = ode.adjoint_solve(lambda t, y, c: [tf.linalg.matvec(w, y[0])], 0.0, [y0],
                                               tf.constant([1.0], F64), [],
                                               options=dict(rtol=1e-6, atol=1e-8),
                                               on_backward=lambda i: holder.update(i))
@@ -371,10 +372,10 @@ def test_inf_cotangent_is_reported_under_xla():
     t = time.perf_counter()
     (gy, gw), reason, steps = run(tf.constant([1.0], F64))
     assert time.perf_counter() - t < 60
-    assert int(reason) == _dopri5.NONFINITE
+    assert int(reason) == ode_status.NONFINITE
     assert np.all(np.isnan(gy.numpy())) or np.all(~np.isfinite(gy.numpy()))
     with pytest.raises(odezoo.SolverError, match="status 2"):
-        _dopri5.raise_for_status(reason, rtol=1e-6, atol=1e-8, time_reached=1.0, num_steps=steps)
+        ode.raise_for_status(reason, rtol=1e-6, atol=1e-8, time_reached=1.0, num_steps=steps)
 
 
 def test_xla_drops_assert():

@@ -4,14 +4,26 @@ Both replace a stack of residual blocks by one field dy/dt = f(t, y), a conv
 field that sees t, solved over t in [0, 1]: ODE-Net adaptively (odezoo's own
 Dormand-Prince 5(4), trained with the adjoint), RK-Net on a fixed grid of a
 registered scheme (rk4 by default), trained by backprop through the steps.
-The layers live in the core (:class:`odezoo.ODEBlock`); this plugin only
-registers the builders.
+The general-purpose layer is the core's :class:`odezoo.ODEBlock`; ODE-Net's own
+field and model (``ODEConvField``, ``ODEClassifier``, ``ode_classifier``) live in
+:mod:`odezoo.plugins.ode.model`, written against the public API as a third-party
+plugin would be. That module needs TensorFlow, so the builders import it when
+called: registering the models works under any Keras backend.
 """
 
 import odezoo
-from odezoo.nets import ode_classifier
+import odezoo.ode
 
 ODEZOO_PLUGIN_API = 1
+
+
+def ode_classifier(**config):
+    """:func:`odezoo.plugins.ode.model.ode_classifier`, after checking that Keras runs on TensorFlow."""
+    odezoo.ode.require_tensorflow(f"The {config.get('name', 'ODE-Net')} model (an ODEBlock)")
+    from odezoo.plugins.ode.model import ode_classifier as build
+
+    return build(**config)
+
 
 _PAPER = ("Chen, Rubanova, Bettencourt & Duvenaud, Neural Ordinary Differential Equations, "
           "NeurIPS 2018")

@@ -1,0 +1,70 @@
+"""odezoo's ODE core: solvers, the ``ODEBlock`` layer and the pieces plugins build on.
+
+One concern per module:
+
+======================  ================================================================
+``status``              reason codes, :class:`Diagnostics`, :func:`raise_for_status`,
+                        the :class:`SolverStatus` mixin, :class:`SolverChecked`
+``options``             the solver table (:data:`SOLVERS`) and the option checks
+``tableau``             :class:`ButcherTableau` and :data:`DOPRI5`
+``controllers``         step-size controllers (:class:`PredictiveController`, :class:`PIController`)
+``integrator``          the adaptive integrator over a tableau
+``adjoint``             the continuous adjoint and :func:`solve_flat`
+``fixed_grid``          registered schemes as fixed-grid solvers
+``tfp``                 tfp's solvers behind guards
+``dispatch``            the :func:`solve` dispatcher and :func:`odeint`
+``block``               :class:`ODEBlock`
+``gate``                a failed solve applies no optimizer update (also under tf.distribute)
+``dormand_prince``      :class:`DormandPrince`, tfp's ``Solver.solve`` interface
+======================  ================================================================
+
+Names are resolved lazily: ``odezoo.ode.options`` and ``odezoo.ode.tableau`` need
+no TensorFlow, the rest import it on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ODEBlock": "block",
+    "odeint": "dispatch", "solve": "dispatch",
+    "DormandPrince": "dormand_prince",
+    "SolverChecked": "status", "SolverStatus": "status", "SolverGuard": "status", "raise_for_status": "status",
+    "REASONS": "status", "Diagnostics": "status", "times_ordered": "status", "run_hook": "status",
+    "SOLVERS": "options", "ADAPTIVE": "options", "AdaptiveSolver": "options", "check_solver": "options",
+    "resolve_gradient": "options", "check_options": "options", "check_finite_positive": "options",
+    "ButcherTableau": "tableau", "DOPRI5": "tableau",
+    "Controller": "controllers", "PredictiveController": "controllers", "PIController": "controllers",
+    "StepMemory": "controllers", "CONTROLLERS": "controllers", "make_controller": "controllers",
+    "integrate": "integrator",
+    "adjoint_solve": "adjoint", "solve_flat": "adjoint",
+    "apply_if_solved": "gate", "GatedApply": "gate", "across_replicas": "gate",
+    "TFPGuard": "tfp",
+}
+_NEEDS_TF = {name for name, module in _EXPORTS.items() if module not in ("options", "tableau")}
+
+__all__ = sorted(_EXPORTS) + ["require_tensorflow"]
+
+
+def require_tensorflow(what: str) -> None:
+    """Raise ``odezoo``'s BackendError unless Keras runs on TensorFlow; ``what`` names the part asked for."""
+    from odezoo._keras_hook import require_tensorflow as require
+
+    require(what)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'odezoo.ode' has no attribute {name!r}")
+    if name in _NEEDS_TF:
+        require_tensorflow(f"odezoo.ode.{name}")
+    value = getattr(importlib.import_module(f"odezoo.ode.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(__all__) | {"status", "options", "tableau", "controllers", "integrator", "adjoint",
+                                  "fixed_grid", "tfp", "dispatch", "block", "gate", "dormand_prince"})

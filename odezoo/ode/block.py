@@ -1,0 +1,299 @@
+"""The Neural-ODE layer :class:`ODEBlock` (Chen, Rubanova, Bettencourt & Duvenaud, NeurIPS 2018)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from odezoo import checks
+from odezoo.ode.gate import across_replicas
+from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, resolve_gradient
+from odezoo.ode.dispatch import solve
+from odezoo.ode.status import SolverStatus
+from odezoo.ode.tfp import TFPGuard
+
+
+class _Field:
+    """``field(t, y)`` with ``training`` passed explicitly (the adjoint runs outside the layer's call)."""
+
+    def __init__(self, layer, training, dtype, y_shape, augment):
+        self.layer, self.training, self.dtype = layer, training, dtype
+        self.takes_training = "training" in inspect.signature(layer.call).parameters
+
+    def __call__(self, t, y):
+        t = tf.cast(t, self.dtype)
+        if self.takes_training and self.training is not None:
+            return self.layer(t, y, training=self.training)
+        return self.layer(t, y)
+
+
+@keras.saving.register_keras_serializable(package="odezoo")
+class ODEBlock(SolverStatus, keras.layers.Layer):
+    """A Neural-ODE block: y(t1) from y(t0) = input, solving dy/dt = field(t, y).
+
+    Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential
+    Equations", NeurIPS 2018.
+
+    Args:
+        field: a Keras layer called as ``field(t, y)`` (t a scalar tensor, y the
+            state) returning dy/dt of y's shape. Weights sized from the state
+            are made in ``build(self, t_shape, y_shape)``.
+        solver: "dopri5" (odezoo's own adaptive Dormand-Prince 5(4), default),
+            "tfp_dopri5", "bdf" (tfp's, per sample), or a registered fixed-grid
+            scheme ("euler", "rk4", ...) with ``num_steps`` or ``step_size``.
+        rtol, atol: tolerances of the adaptive solvers (1e-3, 1e-6).
+        t0, t1: integration interval (0, 1).
+        solution_times: None, or a list of times in (t0, t1]-order: the block
+            then returns the states there, shape (batch, len(times), ...).
+        num_steps, step_size: grid of a fixed-grid solver (exactly one).
+        first_step: None (Hairer's selection for dopri5) or a first step size.
+        max_steps: hard budget of attempted steps (10000).
+        gradient: "auto" (adjoint for adaptive solvers, backprop for fixed
+            grids), "adjoint" or "backprop" (dopri5 and fixed grids).
+        augment_dims: ANODE (Dupont, Doucet & Teh 2019): zeros appended to the
+            last axis of the state, dropped from the output.
+
+    Attributes:
+        nfe_forward, nfe_backward: non-trainable int32 variables: field
+            evaluations of the last forward and backward solve (aggregation
+            ONLY_FIRST_REPLICA, so they survive tf.distribute).
+        solver_status: int32 variable ``[forward reason, backward reason,
+            forward steps, backward steps]`` (0 = success; see ``odezoo.ode.REASONS``).
+        time_reached: float32 variable ``[forward, backward]``.
+
+    ``solver``, ``rtol``, ``atol``, ``num_steps`` (and ``step_size``,
+    ``first_step``, ``max_steps``, ``gradient``) can be set on a built or
+    loaded block; the next call retraces (re-``compile()`` a Keras model so that
+    its cached train/predict functions pick the change up).
+
+    Raises :class:`odezoo.SolverError` when called eagerly and the solve fails;
+    inside a compiled function the states are NaN and ``solver_status`` is set
+    (:class:`ODEClassifier` checks it after every batch).
+    """
+
+    _SETTABLE = ("solver", "rtol", "atol", "num_steps", "step_size", "first_step", "max_steps", "gradient")
+
+    def __init__(self, field, solver="dopri5", rtol=1e-3, atol=1e-6, t0=0.0, t1=1.0, solution_times=None,
+                 num_steps=None, step_size=None, first_step=None, max_steps=10000, gradient="auto",
+                 augment_dims=0, dtype=None, **kwargs):
+        if dtype is None and keras.config.dtype_policy().name.startswith("mixed_"):
+            # Adaptive error control needs float32: under a mixed policy the block solves in float32
+            # (its inputs are cast up, its output is float32). Give the field dtype="float32" too.
+            dtype = "float32"
+        super().__init__(dtype=dtype, **kwargs)
+        if isinstance(field, dict):
+            field = keras.saving.deserialize_keras_object(field)
+        if not isinstance(field, keras.layers.Layer):
+            raise TypeError(f"ODEBlock's `field` must be a Keras layer called as field(t, y). Received: field={field!r}.")
+        self.field = field
+        object.__setattr__(self, "_ready", False)
+        self.solver = solver
+        self.rtol, self.atol = rtol, atol
+        self.num_steps, self.step_size, self.first_step = num_steps, step_size, first_step
+        self.max_steps = max_steps
+        self.gradient = gradient
+        checks.finite("t0", t0)
+        checks.finite("t1", t1)
+        if t1 == t0:
+            raise checks.bad_value("t1", t1, f"a float different from t0={t0!r}")
+        self.t0, self.t1 = float(t0), float(t1)
+        if solution_times is not None:
+            try:
+                times = [float(x) for x in solution_times]
+            except (TypeError, ValueError):
+                raise checks.bad_value("solution_times", solution_times, "None or a list of floats") from None
+            sign = 1.0 if t1 > t0 else -1.0
+            rel = [sign * (x - t0) for x in times]
+            if (not times or not all(map(math.isfinite, times)) or any(r < 0 for r in rel)
+                    or any(b <= a for a, b in zip(rel, rel[1:]))):
+                raise checks.bad_value("solution_times", solution_times,
+                                "a non-empty list of finite times from t0 onwards, strictly monotone in the "
+                                "direction t0 -> t1")
+            solution_times = times
+        self.solution_times = solution_times
+        checks.non_negative_int("augment_dims", augment_dims)
+        self.augment_dims = augment_dims
+        object.__setattr__(self, "_ready", True)
+        self._validate()
+        self._compiled = {}
+
+    # -- settable solver options -----------------------------------------------------------
+    def __setattr__(self, name, value):
+        checked = name in ODEBlock._SETTABLE and getattr(self, "_ready", False)
+        old = getattr(self, name, None) if checked else None
+        super().__setattr__(name, value)
+        if checked:
+            try:
+                self._validate()
+            except ValueError:
+                super().__setattr__(name, old)  # a refused value leaves the block as it was
+                raise
+            self._compiled = {}
+
+    def _validate(self):
+        check_solver(self.solver)
+        check_options(self.solver, rtol=self.rtol, atol=self.atol, num_steps=self.num_steps,
+                      step_size=self.step_size, first_step=self.first_step, max_steps=self.max_steps)
+        resolve_gradient(self.solver, self.gradient)
+
+    # -- Keras plumbing -------------------------------------------------------------------
+    def _state_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if self.augment_dims:
+            shape = shape[:-1] + (shape[-1] + self.augment_dims,)
+        return shape
+
+    def build(self, input_shape):
+        y_shape = self._state_shape(input_shape)
+        if not self.field.built:
+            params = [p for p in inspect.signature(self.field.build).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            if len(params) >= 2:
+                self.field.build((), y_shape)
+            else:
+                self.field(keras.KerasTensor((), dtype=self.compute_dtype),
+                           keras.KerasTensor(y_shape, dtype=self.compute_dtype))
+        self.add_status_weights()  # nfe_forward, nfe_backward, solver_status, time_reached (in this order)
+        self._guard_state = self.add_weight(name="tfp_guard", shape=(3,), dtype="int32", trainable=False,
+                                            initializer="zeros", aggregation="only_first_replica")
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if self.solution_times is not None:
+            return (shape[0], len(self.solution_times)) + shape[1:]
+        return shape
+
+    # -- solving ----------------------------------------------------------------------------
+    def _hooks(self):
+        def fwd(info):
+            info = across_replicas(info)
+            return [self.nfe_forward.assign(tf.cast(info["nfe"], tf.int32)),
+                    self.solver_status.assign(tf.stack([
+                        tf.cast(info["reason"], tf.int32), 0,
+                        tf.cast(info.get("steps", -1), tf.int32), 0])),
+                    self.time_reached.assign(tf.stack([tf.cast(info["t"], tf.float32), 0.0]))]
+
+        def bwd(info):
+            info = across_replicas(info)
+            s = self.solver_status
+            return [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32)),
+                    s.assign(tf.stack([s[0], tf.cast(info["reason"], tf.int32), s[2],
+                                       tf.cast(info.get("steps", -1), tf.int32)])),
+                    self.time_reached.assign(tf.stack([self.time_reached[0], tf.cast(info["t"], tf.float32)]))]
+
+        return fwd, bwd
+
+    def _solve(self, inputs, training, recompute=False):
+        dtype = inputs.dtype
+        y0 = inputs
+        if self.augment_dims:
+            pad = [[0, 0]] * (inputs.shape.rank - 1) + [[0, self.augment_dims]]
+            y0 = tf.pad(inputs, pad)
+        times = self.solution_times if self.solution_times is not None else [self.t1]
+        times = tf.constant(times, dtype)
+        field = _Field(self.field, training, dtype, None, None)
+        fwd, bwd = self._hooks()
+        if recompute:  # backprop's recompute: its field calls are the backward's
+            fwd, bwd = (lambda info: [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32))]), None
+        guard = TFPGuard(self._guard_state, 0) if self.solver in TFP_SOLVERS else None
+        states, info = solve(field, y0, tf.constant(self.t0, dtype), times, solver=self.solver,
+                             rtol=self.rtol, atol=self.atol, first_step=self.first_step,
+                             max_steps=self.max_steps, num_steps=self.num_steps, step_size=self.step_size,
+                             gradient=self.gradient, guard=guard, batch_axis=0, on_forward=fwd,
+                             on_backward=bwd)
+        if self.augment_dims:
+            states = states[..., : inputs.shape[-1]]
+        if self.solution_times is None:
+            return states[-1]
+        perm = [1, 0] + list(range(2, states.shape.rank))
+        return tf.transpose(states, perm)
+
+    def call(self, inputs, training=None):
+        inputs = tf.convert_to_tensor(inputs)
+        if inputs.dtype != self.compute_dtype:
+            inputs = tf.cast(inputs, self.compute_dtype)
+        # a Python flag selects the trace; a symbolic one (rare) falls back to the call context
+        training = bool(training) if isinstance(training, (bool, int, np.bool_)) else None
+        fn = self._compiled.get(training)
+        if fn is None:
+            fn = tf.function(lambda x: self._solve(x, training), jit_compile=True,
+                             autograph=False, reduce_retracing=True)
+            self._compiled[training] = fn
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            # in a replica: the counters' ONLY_FIRST_REPLICA assignment is a merge_call, which a
+            # nested tf.function cannot hold; the replica step is the compiled function here
+            out = self._solve(inputs, training)
+        elif resolve_gradient(self.solver, self.gradient) == "backprop":
+            out = self._backprop_call(fn, inputs, training)
+        else:
+            out = fn(inputs)
+        if tf.executing_eagerly():
+            self.check_status(direction="forward")
+        return out
+
+    def _backprop_call(self, fn, inputs, training):
+        """Backprop through the steps, compiled whatever the caller's context.
+
+        Differentiating a nested ``jit_compile`` function whose while_loop keeps
+        its intermediates fails outside XLA ("TensorList crossing the XLA/TF
+        boundary"), so the gradient is a second compiled function that recomputes
+        the solve under a tape and returns the VJP (the recompute's field calls
+        are counted in ``nfe_backward``).
+        """
+        key = ("vjp", training)
+        vjp = self._compiled.get(key)
+        if vjp is None:
+            def vjp_fn(x, dy, variables):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = self._solve(x, training, recompute=True)
+                gx, *gv = tape.gradient(y, [x] + list(variables), output_gradients=dy,
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return gx, gv
+
+            vjp = tf.function(vjp_fn, jit_compile=True, autograph=False, reduce_retracing=True)
+            self._compiled[key] = vjp
+
+        @tf.custom_gradient
+        def run(x):
+            from tensorflow.python.eager import record  # eager custom_gradient keeps the tape recording
+
+            with record.stop_recording():
+                y = fn(x)
+
+            def grad(dy, variables=None):
+                variables = list(variables or [])
+                if not variables:
+                    gx, _ = vjp(x, dy, [])
+                    return gx, []
+                gx, gv = vjp(x, dy, variables)
+                return gx, list(gv)
+
+            return y, grad
+
+        return run(inputs)
+
+    def status_label(self):
+        return f"ODEBlock {self.name!r}"
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            field=keras.saving.serialize_keras_object(self.field), solver=self.solver, rtol=self.rtol,
+            atol=self.atol, t0=self.t0, t1=self.t1, solution_times=self.solution_times,
+            num_steps=self.num_steps, step_size=self.step_size, first_step=self.first_step,
+            max_steps=self.max_steps, gradient=self.gradient, augment_dims=self.augment_dims)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["field"] = keras.saving.deserialize_keras_object(config["field"])
+        return cls(**config)
+
+
+__all__ = ["ODEBlock"]

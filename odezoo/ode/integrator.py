@@ -1,0 +1,288 @@
+"""The adaptive embedded Runge-Kutta integrator, written for XLA, over a :class:`ButcherTableau`.
+
+* Hairer's initial step selection (Hairer, Nørsett & Wanner, *Solving ODEs I*,
+  II.4): two field evaluations, no fixed first step (:func:`initial_step`).
+* Step-size control on the RMS error norm
+  ``err = sqrt(mean((e / (atol + rtol·max(|y0|, |y1|)))²))`` of the pair's
+  embedded estimate ``e`` (the norm and scale of torchdiffeq, diffrax and
+  ``dopri5.f``; with ``dopri5.f``'s error weights, which torchdiffeq's and diffrax's
+  Dopri5 scale by 2/3), a step accepted when ``err <= 1``; the next step comes
+  from a :mod:`controller <odezoo.ode.controllers>` object.
+* The end of the interval: the rest is taken in one step when it is at most
+  1/safety proposed steps long (the error model then predicts ``err <= 1``), in two
+  equal steps when at most twice that, so no sliver of a step is left at the end
+  (:func:`end_of_interval`).
+* Dense output (Shampine's continuous extension, ``dopri5.f``'s ``contd5``) for
+  the solution times: steps are never shortened to hit them (:func:`dense_output`).
+* Guards that end the ``tf.while_loop`` inside the compiled graph: a hard budget
+  of ``max_steps`` attempted steps, NaN/Inf in the state or the field, and
+  step-size underflow (:func:`step_reason`). The solve then returns NaN states
+  and a non-zero reason (:mod:`odezoo.ode.status`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from odezoo.ode.controllers import StepMemory, make_controller
+from odezoo.ode.status import MAX_STEPS, NONFINITE, OK, UNDERFLOW, UNORDERED, times_ordered
+from odezoo.ode.tableau import DOPRI5, ButcherTableau
+
+
+# --------------------------------------------------------------------------- flat-list helpers
+def lincomb(y, h, coeffs, ks):
+    """y + h·Σ c_j k_j over a flat list of components (zero coefficients skipped)."""
+    out = []
+    for i, yi in enumerate(y):
+        acc = None
+        for c, k in zip(coeffs, ks):
+            if c != 0.0:
+                term = c * k[i]
+                acc = term if acc is None else acc + term
+        out.append(yi if acc is None else yi + h * acc)
+    return out
+
+
+def rms(parts, mask):
+    """Root-mean-square over the masked components of a flat list."""
+    total, count = None, None
+    for p, m in zip(parts, mask):
+        if not m:
+            continue
+        s = tf.reduce_sum(tf.square(p))
+        n = tf.cast(tf.size(p), p.dtype)
+        total = s if total is None else total + s
+        count = n if count is None else count + n
+    return tf.sqrt(total / tf.maximum(count, 1.0))
+
+
+def all_finite(parts, mask=None):
+    """A scalar bool: every (masked) component is finite."""
+    ok = tf.constant(True)
+    for i, p in enumerate(parts):
+        if mask is None or mask[i]:
+            ok = tf.logical_and(ok, tf.reduce_all(tf.math.is_finite(p)))
+    return ok
+
+
+def where(pred, a, b):
+    return [tf.where(pred, x, y) for x, y in zip(a, b)]
+
+
+def check_dtypes(flat):
+    """The one floating dtype of a flat state (a ValueError otherwise)."""
+    dtypes = {p.dtype for p in flat}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating:
+        raise ValueError(
+            "dopri5 needs every state component to share one floating dtype. "
+            f"Received: dtypes={sorted(d.name for d in dtypes)}."
+        )
+    return next(iter(dtypes))
+
+
+# --------------------------------------------------------------------------- the named steps
+def initial_step(call, t0, y0, f0, *, rtol, atol, mask, span, direction, tiny, order):
+    """Hairer's initial step (Hairer, Nørsett & Wanner I, II.4, p. 169): ``(|h|, f(t0 + h0) finite, calls)``."""
+    dtype = f0[0].dtype
+    scale0 = [atol + rtol * tf.abs(y) for y in y0]
+    d0 = tf.stop_gradient(rms([y / s for y, s in zip(y0, scale0)], mask))
+    d1 = tf.stop_gradient(rms([f / s for f, s in zip(f0, scale0)], mask))
+    small = tf.logical_or(d0 < 1e-5, d1 < 1e-5)
+    h0 = tf.where(small, tf.constant(1e-6, dtype), 0.01 * d0 / tf.where(small, tf.ones_like(d1), d1))
+    h0 = tf.minimum(h0, tf.maximum(span, tiny))
+    y1 = [y + direction * h0 * f for y, f in zip(y0, f0)]
+    f1 = call(t0 + direction * h0, y1)
+    d2 = tf.stop_gradient(rms([(b - a) / s for a, b, s in zip(f0, f1, scale0)], mask)) / h0
+    dmax = tf.maximum(d1, d2)
+    h1 = tf.where(dmax <= 1e-15, tf.maximum(tf.constant(1e-6, dtype), h0 * 1e-3),
+                  tf.pow(0.01 / tf.where(dmax <= 1e-15, tf.ones_like(dmax), dmax), 1.0 / order))
+    return tf.minimum(100.0 * h0, h1), all_finite(f1), 1
+
+
+def fill_until(times, t_stop, direction, idx, tas, values, *, enabled=True):
+    """Write ``values(i)`` at every solution time index from ``idx`` up to ``t_stop``; ``(idx, tas)``."""
+    n = times.shape[0]
+
+    def cond(i, tas):
+        due = tf.logical_and(i < n, direction * (times[tf.minimum(i, n - 1)] - t_stop) <= 0.0)
+        return due if enabled is True else tf.logical_and(enabled, due)
+
+    def body(i, tas):
+        return i + 1, [ta.write(i, v) for ta, v in zip(tas, values(i))]
+
+    return tf.while_loop(cond, body, (idx, tas), maximum_iterations=n)
+
+
+def dense_output(tableau, t, h, y, y_new, ks, t_i, t_new):
+    """Shampine's continuous extension at ``t_i`` in the step [t, t + h] (``dopri5.f``'s ``contd5``)."""
+    ydiff = [b - a for a, b in zip(y, y_new)]
+    bspl = [h * k - d for k, d in zip(ks[0], ydiff)]
+    rc4 = [d - h * k - b for d, k, b in zip(ydiff, ks[-1], bspl)]
+    rc5 = lincomb([tf.zeros_like(v) for v in y], h, tableau.dense, ks)
+    th = (t_i - t) / h
+    th1 = 1.0 - th
+    vals = [a + th * (d + th1 * (b + th * (c + th1 * e))) for a, d, b, c, e in zip(y, ydiff, bspl, rc4, rc5)]
+    return where(tf.equal(t_i, t_new), y_new, vals)
+
+
+def end_of_interval(t, h, t_end, direction, stretch):
+    """The step to attempt: the rest if at most ``stretch`` proposed steps remain, half of it if at most two."""
+    rest = t_end - t
+    last = direction * (t + stretch * h - t_end) >= 0.0
+    split = tf.logical_and(tf.logical_not(last), direction * (t + 2.0 * stretch * h - t_end) >= 0.0)
+    return tf.where(last, rest, tf.where(split, 0.5 * rest, h)), last
+
+
+def attempt_step(tableau, call, t, y, k1, h, *, rtol, atol, mask):
+    """One step of the pair: ``(y_new, ks, error ratio, finite)``."""
+    ks = [k1]
+    for i in range(1, tableau.stages):
+        yi = lincomb(y, h, tableau.a[i], ks)
+        ks.append(call(t + tableau.c[i] * h, yi))
+    y_new = yi  # FSAL: the last stage is evaluated at the propagated solution
+    err = lincomb([tf.zeros_like(v) for v in y], h, tableau.error, ks)
+    scale = [atol + rtol * tf.maximum(tf.abs(a), tf.abs(b)) for a, b in zip(y, y_new)]
+    ratio = tf.stop_gradient(rms([e / s for e, s in zip(err, scale)], mask))
+    finite = tf.logical_and(tf.math.is_finite(ratio), all_finite(ks[-1]))
+    finite = tf.logical_and(finite, all_finite(y_new))
+    return y_new, ks, ratio, finite
+
+
+def next_step(controller, exponent, ratio, finite, accept, rejected, memory, direction):
+    """The controller's proposal, clipped: ``(h_next, err_prev, h_prev)`` for the next attempt."""
+    h = memory.h
+    safe_ratio = tf.where(finite, tf.maximum(ratio, 1e-10), tf.ones_like(ratio))
+    fac, fac_rej = controller.factors(safe_ratio, memory, exponent)
+    fac = tf.clip_by_value(fac, 1.0 / controller.ifactor, 1.0 / controller.dfactor)
+    h_acc = h / fac
+    h_acc = tf.where(rejected, direction * tf.minimum(tf.abs(h_acc), tf.abs(h)), h_acc)
+    h_rej = h / tf.minimum(fac_rej, 1.0 / controller.dfactor)
+    h_next = tf.stop_gradient(tf.where(accept, h_acc, h_rej))
+    err_prev = tf.where(accept, tf.maximum(ratio, 1e-4), memory.err_prev)
+    h_prev = tf.stop_gradient(tf.where(accept, h, memory.h_prev))
+    return h_next, err_prev, h_prev
+
+
+def step_reason(finite, accept, h_next, t, t_end, tiny):
+    """The guards after a step: OK, NONFINITE, or UNDERFLOW (a rejected step whose successor is negligible)."""
+    reason = tf.where(finite, OK, NONFINITE)
+    underflow = tf.logical_and(
+        tf.logical_not(accept), tf.abs(h_next) <= 4.0 * tiny * tf.maximum(tf.abs(t), tf.abs(t_end)))
+    return tf.where(tf.logical_and(finite, underflow), UNDERFLOW, reason)
+
+
+def _finish(tas, idx, reason, y0, dtype, n):
+    """Fill what was not reached with NaN, then blank everything on failure."""
+    def body(i, tas):
+        return i + 1, [ta.write(i, tf.fill(tf.shape(v), tf.constant(np.nan, dtype))) for ta, v in zip(tas, y0)]
+
+    _, tas = tf.while_loop(lambda i, tas: i < n, body, (idx, tas), maximum_iterations=n)
+    failed = tf.not_equal(reason, OK)
+    return [tf.where(failed, tf.constant(np.nan, dtype), ta.stack()) for ta in tas]
+
+
+# --------------------------------------------------------------------------- the integrator
+@tf.autograph.experimental.do_not_convert
+def integrate(fn, t0, y0, times, *, rtol, atol, first_step=None, max_steps=10000, controller="predictive",
+              safety=0.9, ifactor=10.0, dfactor=0.2, beta=0.04, norm_mask=None,
+              tableau: ButcherTableau = DOPRI5):
+    """Integrate ``dy/dt = fn(t, y)`` from ``t0`` and return the states at ``times``.
+
+    Builds ops only (run it inside ``tf.function(jit_compile=True)``); the
+    time direction follows ``times[-1] - t0`` (backward when negative).
+
+    Args:
+        fn: ``fn(t, flat) -> flat``, ``flat`` a list of tensors of one float dtype.
+        t0: scalar; y0: list of tensors.
+        times: 1-D tensor of output times, monotone in the direction of integration,
+            none before ``t0``. Its length must be static.
+        rtol, atol: floats (atol may be a tensor broadcastable to each component).
+        first_step: None for Hairer's selection, else the magnitude of the first step.
+        max_steps: attempted-step budget; the loop never runs more iterations.
+        controller: a name in :data:`odezoo.ode.controllers.CONTROLLERS` ("predictive",
+            the default, or "pi") or a :class:`~odezoo.ode.controllers.Controller` object.
+        safety, ifactor, dfactor, beta: a named controller's constants (Hairer's 0.9, 10,
+            0.2; ``beta`` 0.04, "pi" only); ignored for a controller object.
+        norm_mask: per-component booleans; False components are integrated but
+            left out of the error norm (the adjoint's seminorm).
+        tableau: the embedded pair (FSAL), :data:`odezoo.ode.tableau.DOPRI5` by default.
+
+    Returns:
+        ``(outputs, info)``: ``outputs`` a list of (len(times), *shape) tensors
+        (NaN where the solve failed), ``info`` a dict of scalar tensors:
+        ``reason``, ``nfe``, ``steps``, ``accepted``, ``t``.
+    """
+    dtype = check_dtypes(y0)
+    if not tableau.fsal:
+        raise ValueError(f"The integrator needs an FSAL tableau. Received: tableau={tableau.name!r}.")
+    controller = make_controller(controller, safety=safety, ifactor=ifactor, dfactor=dfactor, beta=beta)
+    mask = [True] * len(y0) if norm_mask is None else list(norm_mask)
+    t0 = tf.cast(t0, dtype)
+    times = tf.cast(tf.reshape(times, [-1]), dtype)
+    n = times.shape[0]
+    if n is None:
+        raise ValueError("dopri5 needs a static number of solution times.")
+    rtol, atol = tf.cast(rtol, dtype), tf.cast(atol, dtype)
+    t_end = times[-1]
+    direction = tf.where(t_end >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
+    span = tf.abs(t_end - t0)
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
+    max_steps = int(max_steps)
+
+    def call(t, y):
+        return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y)]
+
+    f0 = call(t0, y0)
+    nfe = tf.constant(1, tf.int32)
+    finite0 = tf.logical_and(all_finite(y0), all_finite(f0))
+    if first_step is None:
+        h_abs, finite1, calls = initial_step(call, t0, y0, f0, rtol=rtol, atol=atol, mask=mask, span=span,
+                                             direction=direction, tiny=tiny, order=tableau.order)
+        nfe += calls
+        finite0 = tf.logical_and(finite0, finite1)
+    else:
+        h_abs = tf.cast(first_step, dtype)
+    h_abs = tf.minimum(tf.where(tf.math.is_finite(h_abs), h_abs, span), tf.maximum(span, tiny))
+    h = tf.stop_gradient(direction * h_abs)
+    reason = tf.where(finite0, OK, NONFINITE)
+    reason = tf.where(times_ordered(t0, times), reason, UNORDERED)
+    tas = [tf.TensorArray(dtype, size=n, element_shape=y.shape) for y in y0]
+    idx, tas = fill_until(times, t0, direction, tf.constant(0, tf.int32), tas, lambda i: y0)  # outputs at t0
+    stretch = 1.0 / controller.safety  # the last step may be this much longer than proposed
+    exponent = tableau.error_exponent
+    per_step = tableau.evaluations_per_step
+
+    def cond(t, y, k1, h, h_prev, err_prev, streak, idx, tas, steps, accepted, nfe, reason):
+        return tf.logical_and(tf.equal(reason, OK), tf.logical_and(idx < n, steps < max_steps))
+
+    def body(t, y, k1, h, h_prev, err_prev, streak, idx, tas, steps, accepted, nfe, reason):
+        rejected = tf.logical_and(tf.equal(streak, 0), steps > 0)
+        h, last = end_of_interval(t, h, t_end, direction, stretch)
+        y_new, ks, ratio, finite = attempt_step(tableau, call, t, y, k1, h, rtol=rtol, atol=atol, mask=mask)
+        accept = tf.logical_and(finite, ratio <= 1.0)
+        memory = StepMemory(h=h, h_prev=h_prev, err_prev=err_prev, streak=streak)
+        h_next, err_prev, h_prev = next_step(controller, exponent, ratio, finite, accept, rejected, memory,
+                                             direction)
+        t_new = tf.where(last, t_end, t + h)
+        idx, tas = fill_until(times, t_new, direction, idx, tas, enabled=accept,
+                              values=lambda i: dense_output(tableau, t, h, y, y_new, ks, times[i], t_new))
+        new_reason = step_reason(finite, accept, h_next, t, t_end, tiny)
+        t = tf.where(accept, t_new, t)
+        y = where(accept, y_new, y)
+        k1 = where(accept, ks[-1], k1)
+        streak = tf.where(accept, streak + 1, 0)
+        return (t, y, k1, h_next, h_prev, err_prev, streak, idx, tas, steps + 1,
+                accepted + tf.cast(accept, tf.int32), nfe + per_step, new_reason)
+
+    loop_vars = (t0, list(y0), f0, h, h, tf.constant(1e-4, dtype), tf.constant(0, tf.int32), idx, tas,
+                 tf.constant(0, tf.int32), tf.constant(0, tf.int32), nfe, reason)
+    (t, y, _, _, _, _, _, idx, tas, steps, accepted, nfe, reason) = tf.while_loop(
+        cond, body, loop_vars, maximum_iterations=max_steps)
+    reason = tf.where(tf.logical_and(tf.equal(reason, OK), idx < n), MAX_STEPS, reason)
+    outputs = _finish(tas, idx, reason, y0, dtype, n)
+    return outputs, dict(reason=reason, nfe=nfe, steps=steps, accepted=accepted, t=t)
+
+
+__all__ = ["integrate", "initial_step", "attempt_step", "next_step", "end_of_interval", "dense_output",
+           "step_reason", "fill_until", "check_dtypes", "all_finite"]
