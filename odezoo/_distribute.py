@@ -25,7 +25,8 @@ import contextlib
 import json
 import os
 
-from odezoo._errors import OdezooError, bad_value
+from odezoo._errors import OdezooError
+from odezoo.checks import bad_value
 
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

@@ -9,13 +9,13 @@ Keras backend. Every layer names its scheme by registered name in
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import keras
 from keras import ops
 
 from odezoo import _registry
-from odezoo._errors import bad_value, check_keys
+from odezoo import checks
+from odezoo.checks import bad_value, check_keys
 from odezoo._scheme import BlockContext, Scheme
 
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
@@ -91,9 +91,7 @@ class SchemeBlock(keras.layers.Layer):
         self.scheme = make_scheme(scheme, scheme_options)
         self.scheme_name = self.scheme.name
         self.scheme_options = dict(scheme_options)
-        if not isinstance(h, (int, float)) or isinstance(h, bool) or not math.isfinite(h) or not h > 0:
-            raise bad_value("h", h, "a finite positive float")
-        self.h = float(h)
+        self.h = checks.positive("h", h)
         if fields is None and field_factory is None:
             raise TypeError("SchemeBlock needs a `field_factory` (or ready-made `fields`).")
         self.field_factory = field_factory

@@ -24,9 +24,9 @@ import tempfile
 
 import numpy as np
 
-from odezoo import _builder, _distribute, _registry, _weights, data
+from odezoo import _builder, _distribute, _registry, _weights, checks, data
 from odezoo import _checkpoint as checkpoint_lib
-from odezoo._errors import CheckpointError, OdezooError, TrainingError, UnknownNameError, bad_value
+from odezoo._errors import CheckpointError, OdezooError, TrainingError, UnknownNameError
 
 FLOW_DATASETS = data.TOY_DENSITIES + ("digits",)
 DIGITS_LEVELS = 17  # digits pixel values 0..16
@@ -190,29 +190,26 @@ def _run_fingerprint(spec, dataset, build_config, *, epochs, batch_size, lr, see
             "strategy": strategy, "precision": precision}
 
 
-def _check_arguments(spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy, precision):
+def _check_arguments(spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy,
+                     precision) -> tuple[int, int, float, int]:
+    """Refuse a bad argument (``ValueError`` in the house form); return ``(epochs, batch_size, lr, seed)``
+    as plain Python numbers, so a numpy int is recorded in the manifest as the int it is."""
     valid = data.IMAGE_DATASETS if spec.kind == "classifier" else FLOW_DATASETS
     if dataset not in valid:
         raise UnknownNameError(f"dataset for {spec.kind} {spec.name!r}", dataset, valid)
-    for arg, value, ok, allowed in (
-            ("epochs", epochs, _is_int(epochs) and epochs >= 1, "a positive int"),
-            ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "a positive int"),
-            ("lr", lr, isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
-             "a finite positive number"),
-            ("seed", seed, _is_int(seed) and 0 <= seed < 2**31, "an int in [0, 2**31)")):
-        if not ok:
-            raise bad_value(arg, value, allowed)
+    epochs = checks.positive_int("epochs", epochs)
+    batch_size = checks.positive_int("batch_size", batch_size)
+    learning_rate = checks.real("lr", lr, exclusive_minimum=0.0, allowed="a finite positive number")
+    seed = checks.integer("seed", seed, minimum=0, maximum=2**31 - 1, allowed="an int in [0, 2**31)")
     for arg, value, choices in (("lr_schedule", lr_schedule, LR_SCHEDULES), ("optimizer", optimizer, OPTIMIZERS),
                                 ("strategy", strategy, _distribute.STRATEGIES),
                                 ("precision", precision, _distribute.PRECISIONS)):
         if value not in choices:
-            raise bad_value(arg, value, ", ".join(choices))
+            raise checks.bad_value(arg, value, ", ".join(choices))
     if spec.kind != "classifier" and precision != "float32":
-        raise bad_value("precision", precision, f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        raise checks.bad_value("precision", precision,
+                               f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)")
+    return epochs, batch_size, lr if type(lr) in (int, float) else learning_rate, seed
 
 
 def _training_data(spec, dataset, build_config):
@@ -227,7 +224,7 @@ def _training_data(spec, dataset, build_config):
         if x.shape[1:] != shape:
             raise TrainingError(f"{dataset} {split} images have shape {x.shape[1:]}, but the model is built for "
                                 f"input_shape={list(shape)}; drop --config input_shape or match the data.")
-        if len(y) and (y.min() < 0 or (_is_int(num_classes) and y.max() >= num_classes)):
+        if len(y) and (y.min() < 0 or (checks.is_int(num_classes) and y.max() >= num_classes)):
             raise TrainingError(f"{dataset} {split} labels lie in [{y.min()}, {y.max()}], outside "
                                 f"[0, {num_classes}) for num_classes={num_classes}; set --config num_classes to "
                                 f"the dataset's class count ({data.INFO[dataset]['classes']}).")
@@ -425,8 +422,9 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
 
     spec, _ = _registry.resolve_model(name)
     config = dict(config or {})
-    _check_arguments(spec, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule,
-                     optimizer=optimizer, strategy=strategy, precision=precision)
+    epochs, batch_size, lr, seed = _check_arguments(
+        spec, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule,
+        optimizer=optimizer, strategy=strategy, precision=precision)
     tag = tag or dataset
     _registry._check_name("weight tag", tag)
     key = f"{spec.name}.{tag}"

@@ -29,6 +29,7 @@ import stat
 import sys
 from importlib import resources
 
+from odezoo import checks
 from odezoo._errors import ManifestError, OdezooError, UnknownNameError, WeightsIntegrityError
 
 WEIGHTS_DIR_ENV = "ODEZOO_WEIGHTS_DIR"
@@ -206,7 +207,7 @@ def validate_entry(key, entry, folder, *, where="manifest"):
                 raise ManifestError(f"{where}: entry {key!r} lacks the field {field!r}.")
             continue
         value = entry[field]
-        if not isinstance(value, types) or (types is int and isinstance(value, bool)):
+        if not isinstance(value, types) or (types is int and not _json_int(value)):
             raise ManifestError(f"{where}: entry {key!r} field {field!r} has the wrong type ({value!r}).")
         _check_tree(value, where, (f"entry {key}", field), depth=3)
     for field in ("model", "tag"):
@@ -223,9 +224,19 @@ def validate_entry(key, entry, folder, *, where="manifest"):
     resolve_file(key, entry["file"], folder, where=where)
 
 
+def _json_int(value) -> bool:
+    """An int as a manifest holds it: a Python int, not a bool (a numpy int would not serialise)."""
+    return isinstance(value, int) and checks.is_int(value)
+
+
+def _json_number(value) -> bool:
+    """A number as a manifest holds it: a Python int or float, not a bool."""
+    return isinstance(value, (int, float)) and checks.is_real(value)
+
+
 def _check_metrics(key, metrics: dict, where: str) -> None:
     for name, value in metrics.items():
-        if name not in METRIC_NAMES or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if name not in METRIC_NAMES or not _json_number(value):
             raise ManifestError(f"{where}: entry {key!r} field 'metrics' has a bad item {name!r}: {value!r} "
                                 f"(allowed names: {', '.join(METRIC_NAMES)}; numbers).")
         if name == "accuracy" and not 0.0 <= value <= 1.0:
@@ -242,7 +253,7 @@ def _check_config(key, config: dict, where: str) -> None:
 
     for name, (low, high) in INT_BOUNDS.items():
         value = config.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high):
+        if value is not None and (not _json_int(value) or not low <= value <= high):
             refuse(name, value, f"an int in [{low}, {high}]")
     for name, (length, high, product) in LIST_BOUNDS.items():
         value = config.get(name)
@@ -250,7 +261,7 @@ def _check_config(key, config: dict, where: str) -> None:
             continue
         allowed = f"a list of at most {length} ints in [1, {high}]" + (f", product <= {product}" if product else "")
         if (not isinstance(value, (list, tuple)) or len(value) > length
-                or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high for v in value)
+                or not all(_json_int(v) and 1 <= v <= high for v in value)
                 or (product and math.prod(value) > product)):
             refuse(name, value, allowed)
 

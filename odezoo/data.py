@@ -42,7 +42,9 @@ from numpy.typing import ArrayLike
 if TYPE_CHECKING:  # odezoo.data.load must not import TensorFlow
     import tensorflow as tf
 
-from odezoo._errors import DataError, OdezooError, UnknownNameError, bad_value  # noqa: F401 (data.OdezooError)
+from odezoo import checks
+from odezoo._errors import DataError, OdezooError, UnknownNameError  # noqa: F401 (data.OdezooError)
+from odezoo.checks import bad_value
 
 IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10")
 TOY_DENSITIES = ("8gaussians", "checkerboard", "pinwheel", "2spirals", "moons", "rings", "circles", "swissroll")
@@ -475,8 +477,7 @@ def toy_density(name: str, n: int, seed: int | None = None) -> np.ndarray:
     """
     if name not in TOY_DENSITIES:
         raise UnknownNameError("toy density", name, TOY_DENSITIES)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise bad_value("n", n, "a positive int")
+    n = checks.positive_int("n", n)
     rng = np.random.default_rng(seed)
     x = _TOY[name](rng, int(n))
     return np.asarray(x[:n], dtype=np.float32)

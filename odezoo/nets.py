@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import keras
 
-from odezoo._errors import bad_value
+from odezoo import checks
+from odezoo.checks import bad_value
 from odezoo._layers import (
     ColumnSampler,
     ConvFieldFactory,
@@ -40,12 +41,12 @@ def valid_depths(limit: int = 110) -> list[int]:
 
 def blocks_per_stage(depth) -> int:
     """n for depth = 6n + 2, or a ValueError naming the valid depths."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
+    if not checks.is_int(depth) or depth < 8 or (depth - 2) % 6:
         raise bad_value(
             "depth", depth,
             "6n+2 with n >= 1, e.g. " + ", ".join(map(str, valid_depths(56))) + ", ..., 110",
         )
-    return (depth - 2) // 6
+    return int(depth - 2) // 6
 
 
 def normalization_layer(normalization, input_shape):
@@ -70,9 +71,9 @@ def normalization_layer(normalization, input_shape):
 def check_input_shape(input_shape):
     shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else None
     if (shape is None or len(shape) != 3
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            or not all(checks.is_int(d) and d > 0 for d in shape)):
         raise bad_value("input_shape", input_shape, "(height, width, channels), positive ints, e.g. (32, 32, 3)")
-    return shape
+    return tuple(int(d) for d in shape)
 
 
 def residual_classifier(
@@ -114,10 +115,8 @@ def residual_classifier(
     """
     input_shape = check_input_shape(input_shape)
     n = blocks_per_stage(depth)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise bad_value("num_classes", num_classes, "an int >= 2")
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise bad_value("width", width, "an int >= 1")
+    num_classes = checks.integer("num_classes", num_classes, minimum=2)
+    width = checks.integer("width", width, minimum=1)
     if classifier_activation not in ("softmax", None):
         raise bad_value("classifier_activation", classifier_activation, "'softmax' or None")
     make_scheme(scheme, scheme_options)  # validate the scheme and its options early

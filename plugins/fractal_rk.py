@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 import odezoo
+from odezoo import checks
 
 ODEZOO_PLUGIN_API = 1
 
@@ -43,12 +44,9 @@ class FractalRK(odezoo.Scheme):
     num_fields = 2
 
     def __init__(self, columns=2, local_drop=0.15):
-        if not isinstance(columns, int) or isinstance(columns, bool) or not 1 <= columns <= 6:
-            raise ValueError(f"Invalid value for `columns`. Received: columns={columns!r}. Allowed: an int in [1, 6].")
-        if not isinstance(local_drop, (int, float)) or not 0.0 <= local_drop < 1.0:
-            raise ValueError(
-                f"Invalid value for `local_drop`. Received: local_drop={local_drop!r}. Allowed: a float in [0, 1)."
-            )
+        columns = checks.integer("columns", columns, minimum=1, maximum=6)
+        if not checks.is_real(local_drop) or not 0.0 <= local_drop < 1.0:
+            raise checks.bad_value("local_drop", local_drop, "a float in [0, 1)")
         self.columns = columns
         self.local_drop = float(local_drop)
 

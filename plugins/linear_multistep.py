@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 import odezoo
+from odezoo import checks
 
 ODEZOO_PLUGIN_API = 1
 
@@ -44,10 +45,9 @@ class LinearMultistep(odezoo.Scheme):
     order, num_fields, state_size = 1, 1, 2
 
     def __init__(self, k=-0.05, p_L=None):
-        if not isinstance(k, (int, float)) or isinstance(k, bool) or not -1.0 < k < 1.0:
-            raise ValueError(f"Invalid value for `k`. Received: k={k!r}. Allowed: a float with |k| < 1 (zero-stability).")
-        if p_L is not None and (not isinstance(p_L, (int, float)) or isinstance(p_L, bool) or not 0.0 < p_L <= 1.0):
-            raise ValueError(f"Invalid value for `p_L`. Received: p_L={p_L!r}. Allowed: None or a float in (0, 1].")
+        if not checks.is_real(k) or not -1.0 < k < 1.0:
+            raise checks.bad_value("k", k, "a float with |k| < 1 (zero-stability)")
+        checks.real("p_L", p_L, exclusive_minimum=0.0, maximum=1.0, allow_none=True, allowed="a float in (0, 1]")
         self.k = float(k)
         self.p_L = None if p_L is None else float(p_L)
 

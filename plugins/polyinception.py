@@ -1,6 +1,7 @@
 """PolyInception (Zhang et al., "PolyNet", CVPR 2017) read as an approximate backward-Euler step."""
 
 import odezoo
+from odezoo import checks
 
 ODEZOO_PLUGIN_API = 1
 
@@ -37,9 +38,7 @@ class PolyInception(odezoo.Scheme):
 
     def __init__(self, variant="poly2"):
         if variant not in VARIANTS:
-            raise ValueError(
-                f"Invalid value for `variant`. Received: variant={variant!r}. Allowed: {', '.join(VARIANTS)}."
-            )
+            raise checks.bad_value("variant", variant, ", ".join(VARIANTS))
         self.variant = variant
         self.num_fields = 1 if variant == "poly2" else 2
 
