@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 import odezoo
+from odezoo import checks
 
 ODEZOO_PLUGIN_API = 1
 
@@ -51,27 +52,24 @@ class Reversible(odezoo.Scheme):
     :meth:`run_stage` (TensorFlow backend, training) runs a whole stage under one
     custom gradient that keeps no activations: its backward pass rebuilds each
     block's input from its output (the inverse above), top to bottom, and
-    re-runs that block's fields to take its gradient. Two ways, by the option
-    ``backward`` (measured, benchmarks/README.md; activation memory per sample,
-    depth 110 against depth 20; ResNet: 5×):
+    re-runs that block's fields to take its gradient. Activation memory then
+    stays flat in depth, with and without XLA. Two forms, by the option
+    ``backward`` (memory and step time: benchmarks/README.md, "RevNet"):
 
     - ``"unrolled"`` (default): one reconstruction per block, each behind a
       conditional the compiler cannot remove (:func:`_barrier`), which orders it
       after the gradient of the block above and, under XLA, stops fusion from
-      carrying the running gradient sums across blocks. 1.24× under XLA, 0.71×
-      without it.
+      carrying the running gradient sums across blocks.
     - ``"loop"``: one ``tf.while_loop`` over the blocks (their fields must share
-      one structure; otherwise plain backprop). Also flat (0.64× / 1.08×), but
-      under XLA on CPU its training step was 8–17× slower (measured at depth 20);
-      kept as an option, no longer needed for memory.
+      one structure; otherwise plain backprop). Also flat, but much slower under
+      XLA on CPU; kept as an option, no longer needed for memory.
     """
 
     order, num_fields, state_size = 1, 2, 2
 
     def __init__(self, backward="unrolled"):
         if backward not in ("unrolled", "loop"):
-            raise ValueError(f"Invalid value for `backward`. Received: backward={backward!r}. "
-                             "Allowed: 'unrolled', 'loop'.")
+            raise checks.bad_value("backward", backward, "'unrolled', 'loop'")
         self.backward = backward
 
     def init(self, y0):
@@ -202,12 +200,11 @@ def _barrier(keep, tensors):
     (1) Order: the block below is rebuilt from the conditional's outputs, so
     only once the gradient of the block above exists (otherwise the whole stage
     is rebuilt ahead of the backward chain, holding every block's activations).
-    (2) Materialise the running gradient sums: XLA's
-    CPU fusion duplicates cheap elementwise adds into all their consumers, so
-    without a boundary each block's fusions recompute d1, d2 from the terms of
-    every block above and keep those alive (O(depth) memory; measured,
-    benchmarks/README.md). Fusion cannot cross a conditional, and XLA keeps a
-    conditional whose predicate it cannot evaluate. ``keep`` is always true; the
+    (2) Materialise the running gradient sums: XLA's CPU fusion duplicates cheap
+    elementwise adds into all their consumers, so without a boundary each block's
+    fusions recompute d1, d2 from the terms of every block above and keep those
+    alive (O(depth) memory; benchmarks/README.md). Fusion cannot cross a
+    conditional, and XLA keeps a conditional whose predicate it cannot evaluate. ``keep`` is always true; the
     other branch is never taken (it only has to differ from the first, so the
     two cannot be merged).
     """
@@ -236,13 +233,12 @@ def _tf_loop_backward(blocks, training, out, upstream, variables):
     moving-statistics updates of the re-run: the forward pass already counted
     the batch. Weight gradients go into one TensorArray per variable.
 
-    Why a loop: written as straight-line code (:func:`_tf_unrolled_backward`), the
-    memory grows with depth under XLA (measured, benchmarks/README.md). XLA
-    fuses the cheap running sums d ← d + ∂block/∂input into every consumer
-    instead of storing them, so each block's fusions read the input gradients of
-    all blocks above it and keep them all alive. A loop's state is stored
-    between iterations, and at most one iteration's tensors exist at a time
-    (``parallel_iterations=1`` also stops graph mode from running ahead).
+    Why a loop exists: it was the first form whose memory stayed flat under XLA,
+    before :func:`_barrier` made the default straight-line form
+    (:func:`_tf_unrolled_backward`) flat too. A loop's state is stored between
+    iterations and at most one iteration's tensors exist at a time
+    (``parallel_iterations=1`` also stops graph mode from running ahead). It is
+    slower than the default (benchmarks/README.md) and stays an option.
     """
     import tensorflow as tf
 
