@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from odezoo import _dopri5  # noqa: E402
+from odezoo import ode  # noqa: E402
 
 PARAMS = ("w1", "b1", "w2", "b2")
 
@@ -51,7 +51,7 @@ def main():
             @tf.function(jit_compile=True)
             def run():
                 state = [y1, 2.0 * y1] + [tf.zeros_like(v) for v in variables]
-                return _dopri5.integrate(aug, 1.0, state, tf.constant([0.0]), rtol=tol, atol=tol,
+                return ode.integrate(aug, 1.0, state, tf.constant([0.0]), rtol=tol, atol=tol,
                                          norm_mask=mask, controller=controller)
 
             out, info = run()

@@ -1,6 +1,6 @@
 """The dopri5 adjoint's backward options on the peer problem: restarts of y and backward tolerances.
 
-Forward + adjoint gradient of loss sum(h(1)^2) through ``_dopri5.adjoint_solve`` (what
+Forward + adjoint gradient of loss sum(h(1)^2) through ``odezoo.ode.adjoint_solve`` (what
 ``ODEBlock`` calls), compiled, for each ``adjoint_checkpoints`` (forward states per
 interval the backward solve restarts y from) and backward tolerance factor (backward
 rtol = atol = factor x forward), at forward rtol = atol = 1e-3 and 1e-5. Scored against
@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from odezoo import _dopri5  # noqa: E402
+from odezoo import ode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from adjoint_error import PARAMS, load_problem  # noqa: E402
@@ -45,7 +45,7 @@ def main():
                 @tf.function(jit_compile=True)
                 def run():
                     with tf.GradientTape() as tape:
-                        outs, info = _dopri5.adjoint_solve(field, 0.0, [h0], tf.constant([1.0]), [], options=options,
+                        outs, info = ode.adjoint_solve(field, 0.0, [h0], tf.constant([1.0]), [], options=options,
                                                            on_backward=lambda i: nfe_bwd.assign(i["nfe"]))
                         loss = tf.reduce_sum(outs[0][-1] ** 2)
                     return outs[0][-1], tape.gradient(loss, [w[k] for k in PARAMS]), info["nfe"]

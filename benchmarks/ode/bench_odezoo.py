@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
-from odezoo import _dopri5  # noqa: E402
+from odezoo import ode  # noqa: E402
 
 PEER = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "bench", "peer_ode_bench")
 
@@ -79,9 +79,9 @@ def run(config, tol, d, ref, repeats):
         max_steps = 200 if gradient == "backprop" else 10000  # backprop under XLA preallocates max_steps
 
         def forward():
-            outs, info = _dopri5.adjoint_solve(lambda t, y, c: [f(t, y[0])], 0.0, [h0], times, [],
+            outs, info = ode.adjoint_solve(lambda t, y, c: [f(t, y[0])], 0.0, [h0], times, [],
                                                options=dict(rtol=tol, atol=tol, max_steps=max_steps)) \
-                if gradient == "adjoint" else _dopri5.integrate(lambda t, y: [f(t, y[0])], 0.0, [h0], times,
+                if gradient == "adjoint" else ode.integrate(lambda t, y: [f(t, y[0])], 0.0, [h0], times,
                                                                 rtol=tol, atol=tol, max_steps=max_steps)
             return outs[0][-1]
 
