@@ -172,6 +172,25 @@ def step_reason(finite, accept, h_next, t, t_end, tiny):
     return tf.where(tf.logical_and(finite, underflow), UNDERFLOW, reason)
 
 
+def _start(call, t0, y0, times, first_step, *, rtol, atol, mask, span, direction, tiny, order):
+    """f(t0), the first step (signed), the calls so far and the starting reason (NaN/Inf, times out of order)."""
+    f0 = call(t0, y0)
+    nfe = tf.constant(1, tf.int32)
+    finite0 = tf.logical_and(all_finite(y0), all_finite(f0))
+    if first_step is None:
+        h_abs, finite1, calls = initial_step(call, t0, y0, f0, rtol=rtol, atol=atol, mask=mask, span=span,
+                                             direction=direction, tiny=tiny, order=order)
+        nfe += calls
+        finite0 = tf.logical_and(finite0, finite1)
+    else:
+        h_abs = tf.cast(first_step, f0[0].dtype)
+    h_abs = tf.minimum(tf.where(tf.math.is_finite(h_abs), h_abs, span), tf.maximum(span, tiny))
+    h = tf.stop_gradient(direction * h_abs)
+    reason = tf.where(finite0, OK, NONFINITE)
+    reason = tf.where(times_ordered(t0, times), reason, UNORDERED)
+    return f0, h, nfe, reason
+
+
 def _finish(tas, idx, reason, y0, dtype, n):
     """Fill what was not reached with NaN, then blank everything on failure."""
     def body(i, tas):
@@ -233,20 +252,8 @@ def integrate(fn, t0, y0, times, *, rtol, atol, first_step=None, max_steps=10000
     def call(t, y):
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y)]
 
-    f0 = call(t0, y0)
-    nfe = tf.constant(1, tf.int32)
-    finite0 = tf.logical_and(all_finite(y0), all_finite(f0))
-    if first_step is None:
-        h_abs, finite1, calls = initial_step(call, t0, y0, f0, rtol=rtol, atol=atol, mask=mask, span=span,
-                                             direction=direction, tiny=tiny, order=tableau.order)
-        nfe += calls
-        finite0 = tf.logical_and(finite0, finite1)
-    else:
-        h_abs = tf.cast(first_step, dtype)
-    h_abs = tf.minimum(tf.where(tf.math.is_finite(h_abs), h_abs, span), tf.maximum(span, tiny))
-    h = tf.stop_gradient(direction * h_abs)
-    reason = tf.where(finite0, OK, NONFINITE)
-    reason = tf.where(times_ordered(t0, times), reason, UNORDERED)
+    f0, h, nfe, reason = _start(call, t0, y0, times, first_step, rtol=rtol, atol=atol, mask=mask, span=span,
+                                direction=direction, tiny=tiny, order=tableau.order)
     tas = [tf.TensorArray(dtype, size=n, element_shape=y.shape) for y in y0]
     idx, tas = fill_until(times, t0, direction, tf.constant(0, tf.int32), tas, lambda i: y0)  # outputs at t0
     stretch = 1.0 / controller.safety  # the last step may be this much longer than proposed
