@@ -24,20 +24,16 @@ from odezoo._registry import (
     list_models,
     list_schemes,
     plugin_report,
+    register_keras_objects,
     register_model,
     register_scheme,
+    scoped_registry,
 )
 from odezoo._scheme import BlockContext, ExplicitRungeKutta, Scheme
 
 from odezoo._version import __version__
 
 from odezoo import _keras_hook  # noqa: E402
-
-# The serializable layers must be registered with Keras before a saved model is
-# loaded, but `import odezoo` (the registry, odezoo.data) must not import Keras
-# or TensorFlow. So they register as soon as Keras is imported, whichever
-# comes first.
-_keras_hook.install()
 
 _LAZY = {
     "SchemeBlock": ("odezoo._layers", "SchemeBlock"),
@@ -48,7 +44,8 @@ _LAZY_MODULES = ("data", "layers", "nets", "plotting", "testing")
 
 __all__ = [
     "build", "describe", "list_models", "list_schemes", "get_scheme", "register_scheme",
-    "register_model", "plugin_report", "Scheme", "ExplicitRungeKutta", "BlockContext",
+    "register_model", "register_keras_objects", "scoped_registry", "plugin_report", "Scheme",
+    "ExplicitRungeKutta", "BlockContext",
     "SchemeBlock", "ODEBlock", "odeint",
     "OdezooError", "UnknownNameError", "SolverError", "WeightsIntegrityError", "PluginError",
     "ManifestError", "DataError", "TrainingError", "CheckpointError",
@@ -73,3 +70,11 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(__all__) | set(_LAZY_MODULES))
+
+
+# The serializable layers must be registered with Keras before a saved model is
+# loaded, but `import odezoo` (the registry, odezoo.data) must not import Keras
+# or TensorFlow. So they register as soon as Keras is imported, whichever
+# comes first. Last, because with Keras imported already it discovers the
+# plugins now, and they see this module whole.
+_keras_hook.install()

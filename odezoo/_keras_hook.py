@@ -1,16 +1,20 @@
-"""Register odezoo's Keras serializables as soon as Keras is imported.
+"""Register odezoo's and its plugins' Keras serializables as soon as Keras is imported.
 
-``keras.models.load_model`` in a fresh process must find ``odezoo>SchemeBlock``
-and friends after nothing more than ``import odezoo``; yet ``import odezoo``
-must stay free of Keras/TensorFlow (``odezoo.data.load`` returns numpy arrays
-without importing TensorFlow). If Keras is already imported, the layer modules
-are imported at once; otherwise a one-shot import hook runs them right after
-Keras's own module has finished executing.
+``keras.models.load_model`` in a fresh process must find ``odezoo>SchemeBlock``,
+``odezoo>ODEBlock`` and the classes plugins ship (FFJORD's flow, ...) after
+nothing more than ``import odezoo``; yet ``import odezoo`` must stay free of
+Keras/TensorFlow (``odezoo.data.load`` returns numpy arrays without importing
+TensorFlow). If Keras is already imported, :func:`register_layers` runs at
+once; otherwise a one-shot import hook runs it right after Keras's own module
+has finished executing. It imports the core's layers, hands the registry the
+loader of declared Keras objects (:func:`load_keras_object`) and runs plugin
+discovery, so every class declared with ``odezoo.register_keras_objects`` (the
+plugins' own, and the core's below, declared the same way) is imported.
 
-Under another Keras backend (JAX) only the backend-neutral layers register;
-the TensorFlow-only layers (the ODE solvers' layers and the flow) are
-stood in for by placeholders whose ``from_config`` raises :class:`BackendError`,
-so loading a saved ODE-Net under JAX names the backend it needs.
+A class declared for one backend (``backend="tensorflow"``: the ODE solvers'
+layers and the flow) is not imported under another (JAX); a placeholder
+stands in whose ``from_config`` raises :class:`BackendError`, so loading a
+saved ODE-Net under JAX names the backend it needs.
 :func:`require_tensorflow` is the same check for code that asks for one of
 those layers by name.
 """
@@ -22,19 +26,21 @@ import importlib.abc
 import importlib.util
 import sys
 
-from odezoo._errors import OdezooError
+from odezoo import _registry
+from odezoo._errors import OdezooError, PluginError
 
-# TensorFlow-only modules, registered only when Keras runs on TensorFlow.
+# Backend-neutral core modules, imported whenever Keras is.
 _CORE = ("odezoo._layers",)
-_TF_ONLY = ("odezoo.ode.block", "odezoo.plugins.ode.model", "odezoo._flow")
-# The serializable layers those modules define: public name -> module.
-TF_ONLY_LAYERS = {
-    "ODEBlock": "odezoo.ode.block",
-    "ODEConvField": "odezoo.plugins.ode.model",
-    "ODEClassifier": "odezoo.plugins.ode.model",
-    "FFJORDFlow": "odezoo._flow",
-    "TimeMLPField": "odezoo._flow",
-}
+# The core's TensorFlow-only serializable classes ("module:ClassName", Keras package "odezoo").
+_CORE_TF_OBJECTS = (
+    "odezoo.ode.block:ODEBlock",
+    "odezoo.plugins.ode.model:ODEConvField",
+    "odezoo.plugins.ode.model:ODEClassifier",
+    "odezoo._flow:FFJORDFlow",
+    "odezoo._flow:TimeMLPField",
+)
+# Public name -> module of those classes (odezoo.ODEBlock, odezoo.layers.* resolve them lazily).
+TF_ONLY_LAYERS = {t.partition(":")[2]: t.partition(":")[0] for t in _CORE_TF_OBJECTS}
 
 
 class BackendError(OdezooError, ImportError):
@@ -56,27 +62,68 @@ def require_tensorflow(what: str) -> None:
         )
 
 
-def _placeholder(name):
-    def from_config(cls, config):
-        require_tensorflow(f"Loading odezoo's {name} layer")
+def require_backend(backend: str, what: str) -> None:
+    """Raise :class:`BackendError` unless Keras runs on ``backend``; ``what`` names the part asked for."""
+    if backend == "tensorflow":
+        require_tensorflow(what)
+        return
+    import keras
 
-    return type(name, (), {"__doc__": f"Stands in for odezoo's TensorFlow-only {name} under other backends.",
-                           "from_config": classmethod(from_config)})
+    current = keras.backend.backend()
+    if current != backend:
+        raise BackendError(
+            f"{what} needs Keras's {backend!r} backend, but Keras is running on {current!r}. "
+            f"Set KERAS_BACKEND={backend} before Keras is imported; see docs/backends.md."
+        )
+
+
+def _placeholder(obj: _registry.KerasObject):
+    cls_name = obj.target.partition(":")[2]
+
+    def from_config(cls, config):
+        require_backend(obj.backend, f"Loading {obj.name} ({obj.target})")
+
+    return type(cls_name, (), {"__doc__": f"Stands in for {obj.target} under Keras backends other than "
+                                          f"{obj.backend!r}.",
+                               "from_config": classmethod(from_config)})
+
+
+def load_keras_object(obj: _registry.KerasObject) -> None:
+    """Import one declared class, or stand a placeholder in for it under another backend.
+
+    Raises :class:`odezoo.PluginError` when the target cannot be imported or is
+    not registered with Keras under the declared name.
+    """
+    import keras
+
+    if obj.backend is not None and obj.backend != keras.backend.backend():
+        keras.saving.get_custom_objects().setdefault(obj.name, _placeholder(obj))
+        return
+    module, _, attr = obj.target.partition(":")
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except Exception as exc:
+        raise PluginError(f"the Keras object {obj.name!r} cannot be imported from {obj.target}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if keras.saving.get_registered_object(obj.name) is not value:
+        package = obj.name.partition(">")[0]
+        raise PluginError(
+            f"{obj.target} is declared as the Keras object {obj.name!r} but Keras has no such registered "
+            f"object; decorate the class with @keras.saving.register_keras_serializable(package={package!r})."
+        )
 
 
 def register_layers() -> None:
     for name in _CORE:
         importlib.import_module(name)
-    import keras
+    _registry.set_keras_loader(load_keras_object)
+    try:
+        _registry.ensure_discovered()  # the plugins' declarations (re-entrant: a no-op inside discovery)
+    except Exception:  # noqa: BLE001 - e.g. a bad ODEZOO_DISABLE_PLUGIN_AUTOLOAD: the registry's next use says so
+        pass
 
-    if keras.backend.backend() == "tensorflow":
-        for name in _TF_ONLY:
-            if importlib.util.find_spec(name) is not None:
-                importlib.import_module(name)
-    else:
-        custom = keras.saving.get_custom_objects()
-        for name in TF_ONLY_LAYERS:
-            custom.setdefault(f"odezoo>{name}", _placeholder(name))
+
+_registry._declare_core(*_CORE_TF_OBJECTS, backend="tensorflow")
 
 
 class _AfterExec(importlib.abc.Loader):

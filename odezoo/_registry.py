@@ -9,6 +9,13 @@ to a registry, under a lock. Built-ins load first, so they own their names; each
 third-party plugin or distribution that fails (a clash, an import error,
 malformed metadata) fails alone. ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` loads the
 built-ins only.
+
+A plugin that defines serializable Keras classes declares them with
+:func:`register_keras_objects` as import strings, so declaring does not import
+Keras; ``odezoo._keras_hook`` imports them once Keras is (placeholders stand in
+under another backend than the one a class needs), so that
+``keras.models.load_model`` works after ``import odezoo`` alone.
+:func:`scoped_registry` removes what was registered inside it (for tests).
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ _AUTOLOAD_OFF = ("1", "true", "yes", "on")
 _AUTOLOAD_ON = ("", "0", "false", "no", "off")
 SUPPORTED_PLUGIN_APIS = (1,)
 MODEL_KINDS = ("classifier", "flow")
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+_IMPORT_STRING = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_KERAS_PACKAGE = re.compile(r"[A-Za-z_][\w.]*")
+CORE_OWNER = "odezoo core"
 
 
 @dataclasses.dataclass
@@ -57,6 +68,20 @@ class ModelSpec:
     owner: Any = None  # the PluginRecord (or "module <name>") that registered it
 
 
+@dataclasses.dataclass(frozen=True)
+class KerasObject:
+    """A serializable Keras class declared with :func:`register_keras_objects`.
+
+    ``name`` is its Keras registered name (``"odezoo>FFJORDFlow"``), ``target``
+    where it is defined (``"odezoo.plugins.ffjord.flow:FFJORDFlow"``), ``backend``
+    the Keras backend it needs (None: any).
+    """
+
+    name: str
+    target: str
+    backend: str | None = None
+
+
 @dataclasses.dataclass
 class PluginRecord:
     name: str
@@ -64,6 +89,7 @@ class PluginRecord:
     api: int | None = None
     schemes: list = dataclasses.field(default_factory=list)
     models: list = dataclasses.field(default_factory=list)
+    keras_objects: list = dataclasses.field(default_factory=list)  # registered Keras names
 
 
 _lock = threading.RLock()
@@ -73,6 +99,10 @@ _discovering_thread: int | None = None
 _schemes: dict[str, tuple[type, PluginRecord | str]] = {}
 _models: dict[str, ModelSpec] = {}
 _aliases: dict[str, tuple[str, dict]] = {}
+_keras_objects: dict[str, tuple[KerasObject, PluginRecord | str]] = {}
+_keras_pending: list[str] = []  # declared, not yet imported: Keras is not imported yet
+# Set by odezoo._keras_hook once Keras is imported: imports one KerasObject (or stands a placeholder in)
+_keras_loader: Callable[[KerasObject], None] | None = None
 _loaded: list[PluginRecord] = []
 _failures: list[dict] = []
 _warnings: list[str] = []
@@ -210,6 +240,136 @@ def register_model(
     return decorator
 
 
+def register_keras_objects(*targets: str, package: str, backend: str | None = None) -> None:
+    """Declare a plugin's serializable Keras classes, so that ``load_model`` needs only ``import odezoo``.
+
+    Args:
+        *targets: import strings ``"package.module:ClassName"`` of classes decorated
+            with ``@keras.saving.register_keras_serializable(package=package)`` under
+            their class name. Declaring imports nothing: odezoo imports each module
+            once Keras is imported (at once, if it already is).
+        package: the ``package`` they are registered under with Keras; the Keras
+            registered name of ``ClassName`` is ``"package>ClassName"``.
+        backend: the Keras backend the classes need (``"tensorflow"``), or None for
+            any. Under another backend the module is not imported; a placeholder
+            stands in whose loading raises an error naming the backend needed.
+
+    Call it at import time of the plugin module (usually its ``__init__``). A bad
+    declaration, a clash with another owner's class of the same registered name,
+    or a target that cannot be imported or is not registered with Keras under
+    that name raises :class:`odezoo.PluginError`: inside a plugin, that plugin
+    fails as a whole (reported by ``odezoo plugins``). Declaring the same target
+    again is a no-op.
+    """
+    declared = _keras_declarations(targets, package, backend)
+    owner = _current_plugin() or f"module {declared[0].target.partition(':')[0]}"
+    with _lock:
+        for obj in declared:
+            _declare_keras_object(obj, owner)
+        # during discovery only these load now (a plugin's failure is its own); the rest when it ends
+        _load_pending_keras_objects(raise_for=owner, only=None if _discovered else {o.name for o in declared})
+
+
+def _keras_declarations(targets, package, backend) -> list[KerasObject]:
+    if not targets:
+        raise PluginError("register_keras_objects() needs at least one \"module:ClassName\" import string.")
+    if not isinstance(package, str) or not _KERAS_PACKAGE.fullmatch(package):
+        raise PluginError(str(bad_value("package", package, "a Keras package name (letters, digits, _ and .)")))
+    if backend is not None and backend not in KERAS_BACKENDS:
+        raise PluginError(str(bad_value("backend", backend, "None or one of " + ", ".join(map(repr, KERAS_BACKENDS)))))
+    declared = []
+    for target in targets:
+        if not isinstance(target, str) or not _IMPORT_STRING.fullmatch(target):
+            raise PluginError(str(bad_value("target", target, 'an import string "package.module:ClassName"')))
+        declared.append(KerasObject(f"{package}>{target.rpartition(':')[2]}", target, backend))
+    return declared
+
+
+def _declare_keras_object(obj: KerasObject, owner: PluginRecord | str) -> None:
+    existing = _keras_objects.get(obj.name)
+    if existing is not None:
+        if existing[0] == obj:
+            return
+        raise PluginError(
+            f"Keras object {obj.name!r} is already declared by {_describe_owner(existing[1])} "
+            f"({existing[0].target}); {_describe_owner(owner)} tried to declare {obj.target} under it."
+        )
+    _keras_objects[obj.name] = (obj, owner)
+    _keras_pending.append(obj.name)
+    if isinstance(owner, PluginRecord):
+        owner.keras_objects.append(obj.name)
+
+
+def _load_pending_keras_objects(raise_for: PluginRecord | str | None = None, only: set | None = None) -> None:
+    """Import the declared Keras objects (those named in ``only``, if given) once Keras is imported.
+
+    Call with ``_lock`` held. A failure of ``raise_for``'s own object is raised
+    (inside a plugin's import: that plugin fails); one of an already loaded plugin
+    fails that plugin after the fact (rolled back, reported); one of the core or
+    of a script is a warning.
+    """
+    loader = _keras_loader
+    if loader is None:
+        return
+    for name in [n for n in _keras_pending if only is None or n in only]:
+        _keras_pending.remove(name)
+        if name not in _keras_objects:
+            continue
+        obj, owner = _keras_objects[name]
+        try:
+            with _loading(owner if isinstance(owner, PluginRecord) else None):  # who registers what it defines
+                loader(obj)
+        except Exception as exc:
+            if owner is raise_for:
+                _keras_objects.pop(name, None)
+                raise
+            _keras_failed(obj, owner, exc)
+
+
+def _keras_failed(obj: KerasObject, owner: PluginRecord | str, exc: Exception) -> None:
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(owner, PluginRecord) and owner in _loaded:
+        _loaded.remove(owner)
+        _unregister(owner)
+        _fail(owner.name, owner.source, message, traceback.format_exc())
+    else:
+        _keras_objects.pop(obj.name, None)
+        warnings.warn(f"odezoo: the Keras object {obj.name!r} of {_describe_owner(owner)} is not available "
+                      f"to load_model: {message}", stacklevel=4)
+
+
+def set_keras_loader(loader: Callable[[KerasObject], None]) -> None:
+    """Called by ``odezoo._keras_hook`` when Keras is imported: import what is declared, now and from now on.
+
+    Before discovery has finished, nothing is imported here: discovery imports
+    the pending objects when it ends, so that a class in a plugin's package is
+    first imported by that plugin's own entry point, not on behalf of another
+    owner. Runs inside Keras's import, so it never waits for the lock: if another
+    thread holds it, that thread imports the pending objects when it is done.
+    """
+    global _keras_loader
+    _keras_loader = loader
+    if _discovered and _lock.acquire(blocking=False):
+        try:
+            _load_pending_keras_objects()
+        finally:
+            _lock.release()
+
+
+def keras_object(name: str) -> KerasObject | None:
+    """The declaration of the Keras registered name ``name`` (``"odezoo>FFJORDFlow"``), or None."""
+    ensure_discovered()
+    entry = _keras_objects.get(name)
+    return entry[0] if entry is not None else None
+
+
+def _declare_core(*targets: str, backend: str | None = None) -> None:
+    """The core's own serializable classes, declared the same way (owned by the core)."""
+    with _lock:
+        for obj in _keras_declarations(targets, "odezoo", backend):
+            _declare_keras_object(obj, CORE_OWNER)
+
+
 def _check_name(what: str, name) -> None:
     if not isinstance(name, str) or not name or not name.replace("_", "").isalnum() or name != name.lower():
         raise ValueError(
@@ -238,8 +398,51 @@ def _unregister(record: PluginRecord, new_modules: frozenset = frozenset()) -> N
             modules.add(spec.builder.__module__)
             for alias in spec.aliases:
                 _aliases.pop(alias, None)
+    for name in record.keras_objects:
+        entry = _keras_objects.get(name)
+        if entry is not None and entry[1] is record:
+            del _keras_objects[name]
     for module in modules & new_modules:
         sys.modules.pop(module, None)
+
+
+@contextlib.contextmanager
+def scoped_registry():
+    """A context in which registrations are temporary: on exit, what was registered inside is removed.
+
+    For tests, odezoo's and a plugin's own::
+
+        with odezoo.scoped_registry():
+            odezoo.register_scheme("my_test_scheme")(MyScheme)
+            ...                                  # build, check, ...
+        assert "my_test_scheme" not in odezoo.list_schemes()
+
+    Plugins are discovered before the scope opens, so discovery is never undone.
+    Schemes, models (with their aliases) and Keras-object declarations made
+    inside are removed, and a removed scheme class's ``name`` is reset to None;
+    what was registered before stays. Classes Keras itself registered stay
+    registered with Keras. Scopes nest.
+    """
+    ensure_discovered()
+    with _lock:
+        before = (set(_schemes), set(_models), set(_aliases), set(_keras_objects))
+        lists = {id(r): (r, len(r.schemes), len(r.models), len(r.keras_objects)) for r in _loaded}
+    try:
+        yield
+    finally:
+        with _lock:
+            for name in set(_schemes) - before[0]:
+                cls = _schemes.pop(name)[0]
+                if cls.__dict__.get("name") == name:
+                    cls.name = None
+            for name in set(_models) - before[1]:
+                del _models[name]
+            for name in set(_aliases) - before[2]:
+                del _aliases[name]
+            for name in set(_keras_objects) - before[3]:
+                del _keras_objects[name]
+            for record, schemes, models, keras_objects in lists.values():
+                del record.schemes[schemes:], record.models[models:], record.keras_objects[keras_objects:]
 
 
 # --------------------------------------------------------------------------- discovery
@@ -478,6 +681,7 @@ def ensure_discovered() -> None:
             for name, source, importer in plugins:
                 _load_one(name, source, importer)
             _discovered = True
+            _load_pending_keras_objects()  # the core's, and those declared before Keras was imported
         finally:
             _discovering_thread = None
 
@@ -486,7 +690,7 @@ def plugin_report() -> dict:
     """What discovery found.
 
     Returns:
-        ``{"loaded": [{"name", "source", "api", "schemes", "models"}, ...],
+        ``{"loaded": [{"name", "source", "api", "schemes", "models", "keras_objects"}, ...],
         "failures": [{"name", "source", "error"}, ...], "runtime": {...},
         "autoload": bool, "warnings": [str, ...]}``. Registrations made outside
         any plugin (in a user's own script) appear under ``"runtime"``;
@@ -500,6 +704,8 @@ def plugin_report() -> dict:
         runtime = {
             "schemes": sorted(n for n in _schemes if n not in in_plugins),
             "models": sorted(n for n in _models if n not in in_plugins),
+            "keras_objects": sorted(n for n, (_, owner) in _keras_objects.items()
+                                    if isinstance(owner, str) and owner != CORE_OWNER),
         }
         failures = [{k: f[k] for k in ("name", "source", "error")} for f in _failures]
     return {"loaded": loaded, "failures": failures, "runtime": runtime, "autoload": _autoload,
