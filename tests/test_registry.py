@@ -11,13 +11,10 @@ DESCRIBE_KEYS = {"name", "kind", "family", "scheme", "order", "paper", "ode_read
 
 
 @pytest.fixture
-def scratch_names():
-    """Names registered in a test, removed from the global registry afterwards."""
-    names = []
-    yield names
-    for name in names:
-        _registry._schemes.pop(name, None)
-        _registry._models.pop(name, None)
+def scoped():
+    """What a test registers is removed from the global registry afterwards (odezoo.scoped_registry)."""
+    with odezoo.scoped_registry():
+        yield
 
 
 # --------------------------------------------------------------------------- listing and describe
@@ -127,10 +124,9 @@ def _toy_scheme(order=1):
     return Toy
 
 
-def test_registering_a_taken_name_with_another_object_names_both(scratch_names):
+def test_registering_a_taken_name_with_another_object_names_both(scoped):
     first, second = _toy_scheme(), _toy_scheme()
     first.__qualname__, second.__qualname__ = "FirstToy", "SecondToy"
-    scratch_names.append("test_clash")
     odezoo.register_scheme("test_clash")(first)
     with pytest.raises(odezoo.PluginError) as info:
         odezoo.register_scheme("test_clash")(second)
@@ -145,9 +141,8 @@ def test_registering_a_builtin_name_names_its_plugin():
     assert odezoo.get_scheme("euler").__module__.endswith("euler")
 
 
-def test_registering_the_same_object_again_is_a_no_op(scratch_names):
+def test_registering_the_same_object_again_is_a_no_op(scoped):
     toy = _toy_scheme()
-    scratch_names.append("test_again")
     assert odezoo.register_scheme("test_again")(toy) is toy
     assert odezoo.register_scheme("test_again")(toy) is toy
     assert odezoo.list_schemes().count("test_again") == 1
@@ -155,19 +150,17 @@ def test_registering_the_same_object_again_is_a_no_op(scratch_names):
     def builder(**config):
         return None
 
-    scratch_names.append("test_model_again")
     kwargs = dict(kind="classifier", family="test", paper="-", ode_reading="-")
     odezoo.register_model("test_model_again", **kwargs)(builder)
     odezoo.register_model("test_model_again", **kwargs)(builder)
     assert odezoo.list_models("test_model_*") == ["test_model_again"]
 
 
-def test_owners_are_told_apart_by_identity_not_by_plugin_name(scratch_names):
+def test_owners_are_told_apart_by_identity_not_by_plugin_name(scoped):
     # a third party may name its plugin like a built-in one; the clash message must show both sources
     first_cls, second_cls = _toy_scheme(), _toy_scheme()
     first = _registry.PluginRecord("twin", "entry point pkg_a (dist-a 1.0)")
     second = _registry.PluginRecord("twin", "entry point pkg_b (dist-b 1.0)")
-    scratch_names.append("test_twin")
     with _registry._loading(first):
         odezoo.register_scheme("test_twin")(first_cls)
     with _registry._loading(second), pytest.raises(odezoo.PluginError) as info:
@@ -182,7 +175,7 @@ def test_owners_are_told_apart_by_identity_not_by_plugin_name(scratch_names):
     assert "test_twin" not in odezoo.list_schemes()
 
 
-def test_model_name_clash_is_a_plugin_error(scratch_names):
+def test_model_name_clash_is_a_plugin_error(scoped):
     kwargs = dict(kind="classifier", family="test", paper="-", ode_reading="-")
     with pytest.raises(odezoo.PluginError, match="'resnet'.*plugin 'families'"):
         odezoo.register_model("resnet", **kwargs)(lambda **config: None)
@@ -196,8 +189,7 @@ def test_model_name_clash_is_a_plugin_error(scratch_names):
         ({"state_size": 3}, "state_size"),
     ],
 )
-def test_a_scheme_must_declare_its_contract(bad, why, scratch_names):
-    scratch_names.append("test_bad_decl")
+def test_a_scheme_must_declare_its_contract(bad, why, scoped):
     cls = type("BadDecl", (_toy_scheme(),), bad)
     with pytest.raises(odezoo.PluginError, match=why):
         odezoo.register_scheme("test_bad_decl")(cls)
@@ -287,13 +279,9 @@ def test_check_scheme_fails_a_scheme_that_ignores_declared_fields():
         check_scheme(SkipsAField, network=False)
 
 
-def test_check_scheme_builds_and_round_trips_a_network_block(scratch_names):
-    scratch_names.append("test_ssprk3")
+def test_check_scheme_builds_and_round_trips_a_network_block(scoped):
     odezoo.register_scheme("test_ssprk3")(SSPRK3)
-    try:
-        result = check_scheme("test_ssprk3")
-    finally:
-        SSPRK3.name = None
+    result = check_scheme("test_ssprk3")
     assert result["network"] == "ok"
 
 
@@ -329,3 +317,22 @@ def test_unregistered_subclass_is_not_network_checked_under_its_parents_name():
         pass
 
     assert odezoo.testing.check_scheme(MyRK4)["network"].startswith("skipped")
+
+
+# --------------------------------------------------------------------------- scoped_registry
+def test_scoped_registry_removes_what_was_registered_inside_and_keeps_the_rest():
+    schemes, models = odezoo.list_schemes(), odezoo.list_models()
+    toy = _toy_scheme()
+    with odezoo.scoped_registry():
+        odezoo.register_scheme("test_scoped")(toy)
+        with odezoo.scoped_registry():  # scopes nest
+            odezoo.register_model("test_scoped_model", kind="classifier", family="test", paper="-",
+                                  ode_reading="-", aliases={"test_scoped_model8": {}})(lambda **config: None)
+            assert {"test_scoped_model", "test_scoped_model8"} <= set(odezoo.list_models())
+        assert "test_scoped_model" not in odezoo.list_models() and "test_scoped_model8" not in odezoo.list_models()
+        assert odezoo.get_scheme("test_scoped") is toy and toy.name == "test_scoped"
+    assert (odezoo.list_schemes(), odezoo.list_models()) == (schemes, models)
+    assert toy.name is None
+    with odezoo.scoped_registry():
+        assert odezoo.register_scheme("test_scoped")(toy) is toy  # the name is free again
+    assert "test_scoped" not in odezoo.list_schemes()
