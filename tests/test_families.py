@@ -59,6 +59,7 @@ def test_training_lowers_loss_and_compiles_with_xla(family, tmp_path):
                                   np.asarray(loaded.predict(x, verbose=0)))
 
 
+@pytest.mark.slow  # default suite under 10 min on 2 cores
 def test_saved_models_load_in_a_fresh_process_after_import_odezoo(tmp_path):
     x, _ = _batch(n=4)
     np.save(tmp_path / "x.npy", x)

@@ -120,6 +120,7 @@ def test_evaluate_uses_the_exact_trace_in_low_dimension(trained):
     assert logs["nll"] == pytest.approx(want, rel=1e-4)
 
 
+@pytest.mark.slow  # default suite under 10 min on 2 cores
 def test_save_load_round_trip_and_switching_trace_on_a_loaded_model(trained, tmp_path):
     flow, _, _ = trained
     path = str(tmp_path / "flow.keras")

@@ -199,7 +199,7 @@ def test_every_registered_model_train_step_compiles_with_xla(name, spec):
 # --- mixed precision -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,precision", [
-    ("revnet", "mixed_float16"), ("odenet", "mixed_float16"),
+    ("revnet", "mixed_float16"), pytest.param("odenet", "mixed_float16", marks=pytest.mark.slow),
     pytest.param("revnet", "mixed_bfloat16", marks=pytest.mark.slow),
     pytest.param("odenet", "mixed_bfloat16", marks=pytest.mark.slow)])
 def test_mixed_precision_trains_without_nan_and_solves_in_float32(name, precision):
@@ -242,6 +242,7 @@ def test_mixed_precision_overflow_is_a_solver_error_not_a_hang():
         model.predict(x, verbose=0)
 
 
+@pytest.mark.slow  # default suite under 10 min on 2 cores
 def test_train_records_precision_and_optimizer(tmp_path):
     entry = _train.train("resnet", dataset="digits", epochs=1, batch_size=256, lr=0.05, optimizer="sgd",
                          precision="mixed_bfloat16", seed=0, out=str(tmp_path), config={"depth": 8}, verbose=0)

@@ -182,6 +182,7 @@ def _cubic_decay_gradient(**adjoint_options):
     return float(run().numpy())
 
 
+@pytest.mark.slow  # default suite under 10 min on 2 cores
 def test_adjoint_restarts_from_forward_checkpoints():
     """Trajectories of y' = -θy³ converge, so re-integrating y backward from the computed y(1)
     amplifies its error (by (1 + 2θy0²)^1.5 ≈ 2850 here); restarting y from the forward
