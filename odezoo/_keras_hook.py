@@ -34,8 +34,6 @@ _CORE = ("odezoo._layers",)
 # The core's TensorFlow-only serializable classes ("module:ClassName", Keras package "odezoo").
 _CORE_TF_OBJECTS = (
     "odezoo.ode.block:ODEBlock",
-    "odezoo.plugins.ode.model:ODEConvField",
-    "odezoo.plugins.ode.model:ODEClassifier",
     "odezoo._flow:FFJORDFlow",
     "odezoo._flow:TimeMLPField",
 )

@@ -21,7 +21,7 @@ from odezoo._keras_hook import require_tensorflow as _require_tensorflow
 # under another Keras backend asking for one raises an error naming the backend it needs.
 
 __all__ = ["SchemeBlock", "SchemeStage", "ConvField", "ConvFieldFactory", "DownsampleBlock",
-           "Normalize", "ColumnSampler", "make_scheme", *(n for n in _TF_ONLY if n not in ("ODEConvField", "ODEClassifier"))]
+           "Normalize", "ColumnSampler", "make_scheme", *_TF_ONLY]
 
 
 # ODE-Net's own layers moved to its plugin (issue 13): the old names still resolve, with a warning.

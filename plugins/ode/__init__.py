@@ -16,6 +16,11 @@ import odezoo.ode
 
 ODEZOO_PLUGIN_API = 1
 
+# Its Keras classes, so that a saved ODE-Net loads after only `import odezoo` (the Keras
+# names are the ones files saved before the move carry: "odezoo>ODEConvField", ...).
+odezoo.register_keras_objects("odezoo.plugins.ode.model:ODEConvField", "odezoo.plugins.ode.model:ODEClassifier",
+                              package="odezoo", backend="tensorflow")
+
 
 def ode_classifier(**config):
     """:func:`odezoo.plugins.ode.model.ode_classifier`, after checking that Keras runs on TensorFlow."""
