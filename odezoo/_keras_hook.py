@@ -124,27 +124,121 @@ def register_layers() -> None:
 _registry._declare_core(*_CORE_TF_OBJECTS, backend="tensorflow")
 
 
-class _AfterExec(importlib.abc.Loader):
-    def __init__(self, loader):
-        self._loader = loader
+class _Wrapped(importlib.abc.Loader):
+    """A module's own loader, with ``before()`` and ``after(succeeded)`` around its execution."""
+
+    def __init__(self, loader, before, after):
+        self._loader, self._before, self._after = loader, before, after
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        self._loader.exec_module(module)
+        self._before()
+        ok = False
+        try:
+            self._loader.exec_module(module)
+            ok = True
+        finally:
+            self._after(module.__name__, ok)
+
+
+_odezoo_depth = 0  # odezoo modules being imported, while Keras was not imported yet
+
+
+def _enter_odezoo_module():
+    global _odezoo_depth
+    _odezoo_depth += 1
+
+
+def _leave_odezoo_module(name, ok):
+    global _odezoo_depth
+    _odezoo_depth -= 1
+    if _odezoo_depth == 0 and _retry.blockers:
+        _retry.run(finished=name)  # the outermost one is done: Keras's registration can run now
+
+
+def _initializing() -> list[str]:
+    """Modules whose import is still running (Keras's own aside), e.g. ``odezoo.layers`` importing Keras."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if getattr(spec, "_initializing", False) and name.partition(".")[0] != "keras":
+            names.append(name)
+    return names
+
+
+def register_when_imported(finished: str | None = None) -> None:
+    """:func:`register_layers` now, or once the modules still being imported have finished.
+
+    Keras is often imported by a module of odezoo or of a plugin (``import odezoo.layers`` as a
+    script's first line). Discovering the plugins then would import that half-built module and
+    skip the plugins that need it, so discovery waits until those imports are done: until the
+    next import anywhere, or the next use of the registry, whichever comes first.
+    """
+    blockers = [name for name in _initializing() if name != finished]
+    if not blockers:
         register_layers()
+        return
+    _retry.blockers = blockers
+    _registry.set_pending_hook(_retry.run)
+    if _retry not in sys.meta_path:
+        sys.meta_path.insert(0, _retry)
+
+
+class _Retry(importlib.abc.MetaPathFinder):
+    """Runs the postponed :func:`register_layers` at the first import after its blockers finished."""
+
+    blockers: list[str] = []
+
+    def run(self, finished=None) -> bool:
+        """Register if the blockers have finished (``finished``: one whose code has just run); True once done."""
+        if any(getattr(getattr(sys.modules.get(n), "__spec__", None), "_initializing", False)
+               for n in self.blockers if n != finished):
+            return False
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        self.blockers = []
+        _registry.set_pending_hook(None)
+        register_layers()
+        return True
+
+    def find_spec(self, fullname, path, target=None):
+        self.run()
+        return None
+
+
+_retry = _Retry()
 
 
 class _KerasFinder(importlib.abc.MetaPathFinder):
+    """Until Keras is imported: runs the registration after Keras's import, and watches odezoo's modules.
+
+    An odezoo module imported before Keras may import it; its loader is wrapped so that
+    the registration Keras's import postpones (:func:`register_when_imported`) runs as soon
+    as that module is complete.
+    """
+
     def find_spec(self, fullname, path, target=None):
-        if fullname != "keras":
+        if fullname == "keras":
+            uninstall()
+            spec = importlib.util.find_spec("keras")
+            if spec is not None and spec.loader is not None:
+                spec.loader = _Wrapped(spec.loader, lambda: None,
+                                       lambda name, ok: register_when_imported() if ok else None)
+            return spec
+        if not fullname.startswith("odezoo."):
             return None
-        uninstall()
-        spec = importlib.util.find_spec("keras")
-        if spec is not None and spec.loader is not None:
-            spec.loader = _AfterExec(spec.loader)
-        return spec
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if finder is self or finder is _retry or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _Wrapped(spec.loader, _enter_odezoo_module, _leave_odezoo_module)
+                return spec
+        return None
 
 
 _finder = _KerasFinder()
@@ -152,7 +246,7 @@ _finder = _KerasFinder()
 
 def install() -> None:
     if "keras" in sys.modules:
-        register_layers()
+        register_when_imported(finished="odezoo")  # called last in odezoo/__init__.py: odezoo itself is done
     elif _finder not in sys.meta_path:
         sys.meta_path.insert(0, _finder)
 

@@ -661,6 +661,15 @@ def _path_plugins():
             yield stem, path, importer
 
 
+_pending_hook: Callable[[], object] | None = None
+
+
+def set_pending_hook(hook: Callable[[], object] | None) -> None:
+    """``odezoo._keras_hook``'s postponed registration, run by the next :func:`ensure_discovered` (None: none)."""
+    global _pending_hook
+    _pending_hook = hook
+
+
 def ensure_discovered() -> None:
     """Load every plugin once (thread-safe, re-entrant for plugins that query the registry).
 
@@ -668,6 +677,8 @@ def ensure_discovered() -> None:
     files; with ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` only the built-ins.
     """
     global _discovered, _discovering_thread, _autoload
+    if _pending_hook is not None:
+        _pending_hook()  # Keras was imported by a module still importing then; register now if it is done
     if _discovered:
         return
     with _lock:

@@ -224,3 +224,43 @@ def test_declaring_the_same_target_again_is_a_no_op_and_the_scope_forgets_it():
         assert odezoo.plugin_report()["runtime"]["keras_objects"] == []
     finally:
         del module.Scoped
+
+
+# --------------------------------------------------------------------------- Keras imported mid-import
+FIRST_IMPORT = """
+import json, sys
+import importlib
+importlib.import_module(sys.argv[1])  # the first thing that imports Keras, before anything else of odezoo's
+import keras
+model = keras.models.load_model(sys.argv[2])  # no registry call before it
+import odezoo
+print(json.dumps({"cls": type(model).__module__ + "." + type(model).__name__,
+                  "failures": odezoo.plugin_report()["failures"], "models": odezoo.list_models()}))
+"""
+
+
+@pytest.mark.parametrize("first", [
+    "odezoo.layers",
+    pytest.param("odezoo.ode.block", marks=pytest.mark.slow),
+    pytest.param("odezoo.plugins.ode.model", marks=pytest.mark.slow),
+])
+def test_a_module_of_odezoo_that_imports_keras_first_does_not_break_the_plugins(first):
+    # Keras's import used to discover the plugins while `first` was half-built: the plugins that import
+    # it were skipped (families, ode) and a saved ODE-Net did not load.
+    saved = str(REPO / "tests" / "fixtures" / "pre_move" / "odenet.keras")
+    out = _run(FIRST_IMPORT, [first, saved], {})
+    assert out["cls"] == "odezoo.plugins.ode.model.ODEClassifier"
+    assert out["failures"] == []
+    assert out["models"] == odezoo.list_models()
+
+
+def test_a_third_party_module_that_imports_keras_then_odezoo_layers_loads_the_plugins(tmp_path):
+    # a plugin author's own module (not odezoo's) is half-built when Keras arrives: the registration waits
+    # for the next import (here one the script makes; a registry call would do too)
+    (tmp_path / "authorpkg.py").write_text("import keras\nimport odezoo.layers\nfrom odezoo.layers import ConvField\n")
+    (tmp_path / "authornext.py").write_text("")
+    code = FIRST_IMPORT.replace("import keras\nmodel", "import authornext  # noqa: F401  (a module not imported yet)\nimport keras\nmodel")
+    out = _run(code, ["authorpkg", str(REPO / "tests" / "fixtures" / "pre_move" / "odenet.keras")],
+               {"PYTHONPATH": os.pathsep.join(p for p in [str(tmp_path), os.environ.get("PYTHONPATH")] if p)})
+    assert out["cls"] == "odezoo.plugins.ode.model.ODEClassifier"
+    assert out["failures"] == [] and out["models"] == odezoo.list_models()
