@@ -32,11 +32,7 @@ from odezoo._errors import OdezooError, PluginError
 # Backend-neutral core modules, imported whenever Keras is.
 _CORE = ("odezoo._layers",)
 # The core's TensorFlow-only serializable classes ("module:ClassName", Keras package "odezoo").
-_CORE_TF_OBJECTS = (
-    "odezoo.ode.block:ODEBlock",
-    "odezoo._flow:FFJORDFlow",
-    "odezoo._flow:TimeMLPField",
-)
+_CORE_TF_OBJECTS = ("odezoo.ode.block:ODEBlock",)
 # Public name -> module of those classes (odezoo.ODEBlock, odezoo.layers.* resolve them lazily).
 TF_ONLY_LAYERS = {t.partition(":")[2]: t.partition(":")[0] for t in _CORE_TF_OBJECTS}
 
@@ -143,19 +139,33 @@ class _Wrapped(importlib.abc.Loader):
             self._after(module.__name__, ok)
 
 
-_odezoo_depth = 0  # odezoo modules being imported, while Keras was not imported yet
+_depth = 0  # modules executing under a watching loader (_Wrapped with _enter/_leave)
 
 
-def _enter_odezoo_module():
-    global _odezoo_depth
-    _odezoo_depth += 1
+def _enter():
+    global _depth
+    _depth += 1
 
 
-def _leave_odezoo_module(name, ok):
-    global _odezoo_depth
-    _odezoo_depth -= 1
-    if _odezoo_depth == 0 and _retry.blockers:
-        _retry.run(finished=name)  # the outermost one is done: Keras's registration can run now
+def _leave(name, ok):
+    global _depth
+    _depth -= 1
+    if _depth == 0 and _retry.blockers:
+        _retry.run(finished=name)  # the outermost watched module is done: the registration can run now
+
+
+def _watched_spec(fullname, path, target):
+    """The spec the other finders give ``fullname``, its loader watched (None: none found)."""
+    for finder in list(sys.meta_path):
+        find = getattr(finder, "find_spec", None)
+        if finder is _finder or finder is _retry or find is None:
+            continue
+        spec = find(fullname, path, target)
+        if spec is not None:
+            if spec.loader is not None:
+                spec.loader = _Wrapped(spec.loader, _enter, _leave)
+            return spec
+    return None
 
 
 def _initializing() -> list[str]:
@@ -187,14 +197,18 @@ def register_when_imported(finished: str | None = None) -> None:
 
 
 class _Retry(importlib.abc.MetaPathFinder):
-    """Runs the postponed :func:`register_layers` at the first import after its blockers finished."""
+    """Runs the postponed :func:`register_layers` after the first import that ends once its blockers are done.
+
+    Nothing runs inside ``find_spec`` itself (importing there would load the module being looked
+    up twice): the module found is watched, and the registration runs when it has executed.
+    """
 
     blockers: list[str] = []
 
     def run(self, finished=None) -> bool:
         """Register if the blockers have finished (``finished``: one whose code has just run); True once done."""
-        if any(getattr(getattr(sys.modules.get(n), "__spec__", None), "_initializing", False)
-               for n in self.blockers if n != finished):
+        if _depth or any(getattr(getattr(sys.modules.get(n), "__spec__", None), "_initializing", False)
+                         for n in self.blockers if n != finished):
             return False
         if self in sys.meta_path:
             sys.meta_path.remove(self)
@@ -204,8 +218,7 @@ class _Retry(importlib.abc.MetaPathFinder):
         return True
 
     def find_spec(self, fullname, path, target=None):
-        self.run()
-        return None
+        return _watched_spec(fullname, path, target)
 
 
 _retry = _Retry()
@@ -229,16 +242,7 @@ class _KerasFinder(importlib.abc.MetaPathFinder):
             return spec
         if not fullname.startswith("odezoo."):
             return None
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            if finder is self or finder is _retry or find is None:
-                continue
-            spec = find(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _Wrapped(spec.loader, _enter_odezoo_module, _leave_odezoo_module)
-                return spec
-        return None
+        return _watched_spec(fullname, path, target)
 
 
 _finder = _KerasFinder()
