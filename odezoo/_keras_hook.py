@@ -129,6 +129,9 @@ class _Wrapped(importlib.abc.Loader):
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
+    def __getattr__(self, name):  # get_code (runpy, python -m), get_resource_reader, is_package, ...
+        return getattr(self._loader, name)
+
     def exec_module(self, module):
         self._before()
         ok = False
