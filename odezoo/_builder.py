@@ -13,13 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from odezoo import _registry, _weights
 from odezoo._errors import ManifestError, WeightsIntegrityError, check_keys
+from odezoo.ode.options import SOLVERS as ADAPTIVE_SOLVERS
 
 if TYPE_CHECKING:  # import odezoo does not import Keras
     import keras
-
-# Adaptive solvers are not Schemes; describe() still reports their order.
-ADAPTIVE_SOLVER_ORDERS = {"dopri5": 5, "tfp_dopri5": 5, "bdf": None}
-
 
 def _builder_params(builder):
     sig = inspect.signature(builder)
@@ -86,8 +83,8 @@ def describe(name: str) -> dict[str, Any]:
     scheme = defaults.get("scheme", defaults.get("solver"))
     order = None
     if isinstance(scheme, str):
-        if scheme in ADAPTIVE_SOLVER_ORDERS:
-            order = ADAPTIVE_SOLVER_ORDERS[scheme]
+        if scheme in ADAPTIVE_SOLVERS:  # adaptive solvers are not Schemes; their order is in the solver table
+            order = ADAPTIVE_SOLVERS[scheme].order
         else:
             order = _registry.get_scheme(scheme).order
     return {

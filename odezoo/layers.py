@@ -24,8 +24,10 @@ __all__ = ["SchemeBlock", "SchemeStage", "ConvField", "ConvFieldFactory", "Downs
            "Normalize", "ColumnSampler", "make_scheme", *_TF_ONLY]
 
 
-# ODE-Net's own layers moved to its plugin (issue 13): the old names still resolve, with a warning.
-_MOVED = {"ODEConvField": "odezoo.plugins.ode.model", "ODEClassifier": "odezoo.plugins.ode.model"}
+# ODE-Net's and FFJORD's own layers moved to their plugins (issue 13): the old names still resolve,
+# with a warning.
+_MOVED = {"ODEConvField": "odezoo.plugins.ode.model", "ODEClassifier": "odezoo.plugins.ode.model",
+          "FFJORDFlow": "odezoo.plugins.ffjord.flow", "TimeMLPField": "odezoo.plugins.ffjord.flow"}
 
 
 def __getattr__(name):
@@ -36,7 +38,7 @@ def __getattr__(name):
         if name in _MOVED:
             import warnings
 
-            warnings.warn(f"odezoo.layers.{name} moved to {_MOVED[name]}.{name} (the ODE-Net plugin); the old "
+            warnings.warn(f"odezoo.layers.{name} moved to {_MOVED[name]}.{name} (its plugin); the old "
                           "name will be removed.", DeprecationWarning, stacklevel=2)
             return getattr(importlib.import_module(_MOVED[name]), name)
         return getattr(importlib.import_module(_TF_ONLY[name]), name)

@@ -67,3 +67,61 @@ def test_controllers_are_objects_with_one_method_a_subclass_overrides():
     np.testing.assert_allclose([float(y_own[0]), float(y_pred[0])], exact, rtol=1e-6)
     with pytest.raises(ValueError, match="Allowed: 'predictive', 'pi'"):
         ode.make_controller("pid")
+
+
+# --------------------------------------------------------------------------- settings
+class _Owner(ode.Settings):
+    """A settings owner with a per-value check and a joint one (b < 10 * a)."""
+
+    a = ode.Setting(lambda name, v: float(v) if v > 0 else (_ for _ in ()).throw(ValueError(f"{name}={v!r}")))
+    b = ode.Setting()
+
+    def __init__(self):
+        self.changed = []
+        self.a, self.b = 1.0, 2.0
+        self.settings_ready()
+
+    def _validate_settings(self):
+        if self.b >= 10 * self.a:
+            raise LookupError(f"b={self.b!r} needs a > {self.b / 10!r}")
+
+    def _settings_changed(self, name):
+        self.changed.append(name)
+
+
+def test_a_setting_runs_its_check_then_the_joint_one_and_a_refused_value_leaves_the_owner_as_it_was():
+    owner = _Owner()
+    assert owner.changed == []  # the constructor's own assignments are not changes
+    owner.a = 3
+    assert owner.a == 3.0 and isinstance(owner.a, float) and owner.changed == ["a"]
+    with pytest.raises(ValueError, match="a=-1"):
+        owner.a = -1
+    with pytest.raises(LookupError, match="b=50"):  # any error of the joint check refuses, not only ValueError
+        owner.b = 50
+    assert (owner.a, owner.b, owner.changed) == (3.0, 2.0, ["a"])
+    assert isinstance(_Owner.a, ode.Setting)
+
+
+def test_flow_and_block_share_the_settings_and_status_mechanisms():
+    from odezoo.plugins.ffjord.flow import FFJORDFlow
+
+    for cls in (ode.ODEBlock, FFJORDFlow):
+        assert issubclass(cls, ode.Settings) and issubclass(cls, ode.SolverStatus)
+        assert isinstance(cls.__dict__["rtol"], ode.Setting) and isinstance(cls.__dict__["solver"], ode.Setting)
+
+
+# --------------------------------------------------------------------------- moved names
+@pytest.mark.parametrize("old, new", [
+    ("odezoo.layers:ODEConvField", "odezoo.plugins.ode.model:ODEConvField"),
+    ("odezoo.layers:ODEClassifier", "odezoo.plugins.ode.model:ODEClassifier"),
+    ("odezoo.layers:FFJORDFlow", "odezoo.plugins.ffjord.flow:FFJORDFlow"),
+    ("odezoo.layers:TimeMLPField", "odezoo.plugins.ffjord.flow:TimeMLPField"),
+])
+def test_a_name_moved_into_a_plugin_still_resolves_with_a_deprecation_warning(old, new):
+    import importlib
+
+    old_module, _, name = old.partition(":")
+    new_module = new.partition(":")[0]
+    with pytest.warns(DeprecationWarning, match=rf"{old_module}\.{name} moved to {new_module}\.{name}"):
+        value = getattr(importlib.import_module(old_module), name)
+    assert value is getattr(importlib.import_module(new_module), name)

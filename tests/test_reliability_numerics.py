@@ -120,6 +120,15 @@ def test_settable_block_options_are_checked_too():
     block.num_steps, block.solver = 4, "rk4"
     with pytest.raises(ValueError, match="num_steps"):
         block.num_steps = INF
+    assert block.num_steps == 4
+
+
+def test_an_unknown_solver_name_set_on_a_block_is_refused_and_not_kept():
+    # the unknown name is a LookupError, not a ValueError: it used to stay set on the block
+    block = odezoo.ODEBlock(keras.layers.Dense(2))
+    with pytest.raises(odezoo.UnknownNameError, match="'dopri55'"):
+        block.solver = "dopri55"
+    assert block.solver == "dopri5" and block.get_config()["solver"] == "dopri5"
 
 
 @pytest.mark.parametrize("arg", ["rtol", "atol", "adjoint_rtol", "adjoint_atol", "first_step_size",

@@ -13,13 +13,14 @@ One concern per module:
 ``fixed_grid``          registered schemes as fixed-grid solvers
 ``tfp``                 tfp's solvers behind guards
 ``dispatch``            the :func:`solve` dispatcher and :func:`odeint`
+``settings``            :class:`Setting`: solver options settable on a built or loaded layer
 ``block``               :class:`ODEBlock`
 ``gate``                a failed solve applies no optimizer update (also under tf.distribute)
 ``dormand_prince``      :class:`DormandPrince`, tfp's ``Solver.solve`` interface
 ======================  ================================================================
 
-Names are resolved lazily: ``odezoo.ode.options`` and ``odezoo.ode.tableau`` need
-no TensorFlow, the rest import it on first use.
+Names are resolved lazily: ``odezoo.ode.options``, ``odezoo.ode.tableau`` and
+``odezoo.ode.settings`` need no TensorFlow, the rest import it on first use.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ _EXPORTS = {
     "adjoint_solve": "adjoint", "solve_flat": "adjoint",
     "apply_if_solved": "gate", "GatedApply": "gate", "across_replicas": "gate",
     "TFPGuard": "tfp",
+    "Setting": "settings", "Settings": "settings",
 }
-_NEEDS_TF = {name for name, module in _EXPORTS.items() if module not in ("options", "tableau")}
+_NEEDS_TF = {name for name, module in _EXPORTS.items() if module not in ("options", "tableau", "settings")}
 
 __all__ = sorted(_EXPORTS) + ["require_tensorflow"]
 
@@ -67,4 +69,5 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(__all__) | {"status", "options", "tableau", "controllers", "integrator", "adjoint",
-                                  "fixed_grid", "tfp", "dispatch", "block", "gate", "dormand_prince"})
+                                  "fixed_grid", "tfp", "dispatch", "settings", "block", "gate",
+                                  "dormand_prince"})

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 from odezoo import checks
-from odezoo.ode.gate import across_replicas
 from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, resolve_gradient
 from odezoo.ode.dispatch import solve
+from odezoo.ode.settings import Setting, Settings
 from odezoo.ode.status import SolverStatus
 from odezoo.ode.tfp import TFPGuard
 
@@ -32,7 +32,7 @@ class _Field:
 
 
 @keras.saving.register_keras_serializable(package="odezoo")
-class ODEBlock(SolverStatus, keras.layers.Layer):
+class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
     """A Neural-ODE block: y(t1) from y(t0) = input, solving dy/dt = field(t, y).
 
     Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential
@@ -75,7 +75,14 @@ class ODEBlock(SolverStatus, keras.layers.Layer):
     (:class:`ODEClassifier` checks it after every batch).
     """
 
-    _SETTABLE = ("solver", "rtol", "atol", "num_steps", "step_size", "first_step", "max_steps", "gradient")
+    solver = Setting()
+    rtol = Setting()
+    atol = Setting()
+    num_steps = Setting()
+    step_size = Setting()
+    first_step = Setting()
+    max_steps = Setting()
+    gradient = Setting()  # all checked together by _validate_settings (they depend on each other)
 
     def __init__(self, field, solver="dopri5", rtol=1e-3, atol=1e-6, t0=0.0, t1=1.0, solution_times=None,
                  num_steps=None, step_size=None, first_step=None, max_steps=10000, gradient="auto",
@@ -90,7 +97,6 @@ class ODEBlock(SolverStatus, keras.layers.Layer):
         if not isinstance(field, keras.layers.Layer):
             raise TypeError(f"ODEBlock's `field` must be a Keras layer called as field(t, y). Received: field={field!r}.")
         self.field = field
-        object.__setattr__(self, "_ready", False)
         self.solver = solver
         self.rtol, self.atol = rtol, atol
         self.num_steps, self.step_size, self.first_step = num_steps, step_size, first_step
@@ -117,24 +123,14 @@ class ODEBlock(SolverStatus, keras.layers.Layer):
         self.solution_times = solution_times
         checks.non_negative_int("augment_dims", augment_dims)
         self.augment_dims = augment_dims
-        object.__setattr__(self, "_ready", True)
-        self._validate()
+        self._compiled = {}
+        self.settings_ready()
+
+    # -- settable solver options (odezoo.ode.settings) ---------------------------------------
+    def _settings_changed(self, name):
         self._compiled = {}
 
-    # -- settable solver options -----------------------------------------------------------
-    def __setattr__(self, name, value):
-        checked = name in ODEBlock._SETTABLE and getattr(self, "_ready", False)
-        old = getattr(self, name, None) if checked else None
-        super().__setattr__(name, value)
-        if checked:
-            try:
-                self._validate()
-            except ValueError:
-                super().__setattr__(name, old)  # a refused value leaves the block as it was
-                raise
-            self._compiled = {}
-
-    def _validate(self):
+    def _validate_settings(self):
         check_solver(self.solver)
         check_options(self.solver, rtol=self.rtol, atol=self.atol, num_steps=self.num_steps,
                       step_size=self.step_size, first_step=self.first_step, max_steps=self.max_steps)
@@ -168,25 +164,6 @@ class ODEBlock(SolverStatus, keras.layers.Layer):
         return shape
 
     # -- solving ----------------------------------------------------------------------------
-    def _hooks(self):
-        def fwd(info):
-            info = across_replicas(info)
-            return [self.nfe_forward.assign(tf.cast(info["nfe"], tf.int32)),
-                    self.solver_status.assign(tf.stack([
-                        tf.cast(info["reason"], tf.int32), 0,
-                        tf.cast(info.get("steps", -1), tf.int32), 0])),
-                    self.time_reached.assign(tf.stack([tf.cast(info["t"], tf.float32), 0.0]))]
-
-        def bwd(info):
-            info = across_replicas(info)
-            s = self.solver_status
-            return [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32)),
-                    s.assign(tf.stack([s[0], tf.cast(info["reason"], tf.int32), s[2],
-                                       tf.cast(info.get("steps", -1), tf.int32)])),
-                    self.time_reached.assign(tf.stack([self.time_reached[0], tf.cast(info["t"], tf.float32)]))]
-
-        return fwd, bwd
-
     def _solve(self, inputs, training, recompute=False):
         dtype = inputs.dtype
         y0 = inputs
@@ -196,7 +173,7 @@ class ODEBlock(SolverStatus, keras.layers.Layer):
         times = self.solution_times if self.solution_times is not None else [self.t1]
         times = tf.constant(times, dtype)
         field = _Field(self.field, training, dtype, None, None)
-        fwd, bwd = self._hooks()
+        fwd, bwd = self.status_hooks()
         if recompute:  # backprop's recompute: its field calls are the backward's
             fwd, bwd = (lambda info: [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32))]), None
         guard = TFPGuard(self._guard_state, 0) if self.solver in TFP_SOLVERS else None

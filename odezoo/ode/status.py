@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from odezoo._errors import SolverError
+from odezoo.ode.gate import across_replicas
 
 # reasons (tfp's ``diagnostics.status`` is 0 on success and -1 on failure; ours adds why)
 OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED = 0, 1, 2, 3, 4
@@ -120,6 +121,44 @@ class SolverStatus:
                                              dtype="int32", **agg)
         if track_steps:
             self.time_reached = self.add_weight(name="time_reached", shape=(2,), dtype="float32", **agg)
+
+    def status_hooks(self, *, accumulate=False):
+        """``(on_forward, on_backward)``: solve hooks that record each solve's report in the status variables.
+
+        The replicas agree on one report first (:func:`odezoo.ode.gate.across_replicas`). By default
+        each solve overwrites the last, and a forward solve clears the backward's entries (it starts a
+        step). ``accumulate``: the evaluation counts add up and the worst reason is kept, for owners that
+        solve several times per step (the FFJORD flow's blocks), which reset the status themselves.
+        """
+        steps = self.solver_status.shape[0] == 4
+
+        def hook(i):
+            nfe = (self.nfe_forward, self.nfe_backward)[i]
+
+            def record(info):
+                info = across_replicas(info)
+                status = self.solver_status
+                fresh = i == 0 and not accumulate
+                kept = (lambda j: tf.zeros([], status.dtype)) if fresh else (lambda j: status[j])
+                reason = tf.cast(info["reason"], tf.int32)
+                if accumulate:
+                    reason = tf.maximum(status[i], reason)
+                entries = [reason, kept(1)] if i == 0 else [kept(0), reason]
+                count = tf.cast(info["nfe"], tf.int32)
+                ops = [nfe.assign_add(count) if accumulate else nfe.assign(count)]
+                if steps:
+                    taken = tf.cast(info.get("steps", -1), tf.int32)
+                    entries += [taken, kept(3)] if i == 0 else [kept(2), taken]
+                ops.append(status.assign(tf.stack(entries)))
+                if steps:
+                    t = tf.cast(info["t"], tf.float32)
+                    reached = self.time_reached
+                    ops.append(reached.assign(tf.stack([t, 0.0] if i == 0 else [reached[0], t])))
+                return ops
+
+            return record
+
+        return hook(0), hook(1)
 
     def status_label(self) -> str:
         """How errors name the solves (``"<label> forward solve"``)."""

@@ -1,13 +1,15 @@
 """FFJORD as a Keras model: ``tfp.bijectors.FFJORD`` with odezoo's solver and XLA-safe traces.
 
+The FFJORD plugin's layers, written against odezoo's public API only
+(:mod:`odezoo.ode`, :mod:`odezoo.checks`), as a third-party plugin would be.
+
 FFJORD (Grathwohl et al., ICLR 2019) maps data x to a latent z by an ODE,
 dz/dt = f(t, z), and tracks the log-density with d log p/dt = −tr(∂f/∂z).
 tfp ships the bijector; this module supplies what a Keras user needs around it:
 
 * trace functions that compile under XLA once: Hutchinson's estimator as one
   ``tape.gradient(f, z, output_gradients=ε)`` (tfp's own uses ``vectorized_map``,
-  with which the XLA gradient recompiles every step: 6.5 s/step measured in
-  shared/bench/peer_flow_bench), and the exact trace as ``d`` such products with
+  with which the XLA gradient recompiles every step: docs/flows.md), and the exact trace as ``d`` such products with
   the unit vectors (tfp's ``trace_jacobian_exact`` does not compile under XLA);
 * odezoo's Dormand-Prince (adjoint with seminorm, step budget, NaN guard) as
   ``ode_solve_fn``;
@@ -24,18 +26,17 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from odezoo.ode import adjoint as _adjoint
-from odezoo.ode import gate as _gate
-from odezoo.ode import status as _status
-from odezoo._errors import bad_value
+from odezoo import checks
+from odezoo.ode import Setting, Settings, SolverChecked, SolverStatus, apply_if_solved, solve_flat
 
+# The Keras package "odezoo": files saved before the flow became a plugin name "odezoo>FFJORDFlow".
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
 
 TRACES = ("hutchinson", "exact")
 NOISES = ("rademacher", "gaussian")
+# The flow's choice among odezoo.ode.SOLVERS: the two Dormand-Prince solvers (tfp's BDF solves per sample)
 SOLVERS = ("dopri5", "tfp_dopri5")
 
 
@@ -123,34 +124,6 @@ def exact_trace(ode_fn, state_shape, dtype):
     return augmented
 
 
-def _positive(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-class _Setting:
-    """A model setting switchable after training or loading (``flow.trace = "exact"``).
-
-    Validated on assignment; settings are read while tracing, so an assignment
-    makes Keras trace fit/evaluate/predict again (odezoo's own compiled
-    functions are keyed by the settings).
-    """
-
-    def __init__(self, valid, allowed, convert=None):
-        self.valid, self.allowed, self.convert = valid, allowed, convert
-
-    def __set_name__(self, owner, name):
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        return self if obj is None else obj.__dict__.get("_setting_" + self.name)
-
-    def __set__(self, obj, value):
-        if not self.valid(value):
-            raise bad_value(self.name, value, self.allowed)
-        obj.__dict__["_setting_" + self.name] = self.convert(value) if self.convert else value
-        obj._stale_keras_functions()
-
-
 class _SolveResults:
     """The part of ``tfp.math.ode.Results`` tfp's FFJORD reads."""
 
@@ -159,7 +132,7 @@ class _SolveResults:
 
 
 @_serializable
-class FFJORDFlow(_status.SolverChecked, keras.Model):
+class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     """A continuous normalising flow (FFJORD) as a Keras model.
 
     Args:
@@ -183,29 +156,26 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
     ``nfe_forward`` and ``nfe_backward``.
     """
 
-    trace = _Setting(lambda v: v in TRACES, ", ".join(map(repr, TRACES)))
-    noise = _Setting(lambda v: v in NOISES, ", ".join(map(repr, NOISES)))
-    solver = _Setting(lambda v: v in SOLVERS, ", ".join(map(repr, SOLVERS)))
-    rtol = _Setting(_positive, "a finite positive float", float)
-    atol = _Setting(_positive, "a finite positive float", float)
+    # switchable after training or loading (odezoo.ode.settings); read while tracing, so a change has
+    # Keras trace fit/evaluate/predict again (odezoo's own compiled functions are keyed by them)
+    trace = Setting(lambda name, v: checks.choice(name, v, TRACES))
+    noise = Setting(lambda name, v: checks.choice(name, v, NOISES))
+    solver = Setting(lambda name, v: checks.choice(name, v, SOLVERS))
+    rtol = Setting(checks.positive)
+    atol = Setting(checks.positive)
 
     def __init__(self, data_dim, hidden=(64, 64, 64), activation="tanh", trace="hutchinson",
                  noise="rademacher", solver="dopri5", rtol=1e-5, atol=1e-5, num_blocks=1, t1=1.0,
                  max_steps=10000, data_log_scale=0.0, eval_probes=4, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(data_dim, int) or isinstance(data_dim, bool) or data_dim < 1:
-            raise bad_value("data_dim", data_dim, "a positive int")
-        if not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 1:
-            raise bad_value("num_blocks", num_blocks, "a positive int")
+        checks.positive_int("data_dim", data_dim)
+        checks.positive_int("num_blocks", num_blocks)
         hidden = tuple(hidden)
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise bad_value("hidden", hidden, "a non-empty sequence of positive ints")
-        if not _positive(t1):
-            raise bad_value("t1", t1, "a finite positive float")
-        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-            raise bad_value("max_steps", max_steps, "a positive int")
-        if not isinstance(eval_probes, int) or eval_probes < 1:
-            raise bad_value("eval_probes", eval_probes, "a positive int")
+        if not hidden or any(not checks.is_int(h) or h < 1 for h in hidden):
+            raise checks.bad_value("hidden", hidden, "a non-empty sequence of positive ints")
+        checks.positive("t1", t1)
+        checks.positive_int("max_steps", max_steps)
+        checks.positive_int("eval_probes", eval_probes)
         self.data_dim = data_dim
         self.hidden = hidden
         self.activation = activation
@@ -219,10 +189,10 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
         self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
         self._noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self._compiled = {}
+        self.settings_ready()
         self.build((None, data_dim))
 
-    # -- switchable settings (class-level _Setting descriptors, see below) -------------
-    def _stale_keras_functions(self):
+    def _settings_changed(self, name):
         """Keras traced fit/evaluate/predict with the old setting: have them traced again."""
         for attr in ("train_function", "test_function", "predict_function"):
             if getattr(self, attr, None) is not None:
@@ -231,11 +201,7 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
     def build(self, input_shape):
         for field in self.fields:
             field.build((), (None, self.data_dim))
-        agg = dict(trainable=False, aggregation="only_first_replica")
-        self.nfe_forward = self.add_weight(name="nfe_forward", shape=(), dtype="int32", initializer="zeros", **agg)
-        self.nfe_backward = self.add_weight(name="nfe_backward", shape=(), dtype="int32", initializer="zeros", **agg)
-        self.solver_status = self.add_weight(name="solver_status", shape=(2,), dtype="int32",
-                                             initializer="zeros", **agg)
+        self.add_status_weights(track_steps=False)  # nfe_forward, nfe_backward, solver_status (in this order)
         self.nll_tracker = keras.metrics.Mean(name="nll")
         self.bpd_tracker = keras.metrics.Mean(name="bits_per_dim")
         self.se_tracker = keras.metrics.Mean(name="nll_se")
@@ -257,27 +223,14 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
             solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol, max_num_steps=self.max_steps)
             return solver.solve(ode_fn, initial_time, initial_state, times, constants=constants)
 
-        def on_forward(info):
-            info = _gate.across_replicas(info)
-            return [self.nfe_forward.assign_add(tf.cast(info["nfe"], tf.int32)),
-                    self.solver_status.assign(tf.stack([tf.maximum(self.solver_status[0],
-                                                                   tf.cast(info["reason"], tf.int32)),
-                                                        self.solver_status[1]]))]
-
-        def on_backward(info):
-            info = _gate.across_replicas(info)
-            return [self.nfe_backward.assign_add(tf.cast(info["nfe"], tf.int32)),
-                    self.solver_status.assign(tf.stack([self.solver_status[0],
-                                                        tf.maximum(self.solver_status[1],
-                                                                   tf.cast(info["reason"], tf.int32))]))]
-
+        on_forward, on_backward = self.status_hooks(accumulate=True)  # several solves per step
         constants = {} if constants is None else constants
         flat = [tf.convert_to_tensor(s) for s in tf.nest.flatten(initial_state)]
         flat_c = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
         options = dict(rtol=self.rtol, atol=self.atol, first_step=None, max_steps=self.max_steps)
-        outputs, _ = _adjoint.solve_flat(ode_fn, initial_state, constants, tf.cast(initial_time, dtype), flat,
-                                        times, flat_c, options=options, gradient="adjoint",
-                                        on_forward=on_forward, on_backward=on_backward)
+        outputs, _ = solve_flat(ode_fn, initial_state, constants, tf.cast(initial_time, dtype), flat,
+                                 times, flat_c, options=options, gradient="adjoint",
+                                 on_forward=on_forward, on_backward=on_backward)
         return _SolveResults(times, tf.nest.pack_sequence_as(initial_state, outputs))
 
     def _bijector(self, trace):
@@ -340,9 +293,8 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
         """log q(x) in nats, shape (batch,). ``trace`` overrides the model's for this call."""
         x = self._check_x(x)
         trace = trace or self.trace
-        if trace not in TRACES:
-            raise bad_value("trace", trace, ", ".join(map(repr, TRACES)))
-        self.solver_status.assign([0, 0])
+        checks.choice("trace", trace, TRACES)
+        self.reset_status()
         out = self._fn(("log_prob", trace), lambda x: self._log_prob_graph(x, trace))(x)
         self.check_status()
         return out
@@ -350,7 +302,7 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
     def to_latent(self, x):
         """Data → base (the bijector's inverse), shape (batch, data_dim)."""
         x = self._check_x(x)
-        self.solver_status.assign([0, 0])
+        self.reset_status()
         out = self._fn("to_latent", lambda x: self._transport(x, inverse=True))(x)
         self.check_status()
         return out
@@ -358,29 +310,22 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
     def to_data(self, z):
         """Base → data (the bijector's forward), shape (batch, data_dim)."""
         z = self._check_x(z, "z")
-        self.solver_status.assign([0, 0])
+        self.reset_status()
         out = self._fn("to_data", lambda z: self._transport(z, inverse=False))(z)
         self.check_status()
         return out
 
     def sample(self, n, seed=None):
         """``n`` samples (float32, (n, data_dim)); the same ``seed`` gives the same samples."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise bad_value("n", n, "a positive int")
+        checks.positive_int("n", n)
         if seed is None:
             z = keras.random.normal((n, self.data_dim), seed=self._noise_seed)
         else:
             z = tf.random.stateless_normal((n, self.data_dim), seed=[int(seed), 0x0DE])
         return self.to_data(z)
 
-    def check_status(self):
-        """Raise :class:`odezoo.SolverError` if the last solve failed."""
-        status = np.asarray(self.solver_status.numpy())
-        for i, what in enumerate(("forward", "backward")):
-            if status[i] != 0:
-                _status.raise_for_status(int(status[i]), rtol=self.rtol, atol=self.atol, time_reached=None,
-                                         num_steps=None, max_steps=self.max_steps, solver=self.solver,
-                                         what=f"FFJORD {what} solve")
+    def status_label(self):
+        return "FFJORD"
 
     # -- Keras -----------------------------------------------------------------------------
     def call(self, x, training=None):
@@ -405,13 +350,13 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
         x = tf.cast(x, tf.float32)
         self.nfe_forward.assign(0)
         self.nfe_backward.assign(0)
-        self.solver_status.assign([0, 0])
+        self.reset_status()
         with tf.GradientTape() as tape:
             nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
         variables = self.trainable_variables
         grads = tape.gradient(nll, variables)
         # a failed solve applies no update, on one device or under a strategy (odezoo.ode.gate)
-        _gate.apply_if_solved(lambda: [self.solver_status.value], grads,
+        apply_if_solved(lambda: [self.solver_status.value], grads,
                               lambda: self.optimizer.apply(grads, variables),
                               list(self.optimizer.variables) + list(variables))
         self.nll_tracker.update_state(nll)
@@ -422,7 +367,7 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
         x = data[0] if isinstance(data, (tuple, list)) else data
         x = tf.cast(x, tf.float32)
         self.nfe_forward.assign(0)
-        self.solver_status.assign([0, 0])
+        self.reset_status()
         if self.data_dim <= 8:
             nll = -tf.reduce_mean(self._distribution("exact").log_prob(x))
             logs_se = tf.zeros([])
@@ -442,9 +387,6 @@ class FFJORDFlow(_status.SolverChecked, keras.Model):
     # -- SolverError from every Keras entry point (the status is read after each batch) --------
     def _solver_checks(self):
         return [self]
-
-    def reset_status(self):
-        self.solver_status.assign([0, 0])
 
     def get_config(self):
         return dict(name=self.name, data_dim=self.data_dim, hidden=list(self.hidden), activation=self.activation,
