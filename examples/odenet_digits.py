@@ -36,15 +36,25 @@ def main():
 
     x_train, y_train = odezoo.data.load("digits", "train")
     x_test, y_test = odezoo.data.load("digits", "test")
-    model = odezoo.build("odenet", input_shape=x_train.shape[1:], rtol=args.rtol, atol=args.atol,
-                         channels=args.channels)
-    model.compile(keras.optimizers.Adam(args.lr), "sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=True)
-    history = model.fit(x_train.astype("float32"), y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_data=(x_test.astype("float32"), y_test), verbose=2)
+    model = odezoo.build(
+        "odenet", input_shape=x_train.shape[1:], rtol=args.rtol, atol=args.atol, channels=args.channels
+    )
+    model.compile(
+        keras.optimizers.Adam(args.lr), "sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=True
+    )
+    history = model.fit(
+        x_train.astype("float32"),
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        validation_data=(x_test.astype("float32"), y_test),
+        verbose=2,
+    )
     logs = history.history
-    print(f"test accuracy {logs['val_accuracy'][-1]:.4f}; NFE forward {logs['nfe_forward'][-1]:.0f}, "
-          f"backward {logs['nfe_backward'][-1]:.0f}")
+    print(
+        f"test accuracy {logs['val_accuracy'][-1]:.4f}; NFE forward {logs['nfe_forward'][-1]:.0f}, "
+        f"backward {logs['nfe_backward'][-1]:.0f}"
+    )
 
     # trajectories: the same field, asked for the states at 20 times
     block = model.get_layer("ode_block")

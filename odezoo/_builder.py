@@ -18,6 +18,7 @@ from odezoo.ode.options import SOLVERS as ADAPTIVE_SOLVERS
 if TYPE_CHECKING:  # import odezoo does not import Keras
     import keras
 
+
 def _builder_params(builder):
     sig = inspect.signature(builder)
     named = {}
@@ -119,8 +120,10 @@ def build_pretrained(spec, name: str, pretrained: bool | str, config: dict) -> k
     conflicts = _weights.config_conflicts(config, tag_config)
     if conflicts:
         detail = "; ".join(f"{k}={given!r} but the tag has {k}={tagged!r}" for k, (given, tagged) in conflicts.items())
-        raise ValueError(f"build({name!r}, pretrained={entry['tag']!r}): the config conflicts with the weights: "
-                         f"{detail}. Drop these keys or use pretrained=False.")
+        raise ValueError(
+            f"build({name!r}, pretrained={entry['tag']!r}): the config conflicts with the weights: "
+            f"{detail}. Drop these keys or use pretrained=False."
+        )
     _check_tag_keys(spec, key, tag_config, where)
     with tempfile.TemporaryDirectory(prefix="odezoo-weights-") as private:
         copy = os.path.join(private, f"{key}.weights.h5")
@@ -130,12 +133,14 @@ def build_pretrained(spec, name: str, pretrained: bool | str, config: dict) -> k
         except (ValueError, TypeError) as exc:
             if set(config) - set(tag_config):
                 raise  # the caller's own keys may be at fault
-            raise ManifestError(f"{where}: entry {key!r} field 'config' is refused by the builder: "
-                                f"{_weights.first_line(exc)}") from exc
+            raise ManifestError(
+                f"{where}: entry {key!r} field 'config' is refused by the builder: {_weights.first_line(exc)}"
+            ) from exc
         try:
             model.load_weights(copy)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise WeightsIntegrityError(f"Weights {key}: {path} could not be loaded into {spec.name}: "
-                                        f"{_weights.first_line(exc)}") from exc
+            raise WeightsIntegrityError(
+                f"Weights {key}: {path} could not be loaded into {spec.name}: {_weights.first_line(exc)}"
+            ) from exc
     model.zoo_entry = {k: v for k, v in entry.items() if not k.startswith("_")}
     return model

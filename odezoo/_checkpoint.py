@@ -93,8 +93,15 @@ class Checkpoints:
         os.mkdir(tmp)
         try:
             model.save(os.path.join(tmp, MODEL_FILE))
-            state = {"format": FORMAT, "version": VERSION, "epochs_done": epochs_done,
-                     "optimizer_steps": optimizer_steps, "run": run, "run_sha256": run_sha256(run), "logs": logs}
+            state = {
+                "format": FORMAT,
+                "version": VERSION,
+                "epochs_done": epochs_done,
+                "optimizer_steps": optimizer_steps,
+                "run": run,
+                "run_sha256": run_sha256(run),
+                "logs": logs,
+            }
             with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
                 json.dump(state, fh, indent=1)
             _fsync_tree(tmp)
@@ -118,9 +125,15 @@ class Checkpoints:
                 state = json.load(fh)
         except (OSError, ValueError, RecursionError) as exc:
             raise CheckpointError(f"Checkpoint {folder}: cannot read {STATE_FILE}: {exc}.") from None
-        ok = (isinstance(state, dict) and state.get("format") == FORMAT and state.get("version") == VERSION
-              and isinstance(state.get("epochs_done"), int) and isinstance(state.get("optimizer_steps"), int)
-              and isinstance(state.get("run"), dict) and state.get("run_sha256") == run_sha256(state["run"]))
+        ok = (
+            isinstance(state, dict)
+            and state.get("format") == FORMAT
+            and state.get("version") == VERSION
+            and isinstance(state.get("epochs_done"), int)
+            and isinstance(state.get("optimizer_steps"), int)
+            and isinstance(state.get("run"), dict)
+            and state.get("run_sha256") == run_sha256(state["run"])
+        )
         if not ok:
             raise CheckpointError(f"Checkpoint {folder}: {STATE_FILE} is not a valid odezoo checkpoint state.")
         if not os.path.isfile(os.path.join(folder, MODEL_FILE)):
@@ -151,7 +164,8 @@ class Checkpoints:
                 differ = _differences(state["run"], run) or ["(the fingerprint)"]
                 raise CheckpointError(
                     f"--resume: {folder} is from another run; these differ: {'; '.join(differ)}. "
-                    f"Rerun with the checkpoint's arguments, or remove {self.folder} to start over.")
+                    f"Rerun with the checkpoint's arguments, or remove {self.folder} to start over."
+                )
             return folder, state
         raise CheckpointError(" ".join(errors))
 

@@ -48,14 +48,18 @@ def _dataset_available(name: str) -> bool:
 def _summary(model: str, out) -> None:
     info = odezoo.describe(model)
     if info["kind"] != "classifier":
-        raise ValueError(f"Invalid value for `model`. Received: model={model!r} (a {info['kind']}). "
-                         f"Allowed: a classifier, e.g. {', '.join(_report.registered_models())}.")
+        raise ValueError(
+            f"Invalid value for `model`. Received: model={model!r} (a {info['kind']}). "
+            f"Allowed: a classifier, e.g. {', '.join(_report.registered_models())}."
+        )
     if info["weights"]:
         t0 = time.perf_counter()
         net = odezoo.build(model, pretrained=True)
         entry = net.zoo_entry
-        origin = (f"pretrained {entry['model']}.{entry['tag']} ({entry['dataset']}, {entry['epochs']} epochs; "
-                  f"manifest accuracy {entry['metrics']['accuracy']:.4f})")
+        origin = (
+            f"pretrained {entry['model']}.{entry['tag']} ({entry['dataset']}, {entry['epochs']} epochs; "
+            f"manifest accuracy {entry['metrics']['accuracy']:.4f})"
+        )
     else:
         t0 = time.perf_counter()
         net = odezoo.build(model)
@@ -86,8 +90,16 @@ def evaluate_classifiers(out) -> list:
             continue
         net = odezoo.build(entry["model"], pretrained=entry["tag"])
         measured = _train.evaluate(net, "classifier", entry["dataset"])["accuracy"]
-        rows.append([entry["model"], entry["tag"], entry["dataset"], f"{net.count_params():,}",
-                     f"{measured:.4f}", f"{entry['metrics']['accuracy']:.4f}"])
+        rows.append(
+            [
+                entry["model"],
+                entry["tag"],
+                entry["dataset"],
+                f"{net.count_params():,}",
+                f"{measured:.4f}",
+                f"{entry['metrics']['accuracy']:.4f}",
+            ]
+        )
     if rows:
         out(_report.format_table(["model", "tag", "dataset", "params", "accuracy", "manifest"], rows))
     else:
@@ -105,9 +117,10 @@ def flow_picture(out_dir: str, out) -> dict | None:
     flow = odezoo.build("ffjord", pretrained=True)
     entry = flow.zoo_entry
     measured = _train.evaluate(flow, "flow", entry["dataset"])
-    out(f"  ffjord.{entry['tag']} on {entry['dataset']} test: "
-        + ", ".join(f"{k} {v:.4f} (manifest {entry['metrics'].get(k, float('nan')):.4f})"
-                    for k, v in measured.items()))
+    out(
+        f"  ffjord.{entry['tag']} on {entry['dataset']} test: "
+        + ", ".join(f"{k} {v:.4f} (manifest {entry['metrics'].get(k, float('nan')):.4f})" for k, v in measured.items())
+    )
     from odezoo.plotting import plot_density
 
     points = data.toy_density(entry["dataset"], 20000, seed=1)
@@ -136,6 +149,8 @@ def run(model: str = DEMO_MODEL, out=print, out_dir: str = "odezoo-demo") -> dic
 
     seconds = time.perf_counter() - start
     out("")
-    out(f"Done in {seconds:.1f} s. Next: `odezoo describe {model}`, `odezoo eval {model}`, "
-        f"`odezoo train {model} --dataset digits --epochs 30 --out my_zoo`.")
+    out(
+        f"Done in {seconds:.1f} s. Next: `odezoo describe {model}`, `odezoo eval {model}`, "
+        f"`odezoo train {model} --dataset digits --epochs 30 --out my_zoo`."
+    )
     return {"model": model, "classifiers": rows, "flow": flow, "seconds": seconds}

@@ -55,8 +55,9 @@ def make_strategy(name: str):
             spec = json.loads(raw)
             spec["cluster"], spec["task"]["type"], spec["task"]["index"]
         except (ValueError, KeyError, TypeError) as err:
-            raise OdezooError(f"TF_CONFIG is not valid: {err!r}; it needs 'cluster' and 'task' "
-                              "({'type': ..., 'index': ...})") from None
+            raise OdezooError(
+                f"TF_CONFIG is not valid: {err!r}; it needs 'cluster' and 'task' ({{'type': ..., 'index': ...}})"
+            ) from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))

@@ -77,9 +77,14 @@ def _placeholder(obj: _registry.KerasObject):
     def from_config(cls, config):
         require_backend(obj.backend, f"Loading {obj.name} ({obj.target})")
 
-    return type(cls_name, (), {"__doc__": f"Stands in for {obj.target} under Keras backends other than "
-                                          f"{obj.backend!r}.",
-                               "from_config": classmethod(from_config)})
+    return type(
+        cls_name,
+        (),
+        {
+            "__doc__": f"Stands in for {obj.target} under Keras backends other than {obj.backend!r}.",
+            "from_config": classmethod(from_config),
+        },
+    )
 
 
 def load_keras_object(obj: _registry.KerasObject) -> None:
@@ -97,8 +102,9 @@ def load_keras_object(obj: _registry.KerasObject) -> None:
     try:
         value = getattr(importlib.import_module(module), attr)
     except Exception as exc:
-        raise PluginError(f"the Keras object {obj.name!r} cannot be imported from {obj.target}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"the Keras object {obj.name!r} cannot be imported from {obj.target}: {type(exc).__name__}: {exc}"
+        ) from exc
     if keras.saving.get_registered_object(obj.name) is not value:
         package = obj.name.partition(">")[0]
         raise PluginError(
@@ -210,8 +216,11 @@ class _Retry(importlib.abc.MetaPathFinder):
 
     def run(self, finished=None) -> bool:
         """Register if the blockers have finished (``finished``: one whose code has just run); True once done."""
-        if _depth or any(getattr(getattr(sys.modules.get(n), "__spec__", None), "_initializing", False)
-                         for n in self.blockers if n != finished):
+        if _depth or any(
+            getattr(getattr(sys.modules.get(n), "__spec__", None), "_initializing", False)
+            for n in self.blockers
+            if n != finished
+        ):
             return False
         if self in sys.meta_path:
             sys.meta_path.remove(self)
@@ -240,8 +249,9 @@ class _KerasFinder(importlib.abc.MetaPathFinder):
             uninstall()
             spec = importlib.util.find_spec("keras")
             if spec is not None and spec.loader is not None:
-                spec.loader = _Wrapped(spec.loader, lambda: None,
-                                       lambda name, ok: register_when_imported() if ok else None)
+                spec.loader = _Wrapped(
+                    spec.loader, lambda: None, lambda name, ok: register_when_imported() if ok else None
+                )
             return spec
         if not fullname.startswith("odezoo."):
             return None

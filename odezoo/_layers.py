@@ -142,8 +142,9 @@ class SchemeBlock(keras.layers.Layer):
     def advance(self, state, *, training=None, column=None):
         """One ``block_step`` on a scheme state (what a stage calls)."""
         ctx = self.context if column is None else self.context.replace(column=column)
-        return self.scheme.block_step(self.fields_for_training(training), self.t, state, self.h,
-                                      training=training, ctx=ctx)
+        return self.scheme.block_step(
+            self.fields_for_training(training), self.t, state, self.h, training=training, ctx=ctx
+        )
 
     def call(self, inputs, training=None):
         state = self.scheme.init(inputs)
@@ -193,9 +194,7 @@ class SchemeStage(keras.layers.Layer):
 
     def __init__(self, blocks, *, stage=0, name=None, dtype=None, trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
-        blocks = [
-            keras.saving.deserialize_keras_object(b) if isinstance(b, dict) else b for b in blocks
-        ]
+        blocks = [keras.saving.deserialize_keras_object(b) if isinstance(b, dict) else b for b in blocks]
         if not blocks:
             raise ValueError("SchemeStage needs at least one block. Received: blocks=[].")
         names = {(b.scheme_name, repr(sorted(b.scheme_options.items()))) for b in blocks}
@@ -249,8 +248,9 @@ class ConvField(keras.layers.Layer):
         self.bn_momentum = float(bn_momentum)
         self.synchronized = bool(synchronized)
         reg = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
-        conv = dict(kernel_size=3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                    kernel_regularizer=reg)
+        conv = dict(
+            kernel_size=3, padding="same", use_bias=False, kernel_initializer="he_normal", kernel_regularizer=reg
+        )
         bn = dict(momentum=self.bn_momentum, epsilon=1e-5, synchronized=self.synchronized)
         self.conv1 = keras.layers.Conv2D(self.channels, name="conv1", **conv)
         self.bn1 = keras.layers.BatchNormalization(name="bn1", **bn)
@@ -279,8 +279,12 @@ class ConvField(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, weight_decay=self.weight_decay,
-                      bn_momentum=self.bn_momentum, synchronized=self.synchronized)
+        config.update(
+            channels=self.channels,
+            weight_decay=self.weight_decay,
+            bn_momentum=self.bn_momentum,
+            synchronized=self.synchronized,
+        )
         return config
 
 
@@ -295,12 +299,21 @@ class ConvFieldFactory:
         self.prefix = prefix
 
     def __call__(self, index, channels):
-        return ConvField(channels, weight_decay=self.weight_decay, bn_momentum=self.bn_momentum,
-                         synchronized=self.synchronized, name=f"{self.prefix}{index}")
+        return ConvField(
+            channels,
+            weight_decay=self.weight_decay,
+            bn_momentum=self.bn_momentum,
+            synchronized=self.synchronized,
+            name=f"{self.prefix}{index}",
+        )
 
     def get_config(self):
-        return dict(weight_decay=self.weight_decay, bn_momentum=self.bn_momentum,
-                    synchronized=self.synchronized, prefix=self.prefix)
+        return dict(
+            weight_decay=self.weight_decay,
+            bn_momentum=self.bn_momentum,
+            synchronized=self.synchronized,
+            prefix=self.prefix,
+        )
 
     @classmethod
     def from_config(cls, config):
@@ -324,8 +337,9 @@ class DownsampleBlock(keras.layers.Layer):
         self.bn_momentum = float(bn_momentum)
         self.synchronized = bool(synchronized)
         reg = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
-        conv = dict(kernel_size=3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                    kernel_regularizer=reg)
+        conv = dict(
+            kernel_size=3, padding="same", use_bias=False, kernel_initializer="he_normal", kernel_regularizer=reg
+        )
         bn = dict(momentum=self.bn_momentum, epsilon=1e-5, synchronized=self.synchronized)
         self.conv1 = keras.layers.Conv2D(self.channels, strides=2, name="conv1", **conv)
         self.bn1 = keras.layers.BatchNormalization(name="bn1", **bn)
@@ -334,9 +348,7 @@ class DownsampleBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         if input_shape[-1] > self.channels:
-            raise ValueError(
-                f"DownsampleBlock widens channels; got {input_shape[-1]} -> {self.channels}."
-            )
+            raise ValueError(f"DownsampleBlock widens channels; got {input_shape[-1]} -> {self.channels}.")
         self.conv1.build(input_shape)
         out = self.conv1.compute_output_shape(input_shape)
         self.bn1.build(out)
@@ -358,8 +370,12 @@ class DownsampleBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, weight_decay=self.weight_decay,
-                      bn_momentum=self.bn_momentum, synchronized=self.synchronized)
+        config.update(
+            channels=self.channels,
+            weight_decay=self.weight_decay,
+            bn_momentum=self.bn_momentum,
+            synchronized=self.synchronized,
+        )
         return config
 
 

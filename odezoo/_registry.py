@@ -140,9 +140,7 @@ def register_scheme(name: str):
         from odezoo._scheme import Scheme
 
         if not (isinstance(cls, type) and issubclass(cls, Scheme)):
-            raise TypeError(
-                f"register_scheme({name!r}) decorates a subclass of odezoo.Scheme. Received: {cls!r}."
-            )
+            raise TypeError(f"register_scheme({name!r}) decorates a subclass of odezoo.Scheme. Received: {cls!r}.")
         for attr in ("order", "num_fields"):
             value = getattr(cls, attr, None)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -151,9 +149,7 @@ def register_scheme(name: str):
                     f"as a positive int. Received: {attr}={value!r}."
                 )
         if getattr(cls, "state_size", 1) not in (1, 2):
-            raise PluginError(
-                f"Scheme {name!r}: state_size must be 1 or 2. Received: state_size={cls.state_size!r}."
-            )
+            raise PluginError(f"Scheme {name!r}: state_size must be 1 or 2. Received: state_size={cls.state_size!r}.")
         with _lock:
             existing = _schemes.get(name)
             if existing is not None:
@@ -334,8 +330,11 @@ def _keras_failed(obj: KerasObject, owner: PluginRecord | str, exc: Exception) -
         _fail(owner.name, owner.source, message, traceback.format_exc())
     else:
         _keras_objects.pop(obj.name, None)
-        warnings.warn(f"odezoo: the Keras object {obj.name!r} of {_describe_owner(owner)} is not available "
-                      f"to load_model: {message}", stacklevel=4)
+        warnings.warn(
+            f"odezoo: the Keras object {obj.name!r} of {_describe_owner(owner)} is not available "
+            f"to load_model: {message}",
+            stacklevel=4,
+        )
 
 
 def set_keras_loader(loader: Callable[[KerasObject], None]) -> None:
@@ -372,9 +371,7 @@ def _declare_core(*targets: str, backend: str | None = None) -> None:
 
 def _check_name(what: str, name) -> None:
     if not isinstance(name, str) or not name or not name.replace("_", "").isalnum() or name != name.lower():
-        raise ValueError(
-            f"Invalid {what} name. Received: name={name!r}. Allowed: a lower-case snake_case string."
-        )
+        raise ValueError(f"Invalid {what} name. Received: name={name!r}. Allowed: a lower-case snake_case string.")
 
 
 def _unregister(record: PluginRecord, new_modules: frozenset = frozenset()) -> None:
@@ -499,15 +496,14 @@ def autoload_enabled() -> bool:
     if value in _AUTOLOAD_ON:
         return True
     raise bad_value(
-        DISABLE_AUTOLOAD_ENV, raw,
+        DISABLE_AUTOLOAD_ENV,
+        raw,
         "'1', 'true', 'yes' or 'on' (built-in plugins only); unset, '', '0', 'false', 'no' or 'off' (autoload)",
     )
 
 
 def _declares_group(text: str | None) -> bool:
-    return bool(text) and any(
-        line.strip().startswith("[") and ENTRY_POINT_GROUP in line for line in text.splitlines()
-    )
+    return bool(text) and any(line.strip().startswith("[") and ENTRY_POINT_GROUP in line for line in text.splitlines())
 
 
 def _unparsable_lines(text: str) -> list[str]:
@@ -527,8 +523,10 @@ def _group_entry_points(dist, text: str) -> list:
         where = f" (line {bad[0]!r} has no '=')" if bad else ""
         raise _Malformed(f"entry_points.txt cannot be parsed{where}: {type(exc).__name__}: {exc}") from None
     if not eps:
-        raise _Malformed(f"entry_points.txt names {ENTRY_POINT_GROUP} but declares no entry point in that group "
-                         "(a broken section header?)")
+        raise _Malformed(
+            f"entry_points.txt names {ENTRY_POINT_GROUP} but declares no entry point in that group "
+            "(a broken section header?)"
+        )
     return eps
 
 
@@ -617,8 +615,10 @@ def _warn_if_writable_by_others(path: str, what: str) -> None:
     except OSError:
         return
     if mode & stat.S_IWOTH:
-        message = (f"odezoo plugin {what} {path!r} is writable by other users (mode {stat.filemode(mode)}): "
-                   f"anyone on this machine can change code odezoo runs; loaded anyway, `chmod o-w` it.")
+        message = (
+            f"odezoo plugin {what} {path!r} is writable by other users (mode {stat.filemode(mode)}): "
+            f"anyone on this machine can change code odezoo runs; loaded anyway, `chmod o-w` it."
+        )
         _warnings.append(message)
         warnings.warn(message, stacklevel=4)
 
@@ -715,12 +715,18 @@ def plugin_report() -> dict:
         runtime = {
             "schemes": sorted(n for n in _schemes if n not in in_plugins),
             "models": sorted(n for n in _models if n not in in_plugins),
-            "keras_objects": sorted(n for n, (_, owner) in _keras_objects.items()
-                                    if isinstance(owner, str) and owner != CORE_OWNER),
+            "keras_objects": sorted(
+                n for n, (_, owner) in _keras_objects.items() if isinstance(owner, str) and owner != CORE_OWNER
+            ),
         }
         failures = [{k: f[k] for k in ("name", "source", "error")} for f in _failures]
-    return {"loaded": loaded, "failures": failures, "runtime": runtime, "autoload": _autoload,
-            "warnings": list(_warnings)}
+    return {
+        "loaded": loaded,
+        "failures": failures,
+        "runtime": runtime,
+        "autoload": _autoload,
+        "warnings": list(_warnings),
+    }
 
 
 # --------------------------------------------------------------------------- lookup

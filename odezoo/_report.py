@@ -110,7 +110,10 @@ def format_plugins(report: dict) -> str:
         lines.append(f"  {fail['name']}  [{fail['source']}]")
         lines.append(f"      {fail['error']}")
     if report.get("autoload") is False:
-        lines.insert(0, "autoload: off (ODEZOO_DISABLE_PLUGIN_AUTOLOAD): built-in plugins only; third-party "
-                        "entry points and ODEZOO_PLUGIN_PATH were not loaded")
+        lines.insert(
+            0,
+            "autoload: off (ODEZOO_DISABLE_PLUGIN_AUTOLOAD): built-in plugins only; third-party "
+            "entry points and ODEZOO_PLUGIN_PATH were not loaded",
+        )
     lines.extend(f"warning: {w}" for w in report.get("warnings", []))
     return "\n".join(lines)

@@ -124,11 +124,7 @@ class Scheme:
     def option_names(cls) -> list[str]:
         """The scheme's options: its constructor's keyword arguments."""
         params = inspect.signature(cls.__init__).parameters
-        return [
-            p.name
-            for p in list(params.values())[1:]
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        return [p.name for p in list(params.values())[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     @classmethod
     def option_defaults(cls) -> dict:
@@ -171,9 +167,7 @@ class ExplicitRungeKutta(Scheme):
             raise PluginError(f"{cls.__qualname__}: an ExplicitRungeKutta needs both `A` and `b`.")
         s = len(cls.b)
         if len(cls.A) != s:
-            raise PluginError(
-                f"{cls.__qualname__}: A has {len(cls.A)} rows but b has {s} weights; they must match."
-            )
+            raise PluginError(f"{cls.__qualname__}: A has {len(cls.A)} rows but b has {s} weights; they must match.")
         rows = []
         for i, row in enumerate(cls.A):
             row = list(row) + [0] * (s - len(row))

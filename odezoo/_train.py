@@ -36,8 +36,12 @@ def _command(name, args: dict) -> str:
     parts = ["odezoo", "train", name]
     for flag in ("dataset", "epochs", "batch_size", "lr", "seed"):
         parts += [f"--{flag.replace('_', '-')}", str(args[flag])]
-    for flag, default in (("lr_schedule", "constant"), ("optimizer", "adam"), ("strategy", "default"),
-                          ("precision", "float32")):
+    for flag, default in (
+        ("lr_schedule", "constant"),
+        ("optimizer", "adam"),
+        ("strategy", "default"),
+        ("precision", "float32"),
+    ):
         if args.get(flag, default) != default:
             parts += [f"--{flag.replace('_', '-')}", args[flag]]
     parts += ["--out", "DIR"]
@@ -56,8 +60,12 @@ def _versions() -> dict:
 
     import odezoo
 
-    return {"odezoo": odezoo.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tensorflow_probability": tfp.__version__}
+    return {
+        "odezoo": odezoo.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tensorflow_probability": tfp.__version__,
+    }
 
 
 def _device() -> str:
@@ -109,15 +117,15 @@ def evaluate(model, kind, dataset, plain_calls=False) -> dict:
     if kind == "classifier":
         x, y = data.load(dataset, "test")
         if plain_calls:
-            probs = np.concatenate([np.asarray(model(x[i:i + 256], training=False))
-                                    for i in range(0, len(x), 256)])
+            probs = np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
         else:
             probs = model.predict(x, batch_size=256, verbose=0)
         return {"accuracy": float(np.mean(np.argmax(probs, axis=1) == y))}
     x = flow_data(dataset, "test")
     # the exact trace: a measurement, not an estimate (and the same number every time)
-    logq = np.concatenate([np.asarray(model.log_prob(x[i:i + 1000], trace="exact"))
-                           for i in range(0, len(x), 1000)]).astype(np.float64)
+    logq = np.concatenate(
+        [np.asarray(model.log_prob(x[i : i + 1000], trace="exact")) for i in range(0, len(x), 1000)]
+    ).astype(np.float64)
     nll = float(-logq.mean())
     metrics = {"nll": nll, "bits_per_dim": float((nll / x.shape[1] + model.data_log_scale) / math.log(2))}
     if dataset in data.TOY_LOG_PROB:
@@ -182,16 +190,28 @@ def _multiworker_keras_workaround(model, dist):
         object.__delattr__(model, "train_step")
 
 
-def _run_fingerprint(spec, dataset, build_config, *, epochs, batch_size, lr, seed, lr_schedule, optimizer,
-                     strategy, precision) -> dict:
+def _run_fingerprint(
+    spec, dataset, build_config, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy, precision
+) -> dict:
     """What makes two runs the same run: a checkpoint resumes only into an equal fingerprint."""
-    return {"model": spec.name, "dataset": dataset, "config": build_config, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "lr_schedule": lr_schedule, "optimizer": optimizer,
-            "strategy": strategy, "precision": precision}
+    return {
+        "model": spec.name,
+        "dataset": dataset,
+        "config": build_config,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "lr_schedule": lr_schedule,
+        "optimizer": optimizer,
+        "strategy": strategy,
+        "precision": precision,
+    }
 
 
-def _check_arguments(spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy,
-                     precision) -> tuple[int, int, float, int]:
+def _check_arguments(
+    spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy, precision
+) -> tuple[int, int, float, int]:
     """Refuse a bad argument (``ValueError`` in the house form); return ``(epochs, batch_size, lr, seed)``
     as plain Python numbers, so a numpy int is recorded in the manifest as the int it is."""
     valid = data.IMAGE_DATASETS if spec.kind == "classifier" else FLOW_DATASETS
@@ -201,14 +221,18 @@ def _check_arguments(spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule
     batch_size = checks.positive_int("batch_size", batch_size)
     learning_rate = checks.real("lr", lr, exclusive_minimum=0.0, allowed="a finite positive number")
     seed = checks.integer("seed", seed, minimum=0, maximum=2**31 - 1, allowed="an int in [0, 2**31)")
-    for arg, value, choices in (("lr_schedule", lr_schedule, LR_SCHEDULES), ("optimizer", optimizer, OPTIMIZERS),
-                                ("strategy", strategy, _distribute.STRATEGIES),
-                                ("precision", precision, _distribute.PRECISIONS)):
+    for arg, value, choices in (
+        ("lr_schedule", lr_schedule, LR_SCHEDULES),
+        ("optimizer", optimizer, OPTIMIZERS),
+        ("strategy", strategy, _distribute.STRATEGIES),
+        ("precision", precision, _distribute.PRECISIONS),
+    ):
         if value not in choices:
             raise checks.bad_value(arg, value, ", ".join(choices))
     if spec.kind != "classifier" and precision != "float32":
-        raise checks.bad_value("precision", precision,
-                               f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)")
+        raise checks.bad_value(
+            "precision", precision, f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)"
+        )
     return epochs, batch_size, lr if type(lr) in (int, float) else learning_rate, seed
 
 
@@ -222,12 +246,16 @@ def _training_data(spec, dataset, build_config):
     train = data.load(dataset, "train")
     for split, (x, y) in (("train", train), ("test", data.load(dataset, "test"))):
         if x.shape[1:] != shape:
-            raise TrainingError(f"{dataset} {split} images have shape {x.shape[1:]}, but the model is built for "
-                                f"input_shape={list(shape)}; drop --config input_shape or match the data.")
+            raise TrainingError(
+                f"{dataset} {split} images have shape {x.shape[1:]}, but the model is built for "
+                f"input_shape={list(shape)}; drop --config input_shape or match the data."
+            )
         if len(y) and (y.min() < 0 or (checks.is_int(num_classes) and y.max() >= num_classes)):
-            raise TrainingError(f"{dataset} {split} labels lie in [{y.min()}, {y.max()}], outside "
-                                f"[0, {num_classes}) for num_classes={num_classes}; set --config num_classes to "
-                                f"the dataset's class count ({data.INFO[dataset]['classes']}).")
+            raise TrainingError(
+                f"{dataset} {split} labels lie in [{y.min()}, {y.max()}], outside "
+                f"[0, {num_classes}) for num_classes={num_classes}; set --config num_classes to "
+                f"the dataset's class count ({data.INFO[dataset]['classes']})."
+            )
     return train, len(train[0])
 
 
@@ -272,8 +300,10 @@ def _guard_callback(ckpts, run, *, chief):
             logs = logs or {}
             loss = logs.get("loss", logs.get("nll"))  # a classifier's loss; a flow's NLL
             if loss is not None and not math.isfinite(float(loss)):
-                raise TrainingError(f"training diverged at epoch {self.epoch + 1}, step {batch + 1} "
-                                    f"(loss {float(loss)}); {_kept(ckpts)}")
+                raise TrainingError(
+                    f"training diverged at epoch {self.epoch + 1}, step {batch + 1} "
+                    f"(loss {float(loss)}); {_kept(ckpts)}"
+                )
 
         def on_epoch_end(self, epoch, logs=None):
             _check_finite_weights(self.model, f"after epoch {epoch + 1}; {_kept(ckpts)}")
@@ -291,15 +321,20 @@ def _guard_callback(ckpts, run, *, chief):
 
 def _kept(ckpts) -> str:
     newest = ckpts.newest()
-    return (f"the last good checkpoint (epoch {newest}) is kept in {ckpts.path(newest)}" if newest
-            else "no checkpoint was written")
+    return (
+        f"the last good checkpoint (epoch {newest}) is kept in {ckpts.path(newest)}"
+        if newest
+        else "no checkpoint was written"
+    )
 
 
 def _check_finite_weights(model, when: str) -> None:
     bad = [w.path for w in model.weights if not np.all(np.isfinite(np.asarray(w.numpy(), dtype=np.float64)))]
     if bad:
-        raise TrainingError(f"training diverged: non-finite values in {', '.join(bad[:3])}"
-                            f"{' and more' if len(bad) > 3 else ''} {when}; no weights were written.")
+        raise TrainingError(
+            f"training diverged: non-finite values in {', '.join(bad[:3])}"
+            f"{' and more' if len(bad) > 3 else ''} {when}; no weights were written."
+        )
 
 
 @contextlib.contextmanager
@@ -308,8 +343,10 @@ def _writing(path):
     try:
         yield
     except OSError as exc:
-        raise OdezooError(f"Cannot write {path}: {exc.strerror or exc}. Nothing half-written was left; "
-                          "the previous checkpoint and zoo entries are intact.") from exc
+        raise OdezooError(
+            f"Cannot write {path}: {exc.strerror or exc}. Nothing half-written was left; "
+            "the previous checkpoint and zoo entries are intact."
+        ) from exc
 
 
 def _check_space(out, model) -> None:
@@ -318,8 +355,10 @@ def _check_space(out, model) -> None:
     need = params * 4 * (1 + 3 * (checkpoint_lib.KEEP + 1)) + (8 << 20)  # weights; model + 2 slots per ckpt
     free = shutil.disk_usage(out).free
     if free < need:
-        raise OdezooError(f"--out {out} has {free / 2**20:.1f} MiB free; this run needs about "
-                          f"{need / 2**20:.1f} MiB for its checkpoints and weights.")
+        raise OdezooError(
+            f"--out {out} has {free / 2**20:.1f} MiB free; this run needs about "
+            f"{need / 2**20:.1f} MiB for its checkpoints and weights."
+        )
 
 
 @contextlib.contextmanager
@@ -338,8 +377,23 @@ def _run_lock(out, key):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _prepare_model(spec, name, build_config, ckpts, run, *, resume, chief, jit, optimizer, lr, lr_schedule, epochs,
-                   steps_per_epoch, verbose):
+def _prepare_model(
+    spec,
+    name,
+    build_config,
+    ckpts,
+    run,
+    *,
+    resume,
+    chief,
+    jit,
+    optimizer,
+    lr,
+    lr_schedule,
+    epochs,
+    steps_per_epoch,
+    verbose,
+):
     """A fresh compiled model, or the resumed one with its finished-epoch count."""
     import keras
 
@@ -349,18 +403,24 @@ def _prepare_model(spec, name, build_config, ckpts, run, *, resume, chief, jit, 
         try:
             model = keras.models.load_model(os.path.join(folder, checkpoint_lib.MODEL_FILE))
         except Exception as exc:  # a damaged or foreign file: untrusted input
-            raise CheckpointError(f"Checkpoint {folder}: cannot load its model ({type(exc).__name__}: "
-                                  f"{' '.join(str(exc).split())[:300]}).") from exc
+            raise CheckpointError(
+                f"Checkpoint {folder}: cannot load its model ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:300]})."
+            ) from exc
         steps = int(model.optimizer.iterations.numpy())
         if steps != state["optimizer_steps"] or steps != state["epochs_done"] * steps_per_epoch:
-            raise CheckpointError(f"Checkpoint {folder}: its optimizer made {steps} steps, but "
-                                  f"{state['epochs_done']} epochs of {steps_per_epoch} steps were recorded.")
+            raise CheckpointError(
+                f"Checkpoint {folder}: its optimizer made {steps} steps, but "
+                f"{state['epochs_done']} epochs of {steps_per_epoch} steps were recorded."
+            )
         if verbose:
             print(f"Resuming {ckpts.key} from {folder} after epoch {state['epochs_done']}.")
         return model, state["epochs_done"]
     if chief and not resume and ckpts.exists():
-        raise CheckpointError(f"{ckpts.folder} holds a checkpoint of an unfinished run of {ckpts.key}; pass "
-                              f"--resume to continue it, or remove that folder to start over.")
+        raise CheckpointError(
+            f"{ckpts.folder} holds a checkpoint of an unfinished run of {ckpts.key}; pass "
+            f"--resume to continue it, or remove that folder to start over."
+        )
     if resume and verbose:
         print(f"No checkpoint for {ckpts.key} in {os.path.dirname(ckpts.folder)}; starting from scratch.")
     model = _builder.build(name, **build_config)
@@ -375,8 +435,9 @@ def _prepare_model(spec, name, build_config, ckpts, run, *, resume, chief, jit, 
 def _check_model_input(spec, model, dataset, tensors) -> None:
     expected = tuple(model.input_shape[1:]) if spec.kind == "classifier" else None
     if expected is not None and None not in expected and tuple(tensors[0].shape[1:]) != expected:
-        raise TrainingError(f"{dataset} images have shape {tuple(tensors[0].shape[1:])}, but {spec.name} takes "
-                            f"{expected}.")
+        raise TrainingError(
+            f"{dataset} images have shape {tuple(tensors[0].shape[1:])}, but {spec.name} takes {expected}."
+        )
 
 
 def _commit_weights(out, model, entry, chief) -> dict:
@@ -396,9 +457,26 @@ def _commit_weights(out, model, entry, chief) -> dict:
             os.unlink(tmp)
 
 
-def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config=None, tag=None,
-          default=False, resume=False, lr_schedule="constant", optimizer="adam", strategy="default", precision="float32",
-          verbose=1, return_model=False):
+def train(
+    name,
+    *,
+    dataset,
+    epochs,
+    batch_size=128,
+    lr=1e-3,
+    seed=0,
+    out,
+    config=None,
+    tag=None,
+    default=False,
+    resume=False,
+    lr_schedule="constant",
+    optimizer="adam",
+    strategy="default",
+    precision="float32",
+    verbose=1,
+    return_model=False,
+):
     """Train ``name`` on ``dataset`` and commit weights + manifest entry into ``out``.
 
     ``lr_schedule``: "constant" (``lr`` throughout) or "cosine" (decayed to 0 over the run).
@@ -423,8 +501,17 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
     spec, _ = _registry.resolve_model(name)
     config = dict(config or {})
     epochs, batch_size, lr, seed = _check_arguments(
-        spec, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule,
-        optimizer=optimizer, strategy=strategy, precision=precision)
+        spec,
+        dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        lr_schedule=lr_schedule,
+        optimizer=optimizer,
+        strategy=strategy,
+        precision=precision,
+    )
     tag = tag or dataset
     _registry._check_name("weight tag", tag)
     key = f"{spec.name}.{tag}"
@@ -437,8 +524,16 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
     _weights.check_entry_inputs(spec.name, tag, build_config)  # the entry's parts known now: refused now, not after
     tensors, n = _training_data(spec, dataset, build_config)
     steps_per_epoch = -(-n // batch_size)
-    args = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule, optimizer=optimizer,
-                strategy=strategy, precision=precision)
+    args = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        lr_schedule=lr_schedule,
+        optimizer=optimizer,
+        strategy=strategy,
+        precision=precision,
+    )
     run = _run_fingerprint(spec, dataset, build_config, **args)
 
     dist = _distribute.make_strategy(strategy)  # before any other TensorFlow work (multi-worker needs that)
@@ -449,25 +544,48 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
         _weights.check_writable(out)
     jit = _distribute.can_jit(dist)
     if not jit and verbose:
-        print(f"strategy {strategy!r} on CPU devices: the train step runs without XLA "
-              "(XLA refuses replicas' variables on other CPU devices).")
+        print(
+            f"strategy {strategy!r} on CPU devices: the train step runs without XLA "
+            "(XLA refuses replicas' variables on other CPU devices)."
+        )
     ckpts = checkpoint_lib.Checkpoints(out, key)
     with _run_lock(out, key) if chief else contextlib.nullcontext():
         keras.utils.set_random_seed(seed)
         with _distribute.precision_policy(precision), dist.scope():
             model, initial_epoch = _prepare_model(
-                spec, name, build_config, ckpts, run, resume=resume, chief=chief, jit=jit, optimizer=optimizer,
-                lr=lr, lr_schedule=lr_schedule, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose)
+                spec,
+                name,
+                build_config,
+                ckpts,
+                run,
+                resume=resume,
+                chief=chief,
+                jit=jit,
+                optimizer=optimizer,
+                lr=lr,
+                lr_schedule=lr_schedule,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                verbose=verbose,
+            )
         _check_model_input(spec, model, dataset, tensors)
         if chief:
             _check_space(out, model)
         if initial_epoch < epochs:
-            batches = _epoch_batches(spec, dataset, tensors, n, initial_epoch=initial_epoch, epochs=epochs,
-                                     batch_size=batch_size, seed=seed)
+            batches = _epoch_batches(
+                spec, dataset, tensors, n, initial_epoch=initial_epoch, epochs=epochs, batch_size=batch_size, seed=seed
+            )
             guard = _guard_callback(ckpts, run, chief=chief)
             with dist.scope(), _multiworker_keras_workaround(model, dist):
-                model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                          callbacks=[guard], shuffle=False, verbose=verbose)
+                model.fit(
+                    batches,
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=steps_per_epoch,
+                    callbacks=[guard],
+                    shuffle=False,
+                    verbose=verbose,
+                )
 
         metrics = evaluate(model, spec.kind, dataset, plain_calls=strategy == "multiworker")
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
@@ -475,9 +593,16 @@ def train(name, *, dataset, epochs, batch_size=128, lr=1e-3, seed=0, out, config
             raise TrainingError(f"training diverged: the test metrics are not finite ({bad}); {_kept(ckpts)}.")
         _check_finite_weights(model, f"at the end; {_kept(ckpts)}")
         entry = {
-            "model": spec.name, "tag": tag, "dataset": dataset, "split": "test", "metrics": metrics,
-            "config": build_config, "versions": _versions(), "device": _device(),
-            "strategy": _distribute.describe(strategy, dist), "seed": seed,
+            "model": spec.name,
+            "tag": tag,
+            "dataset": dataset,
+            "split": "test",
+            "metrics": metrics,
+            "config": build_config,
+            "versions": _versions(),
+            "device": _device(),
+            "strategy": _distribute.describe(strategy, dist),
+            "seed": seed,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "default": bool(default),
             "command": _command(name, dict(dataset=dataset, config=config, tag=tag, default=default, **args)),

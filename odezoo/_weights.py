@@ -72,9 +72,18 @@ ENTRY_FIELDS = {
 METRIC_NAMES = ("accuracy", "nll", "bits_per_dim", "kl")
 # Config keys that size a model, bounded so that a hostile entry is refused before anything is allocated
 # (the builders check types and lower bounds themselves, but accept e.g. num_classes=10**9).
-INT_BOUNDS = {"num_classes": (2, 100_000), "depth": (1, 2_000), "width": (1, 64), "channels": (1, 4_096),
-              "data_dim": (1, 100_000), "num_blocks": (1, 1_000), "num_steps": (1, 100_000),
-              "augment_dims": (0, 4_096), "eval_probes": (1, 1_000), "max_steps": (1, 10_000_000)}
+INT_BOUNDS = {
+    "num_classes": (2, 100_000),
+    "depth": (1, 2_000),
+    "width": (1, 64),
+    "channels": (1, 4_096),
+    "data_dim": (1, 100_000),
+    "num_blocks": (1, 1_000),
+    "num_steps": (1, 100_000),
+    "augment_dims": (0, 4_096),
+    "eval_probes": (1, 1_000),
+    "max_steps": (1, 10_000_000),
+}
 LIST_BOUNDS = {"input_shape": (4, 65_536, 1 << 28), "hidden": (64, 65_536, None)}  # max length, item, product
 
 
@@ -89,11 +98,14 @@ def zoo_dirs() -> list[str]:
     if user:
         path = os.path.abspath(user)
         if not os.path.exists(path):
-            raise ManifestError(f"{WEIGHTS_DIR_ENV}={user!r}: {path} does not exist "
-                                "(name a folder holding manifest.json, or unset it).")
+            raise ManifestError(
+                f"{WEIGHTS_DIR_ENV}={user!r}: {path} does not exist (name a folder holding manifest.json, or unset it)."
+            )
         if not os.path.isdir(path):
-            raise ManifestError(f"{WEIGHTS_DIR_ENV}={user!r}: {path} is not a folder "
-                                "(name a folder holding manifest.json, or unset it).")
+            raise ManifestError(
+                f"{WEIGHTS_DIR_ENV}={user!r}: {path} is not a folder "
+                "(name a folder holding manifest.json, or unset it)."
+            )
         dirs.append(path)
     dirs.append(shipped_dir())
     return dirs
@@ -104,6 +116,7 @@ def empty_manifest() -> dict:
 
 
 # --- reading: untrusted JSON -------------------------------------------------------------------------------
+
 
 class _Refused(ValueError):
     """Raised from inside the JSON parser's hooks."""
@@ -185,8 +198,9 @@ def _check_doc(doc, folder: str, path: str) -> dict:
             defaults.setdefault(entry["model"], []).append(entry["tag"])
     for model, tags in sorted(defaults.items()):
         if len(tags) > 1:
-            raise ManifestError(f"{path}: several default tags for {model!r} ({', '.join(sorted(tags))}); "
-                                "at most one per model.")
+            raise ManifestError(
+                f"{path}: several default tags for {model!r} ({', '.join(sorted(tags))}); at most one per model."
+            )
     return doc
 
 
@@ -212,8 +226,10 @@ def validate_entry(key, entry, folder, *, where="manifest"):
         _check_tree(value, where, (f"entry {key}", field), depth=3)
     for field in ("model", "tag"):
         if not NAME.fullmatch(entry[field]):
-            raise ManifestError(f"{where}: entry {key!r} field {field!r} ({entry[field]!r}) must be 1-100 letters, "
-                                "digits and _ . + - (not starting with . + -).")
+            raise ManifestError(
+                f"{where}: entry {key!r} field {field!r} ({entry[field]!r}) must be 1-100 letters, "
+                "digits and _ . + - (not starting with . + -)."
+            )
     if key != f"{entry['model']}.{entry['tag']}":
         raise ManifestError(f"{where}: entry {key!r} must be keyed '{entry['model']}.{entry['tag']}' (model.tag).")
     sha = entry["sha256"]
@@ -237,19 +253,24 @@ def _json_number(value) -> bool:
 def _check_metrics(key, metrics: dict, where: str) -> None:
     for name, value in metrics.items():
         if name not in METRIC_NAMES or not _json_number(value):
-            raise ManifestError(f"{where}: entry {key!r} field 'metrics' has a bad item {name!r}: {value!r} "
-                                f"(allowed names: {', '.join(METRIC_NAMES)}; numbers).")
+            raise ManifestError(
+                f"{where}: entry {key!r} field 'metrics' has a bad item {name!r}: {value!r} "
+                f"(allowed names: {', '.join(METRIC_NAMES)}; numbers)."
+            )
         if name == "accuracy" and not 0.0 <= value <= 1.0:
-            raise ManifestError(f"{where}: entry {key!r} metric accuracy={value!r} is outside [0, 1] "
-                                "(a fraction, not a percentage).")
+            raise ManifestError(
+                f"{where}: entry {key!r} metric accuracy={value!r} is outside [0, 1] (a fraction, not a percentage)."
+            )
 
 
 def _check_config(key, config: dict, where: str) -> None:
     """Bound the config keys that size a model (see INT_BOUNDS, LIST_BOUNDS); None is left to the builder."""
 
     def refuse(name, value, allowed):
-        raise ManifestError(f"{where}: entry {key!r} config {name}={value!r} is out of range "
-                            f"(allowed: {allowed}); refused before building.")
+        raise ManifestError(
+            f"{where}: entry {key!r} config {name}={value!r} is out of range "
+            f"(allowed: {allowed}); refused before building."
+        )
 
     for name, (low, high) in INT_BOUNDS.items():
         value = config.get(name)
@@ -260,9 +281,12 @@ def _check_config(key, config: dict, where: str) -> None:
         if value is None:
             continue
         allowed = f"a list of at most {length} ints in [1, {high}]" + (f", product <= {product}" if product else "")
-        if (not isinstance(value, (list, tuple)) or len(value) > length
-                or not all(_json_int(v) and 1 <= v <= high for v in value)
-                or (product and math.prod(value) > product)):
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) > length
+            or not all(_json_int(v) and 1 <= v <= high for v in value)
+            or (product and math.prod(value) > product)
+        ):
             refuse(name, value, allowed)
 
 
@@ -275,8 +299,10 @@ def check_entry_inputs(model: str, tag: str, config: dict) -> None:
     key, where = f"{model}.{tag}", "new entry"
     for field, value in (("model", model), ("tag", tag)):
         if not isinstance(value, str) or not NAME.fullmatch(value):
-            raise ManifestError(f"{where} {key!r}: {field} {value!r} must be 1-100 letters, digits and _ . + - "
-                                "(not starting with . + -).")
+            raise ManifestError(
+                f"{where} {key!r}: {field} {value!r} must be 1-100 letters, digits and _ . + - "
+                "(not starting with . + -)."
+            )
     if not isinstance(config, dict):
         raise ManifestError(f"{where} {key!r}: config must be a dict, got {type(config).__name__}.")
     _check_tree(config, where, (key, "config"), depth=3)
@@ -299,6 +325,7 @@ def resolve_file(key, file, folder, *, where="manifest") -> str:
 
 # --- lookup ------------------------------------------------------------------------------------------------
 
+
 def entries() -> dict:
     """``{"model.tag": entry}`` over all zoo folders, the user's winning on clashes."""
     merged = {}
@@ -310,7 +337,7 @@ def entries() -> dict:
 
 def list_tags(model: str) -> list[str]:
     prefix = model + "."
-    return sorted(k[len(prefix):] for k in entries() if k.startswith(prefix))
+    return sorted(k[len(prefix) :] for k in entries() if k.startswith(prefix))
 
 
 def find_entry(model: str, pretrained) -> dict:
@@ -327,6 +354,7 @@ def find_entry(model: str, pretrained) -> dict:
 
 
 # --- integrity and loading: read once, hash, load those bytes ---------------------------------------------
+
 
 def sha256_of(path: str) -> str:
     digest = hashlib.sha256()
@@ -353,7 +381,7 @@ def read_verified(entry: dict, copy_to: str | None = None) -> str:
         os.close(fd)
         raise WeightsIntegrityError(f"Weights {key}: {path} is not a regular file; nothing was loaded.")
     digest, head = hashlib.sha256(), b""
-    with os.fdopen(fd, "rb") as fh, (open(copy_to, "xb") if copy_to else contextlib.nullcontext()) as out:
+    with os.fdopen(fd, "rb") as fh, open(copy_to, "xb") if copy_to else contextlib.nullcontext() as out:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
             head = (head + chunk[:8])[:8]
@@ -363,10 +391,13 @@ def read_verified(entry: dict, copy_to: str | None = None) -> str:
     if actual != entry["sha256"]:
         raise WeightsIntegrityError(
             f"Weights {key}: {path} has sha256 {actual}, but the manifest expects {entry['sha256']}; "
-            "nothing was loaded.")
+            "nothing was loaded."
+        )
     if head != HDF5_SIGNATURE:
-        raise WeightsIntegrityError(f"Weights {key}: {path} matches its sha256 but is not an HDF5 file "
-                                    "(a Keras .weights.h5); nothing was loaded.")
+        raise WeightsIntegrityError(
+            f"Weights {key}: {path} matches its sha256 but is not an HDF5 file "
+            "(a Keras .weights.h5); nothing was loaded."
+        )
     return path
 
 
@@ -386,8 +417,9 @@ def first_line(exc: BaseException) -> str:
 
 def config_conflicts(config: dict, tag_config: dict) -> dict:
     """``{key: (given, tagged)}`` for the caller's keys whose values differ from the tag's config."""
-    return {k: (v, tag_config[k]) for k, v in config.items()
-            if k in tag_config and _normal(v) != _normal(tag_config[k])}
+    return {
+        k: (v, tag_config[k]) for k, v in config.items() if k in tag_config and _normal(v) != _normal(tag_config[k])
+    }
 
 
 def _normal(value):
@@ -395,6 +427,7 @@ def _normal(value):
 
 
 # --- writing: the zoo folder as a transaction log ----------------------------------------------------------
+
 
 def temp_path(folder: str, name: str) -> str:
     """A fresh temp path ``folder/.tmp-<pid>-<random>-<name>``; the pid tells a dead writer's leftovers."""
@@ -493,7 +526,7 @@ def _replace_file(path: str, data: bytes, mode: int) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
@@ -557,8 +590,10 @@ def _remove_unreferenced(folder: str, doc: dict, candidates) -> None:
 
 def _say_replaced(key: str, old) -> None:
     if old is not None:
-        print(f"odezoo: {key} replaces the entry written {old.get('date')} (sha {old.get('sha256', '')[:12]})",
-              file=sys.stderr)
+        print(
+            f"odezoo: {key} replaces the entry written {old.get('date')} (sha {old.get('sha256', '')[:12]})",
+            file=sys.stderr,
+        )
 
 
 def _hash_and_sync(path: str) -> str:
@@ -617,8 +652,10 @@ def commit(folder: str, entry: dict, weights_tmp: str) -> dict:
         with folder_lock(folder):
             return _commit_locked(folder, key, entry, weights_tmp)
     except OSError as exc:
-        raise OdezooError(f"Cannot commit {key} to {folder}: {exc.strerror or exc}; "
-                          "the previous manifest and its files are unchanged.") from exc
+        raise OdezooError(
+            f"Cannot commit {key} to {folder}: {exc.strerror or exc}; "
+            "the previous manifest and its files are unchanged."
+        ) from exc
     finally:
         _unlink_quietly(weights_tmp)  # already renamed on success
 

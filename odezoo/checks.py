@@ -29,8 +29,20 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
-    "bad_value", "check_keys", "is_int", "is_real", "integer", "positive_int", "non_negative_int",
-    "real", "finite", "positive", "non_negative", "choice", "shape", "boolean",
+    "bad_value",
+    "check_keys",
+    "is_int",
+    "is_real",
+    "integer",
+    "positive_int",
+    "non_negative_int",
+    "real",
+    "finite",
+    "positive",
+    "non_negative",
+    "choice",
+    "shape",
+    "boolean",
 ]
 
 
@@ -69,8 +81,15 @@ def _none_or(allow_none: bool, allowed: str) -> str:
     return ("None or " if allow_none else "") + allowed
 
 
-def integer(arg: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
-            allow_none: bool = False, allowed: str | None = None) -> int | None:
+def integer(
+    arg: str,
+    value: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+    allowed: str | None = None,
+) -> int | None:
     """An int in ``[minimum, maximum]`` (either bound optional)."""
     if value is None and allow_none:
         return None
@@ -83,8 +102,7 @@ def integer(arg: str, value: Any, *, minimum: int | None = None, maximum: int | 
             allowed = f"an int <= {maximum}"
         else:
             allowed = "an int"
-    if (not is_int(value) or (minimum is not None and value < minimum)
-            or (maximum is not None and value > maximum)):
+    if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise bad_value(arg, value, _none_or(allow_none, allowed))
     return int(value)
 
@@ -99,9 +117,17 @@ def non_negative_int(arg: str, value: Any, *, allow_none: bool = False) -> int |
     return integer(arg, value, minimum=0, allow_none=allow_none, allowed="an int >= 0")
 
 
-def real(arg: str, value: Any, *, finite: bool = True, minimum: float | None = None,
-         exclusive_minimum: float | None = None, maximum: float | None = None,
-         allow_none: bool = False, allowed: str | None = None) -> float | None:
+def real(
+    arg: str,
+    value: Any,
+    *,
+    finite: bool = True,
+    minimum: float | None = None,
+    exclusive_minimum: float | None = None,
+    maximum: float | None = None,
+    allow_none: bool = False,
+    allowed: str | None = None,
+) -> float | None:
     """A real number (finite unless ``finite=False``) within the given bounds."""
     if value is None and allow_none:
         return None
@@ -117,9 +143,13 @@ def real(arg: str, value: Any, *, finite: bool = True, minimum: float | None = N
     ok = is_real(value)
     if ok:
         v = float(value)
-        ok = ((not finite or math.isfinite(v)) and not math.isnan(v)
-              and (exclusive_minimum is None or v > exclusive_minimum)
-              and (minimum is None or v >= minimum) and (maximum is None or v <= maximum))
+        ok = (
+            (not finite or math.isfinite(v))
+            and not math.isnan(v)
+            and (exclusive_minimum is None or v > exclusive_minimum)
+            and (minimum is None or v >= minimum)
+            and (maximum is None or v <= maximum)
+        )
     if not ok:
         raise bad_value(arg, value, _none_or(allow_none, allowed))
     return float(value)
@@ -145,6 +175,7 @@ def choice(arg: str, value: Any, choices: Iterable[Any], *, allow_none: bool = F
     choices = list(choices)
     if value is None and allow_none:
         return None
+
     def same(c):
         try:
             return value is c or (type(value) is not bool and bool(value == c))

@@ -81,26 +81,42 @@ def parse_config(items) -> dict:
 def _cmd_train(args):
     from odezoo import _train
 
-    entry = _train.train(args.name, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed, out=args.out, config=parse_config(args.config), tag=args.tag,
-                         default=args.default, resume=args.resume, lr_schedule=args.lr_schedule,
-                         optimizer=args.optimizer, strategy=args.strategy, precision=args.precision,
-                         verbose=1 if sys.stdout.isatty() else 2)
+    entry = _train.train(
+        args.name,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        config=parse_config(args.config),
+        tag=args.tag,
+        default=args.default,
+        resume=args.resume,
+        lr_schedule=args.lr_schedule,
+        optimizer=args.optimizer,
+        strategy=args.strategy,
+        precision=args.precision,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     key = f"{entry['model']}.{entry['tag']}"
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items())
     if not entry["sha256"]:
         print(f"{key}: {metrics} on {entry['dataset']} {entry['split']} (a non-chief worker: nothing written)")
         return
-    print(f"{key}: {metrics} on {entry['dataset']} {entry['split']}; "
-          f"weights {os.path.join(args.out, entry['file'])}, manifest {os.path.join(args.out, 'manifest.json')}")
+    print(
+        f"{key}: {metrics} on {entry['dataset']} {entry['split']}; "
+        f"weights {os.path.join(args.out, entry['file'])}, manifest {os.path.join(args.out, 'manifest.json')}"
+    )
 
 
 def _cmd_eval(args):
     from odezoo import _train
 
     entry, measured = _train.eval_pretrained(args.name, args.pretrained)
-    rows = [[name, f"{value:.4f}", f"{entry['metrics'].get(name, float('nan')):.4f}"]
-            for name, value in measured.items()]
+    rows = [
+        [name, f"{value:.4f}", f"{entry['metrics'].get(name, float('nan')):.4f}"] for name, value in measured.items()
+    ]
     print(f"{entry['model']}.{entry['tag']} on {entry['dataset']} {entry['split']}")
     print(format_table(["metric", "measured", "manifest"], rows))
 
@@ -139,25 +155,42 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; write weights and a manifest entry into --out")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--dataset", required=True, help="digits, fashion_mnist, mnist, cifar10; flows: toy densities, digits")
+    p.add_argument(
+        "--dataset", required=True, help="digits, fashion_mnist, mnist, cifar10; flows: toy densities, digits"
+    )
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="adam (default) or sgd (momentum 0.9)")
-    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
-                   help="constant (default) or cosine decay to 0 over the run")
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=("constant", "cosine"),
+        help="constant (default) or cosine decay to 0 over the run",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for checkpoints, weights and manifest.json")
     p.add_argument("--config", action="append", metavar="KEY=VALUE", help="build config (repeatable; JSON values)")
     p.add_argument("--tag", help="manifest tag (default: the dataset's name)")
     p.add_argument("--default", action="store_true", help="mark the entry the model's default tag")
-    p.add_argument("--resume", action="store_true", help="continue this run from its newest checkpoint (refused, naming the differing keys, "
-                        "for another run's)")
-    p.add_argument("--strategy", default="default", choices=STRATEGIES,
-                   help="tf.distribute strategy: default (one device), mirrored (local devices), "
-                        "multiworker (cluster from TF_CONFIG), tpu; --batch-size is the global batch")
-    p.add_argument("--precision", default="float32", choices=PRECISIONS,
-                   help="Keras dtype policy for classifiers (ODE solves stay float32)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this run from its newest checkpoint (refused, naming the differing keys, for another run's)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="default",
+        choices=STRATEGIES,
+        help="tf.distribute strategy: default (one device), mirrored (local devices), "
+        "multiworker (cluster from TF_CONFIG), tpu; --batch-size is the global batch",
+    )
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="Keras dtype policy for classifiers (ODE solves stay float32)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="re-measure a pretrained model's metrics on its test split")

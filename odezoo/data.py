@@ -121,8 +121,10 @@ def _data_dir():
     if not folder:
         return None
     if not os.path.isdir(folder):
-        raise DataError(f"${DATA_DIR_ENV}={folder!r} is not a folder (missing or a file); "
-                        "point it at the folder that holds the datasets, or unset it.")
+        raise DataError(
+            f"${DATA_DIR_ENV}={folder!r} is not a folder (missing or a file); "
+            "point it at the folder that holds the datasets, or unset it."
+        )
     return folder
 
 
@@ -185,7 +187,7 @@ def _read_idx(path, item_shape=None):
             raw = fh.read(4 * head[3])
             if len(raw) < 4 * head[3]:
                 raise _fault(path, f"IDX header truncated ({head[3]} dimensions announced, {len(raw)} header bytes)")
-            dims = tuple(int.from_bytes(raw[i:i + 4], "big") for i in range(0, len(raw), 4))
+            dims = tuple(int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4))
             if item_shape is not None and (len(dims) != 1 + len(item_shape) or dims[1:] != tuple(item_shape)):
                 raise _fault(path, f"expected items of shape {tuple(item_shape)}; the header says {dims}")
             count = math.prod(dims)
@@ -211,8 +213,9 @@ def _find(folder, stem):
     return None
 
 
-FASHION_MNIST_FILES = {s: (f"{p}-images-idx3-ubyte", f"{p}-labels-idx1-ubyte") for s, p in
-                       (("train", "train"), ("test", "t10k"))}
+FASHION_MNIST_FILES = {
+    s: (f"{p}-images-idx3-ubyte", f"{p}-labels-idx1-ubyte") for s, p in (("train", "train"), ("test", "t10k"))
+}
 _FASHION_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 
 
@@ -242,13 +245,25 @@ def _fashion_mnist_paths(split):
         paths = [_find(folder, s) for s in stems]
         missing = [s + "[.gz]" for s, p in zip(stems, paths) if p is None]
         if missing:
-            raise DataError(f"{folder} holds part of Fashion-MNIST: missing {', '.join(missing)} "
-                            f"(the {split} split needs {stems[0]}[.gz] and {stems[1]}[.gz]).")
+            raise DataError(
+                f"{folder} holds part of Fashion-MNIST: missing {', '.join(missing)} "
+                f"(the {split} split needs {stems[0]}[.gz] and {stems[1]}[.gz])."
+            )
         return paths
-    hint = (f"install it with `apt-get install dataset-fashion-mnist`, or put {stems[0]}.gz and {stems[1]}.gz "
-            f"in ${DATA_DIR_ENV}/fashion-mnist ({_env_now()})")
-    return [_download("Fashion-MNIST", s + ".gz", hint, origin=_FASHION_ORIGIN + s + ".gz",
-                      cache_subdir=os.path.join("datasets", "fashion-mnist")) for s in stems]
+    hint = (
+        f"install it with `apt-get install dataset-fashion-mnist`, or put {stems[0]}.gz and {stems[1]}.gz "
+        f"in ${DATA_DIR_ENV}/fashion-mnist ({_env_now()})"
+    )
+    return [
+        _download(
+            "Fashion-MNIST",
+            s + ".gz",
+            hint,
+            origin=_FASHION_ORIGIN + s + ".gz",
+            cache_subdir=os.path.join("datasets", "fashion-mnist"),
+        )
+        for s in stems
+    ]
 
 
 def _fashion_mnist(split):
@@ -263,18 +278,19 @@ def _npz_member(zf, path, key, size):
     info = zf.getinfo(key + ".npy")
     stored = info.compress_type == zipfile.ZIP_STORED
     if info.compress_size > size or info.file_size > (
-            info.compress_size if stored else info.compress_size * _DEFLATE_MAX_RATIO):
+        info.compress_size if stored else info.compress_size * _DEFLATE_MAX_RATIO
+    ):
         raise _fault(path, f"{key}: zip entry claims {info.file_size} bytes, more than the archive can hold")
     with zf.open(info) as fh:
         version = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read_header(fh)
         if dtype.hasobject:
             raise _fault(path, f"{key} holds Python objects (dtype object); a data file holds numbers")
         if math.prod(shape) * dtype.itemsize > info.file_size:
-            raise _fault(path, f"{key}: header claims shape {shape} ({dtype}) but the entry holds {info.file_size} "
-                         "bytes")
+            raise _fault(
+                path, f"{key}: header claims shape {shape} ({dtype}) but the entry holds {info.file_size} bytes"
+            )
     with zf.open(info) as fh:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
@@ -300,11 +316,17 @@ _MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d
 
 
 def _mnist(split):
-    path = next((os.path.join(d, "mnist.npz") for d in _cache_dirs()
-                 if os.path.exists(os.path.join(d, "mnist.npz"))), None)
+    path = next(
+        (os.path.join(d, "mnist.npz") for d in _cache_dirs() if os.path.exists(os.path.join(d, "mnist.npz"))), None
+    )
     if path is None:
-        path = _download("MNIST", "mnist.npz", _where("mnist.npz (keras.datasets' format)"),
-                         origin=_MNIST_ORIGIN, file_hash=_MNIST_SHA256)
+        path = _download(
+            "MNIST",
+            "mnist.npz",
+            _where("mnist.npz (keras.datasets' format)"),
+            origin=_MNIST_ORIGIN,
+            file_hash=_MNIST_SHA256,
+        )
     arrays = _read_npz(path, (f"x_{split}", f"y_{split}"))
     x = _check_images(path, arrays[f"x_{split}"], INFO["mnist"]["shape"][:2], f"x_{split}")
     return x[..., None], _check_labels(path, arrays[f"y_{split}"], len(x), "mnist", f"y_{split}")
@@ -363,9 +385,13 @@ def _dtype(spec, align=False, copy=False):
 
 
 _CIFAR_GLOBALS = {
-    ("numpy", "ndarray"): _array_class_only, ("numpy", "dtype"): _dtype,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-    ("_codecs", "encode"): _latin1, ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes,
+    ("numpy", "ndarray"): _array_class_only,
+    ("numpy", "dtype"): _dtype,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -386,8 +412,11 @@ def _cifar_batch(path):
     if isinstance(labels, list) and all(type(v) is int for v in labels):  # checked before numpy sees it
         labels = np.asarray(labels, dtype=np.int64) if labels else np.zeros(0, np.int64)
     if not isinstance(labels, np.ndarray):
-        raise _fault(path, "labels must be a list of ints" + (
-            " (it holds other things)" if isinstance(labels, list) else f"; got {type(labels).__name__}"))
+        raise _fault(
+            path,
+            "labels must be a list of ints"
+            + (" (it holds other things)" if isinstance(labels, list) else f"; got {type(labels).__name__}"),
+        )
     labels = _check_labels(path, labels, len(data), "cifar10")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
@@ -405,27 +434,43 @@ def _batches_folder(folder):
 
 def _cifar10(split):
     # the archive's folder, or where keras.datasets.cifar10 itself extracts it
-    candidates = [os.path.join(d, sub) for d in _cache_dirs()
-                  for sub in ("cifar-10-batches-py", os.path.join("cifar-10-batches-py-target", "cifar-10-batches-py"))]
+    candidates = [
+        os.path.join(d, sub)
+        for d in _cache_dirs()
+        for sub in ("cifar-10-batches-py", os.path.join("cifar-10-batches-py-target", "cifar-10-batches-py"))
+    ]
     folder = next((c for c in candidates if os.path.isdir(c)), None)
     if folder is None:
-        hint = _where("the cifar-10-batches-py folder of cifar-10-python.tar.gz (data_batch_1 .. data_batch_5, "
-                      "test_batch)")
-        folder = _download("CIFAR-10", "cifar-10-batches-py", hint, origin=_CIFAR_ORIGIN, extract=True,
-                           file_hash=_CIFAR_SHA256)
+        hint = _where(
+            "the cifar-10-batches-py folder of cifar-10-python.tar.gz (data_batch_1 .. data_batch_5, test_batch)"
+        )
+        folder = _download(
+            "CIFAR-10", "cifar-10-batches-py", hint, origin=_CIFAR_ORIGIN, extract=True, file_hash=_CIFAR_SHA256
+        )
     folder = _batches_folder(folder)
     missing = [f for f in CIFAR10_FILES[split] if not os.path.isfile(os.path.join(folder, f))]
     if missing:
-        raise DataError(f"{folder} holds part of CIFAR-10: missing {', '.join(missing)} "
-                        f"(the {split} split needs {', '.join(CIFAR10_FILES[split])}).")
+        raise DataError(
+            f"{folder} holds part of CIFAR-10: missing {', '.join(missing)} "
+            f"(the {split} split needs {', '.join(CIFAR10_FILES[split])})."
+        )
     parts = [_cifar_batch(os.path.join(folder, f)) for f in CIFAR10_FILES[split]]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 # --------------------------------------------------------------------------- tf.data
-def dataset(name: str, split: str = "train", *, batch_size: int = 128, shuffle: bool | None = None,
-            augment: bool = False, normalize: bool = False, seed: int | None = 0, repeat: bool = False,
-            drop_remainder: bool = False) -> tf.data.Dataset:
+def dataset(
+    name: str,
+    split: str = "train",
+    *,
+    batch_size: int = 128,
+    shuffle: bool | None = None,
+    augment: bool = False,
+    normalize: bool = False,
+    seed: int | None = 0,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``(x, y)`` batches (float32 images), or ``x`` for toy densities.
 
     Args:
@@ -456,8 +501,7 @@ def dataset(name: str, split: str = "train", *, batch_size: int = 128, shuffle: 
             if augment:
                 h, w = images.shape[1], images.shape[2]
                 images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-                images = tf.image.random_crop(images, tf.stack([tf.shape(images)[0], h, w, images.shape[3]]),
-                                              seed=seed)
+                images = tf.image.random_crop(images, tf.stack([tf.shape(images)[0], h, w, images.shape[3]]), seed=seed)
                 flip = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < 0.5
                 images = tf.where(flip, tf.reverse(images, axis=[2]), images)
             if normalize:
@@ -555,8 +599,14 @@ def _swissroll(rng, n):
 
 
 _TOY = {
-    "8gaussians": _eight_gaussians, "checkerboard": _checkerboard, "pinwheel": _pinwheel,
-    "2spirals": _two_spirals, "moons": _moons, "rings": _rings, "circles": _circles, "swissroll": _swissroll,
+    "8gaussians": _eight_gaussians,
+    "checkerboard": _checkerboard,
+    "pinwheel": _pinwheel,
+    "2spirals": _two_spirals,
+    "moons": _moons,
+    "rings": _rings,
+    "circles": _circles,
+    "swissroll": _swissroll,
 }
 TOY_LOG_PROB = ("8gaussians", "checkerboard")
 

@@ -20,14 +20,27 @@ from odezoo._keras_hook import require_tensorflow as _require_tensorflow
 # The TensorFlow-only layers are imported on first use (the families stay backend-neutral);
 # under another Keras backend asking for one raises an error naming the backend it needs.
 
-__all__ = ["SchemeBlock", "SchemeStage", "ConvField", "ConvFieldFactory", "DownsampleBlock",
-           "Normalize", "ColumnSampler", "make_scheme", *_TF_ONLY]
+__all__ = [
+    "SchemeBlock",
+    "SchemeStage",
+    "ConvField",
+    "ConvFieldFactory",
+    "DownsampleBlock",
+    "Normalize",
+    "ColumnSampler",
+    "make_scheme",
+    *_TF_ONLY,
+]
 
 
 # ODE-Net's and FFJORD's own layers moved to their plugins (issue 13): the old names still resolve,
 # with a warning.
-_MOVED = {"ODEConvField": "odezoo.plugins.ode.model", "ODEClassifier": "odezoo.plugins.ode.model",
-          "FFJORDFlow": "odezoo.plugins.ffjord.flow", "TimeMLPField": "odezoo.plugins.ffjord.flow"}
+_MOVED = {
+    "ODEConvField": "odezoo.plugins.ode.model",
+    "ODEClassifier": "odezoo.plugins.ode.model",
+    "FFJORDFlow": "odezoo.plugins.ffjord.flow",
+    "TimeMLPField": "odezoo.plugins.ffjord.flow",
+}
 
 
 def __getattr__(name):
@@ -38,8 +51,11 @@ def __getattr__(name):
         if name in _MOVED:
             import warnings
 
-            warnings.warn(f"odezoo.layers.{name} moved to {_MOVED[name]}.{name} (its plugin); the old "
-                          "name will be removed.", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"odezoo.layers.{name} moved to {_MOVED[name]}.{name} (its plugin); the old name will be removed.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             return getattr(importlib.import_module(_MOVED[name]), name)
         return getattr(importlib.import_module(_TF_ONLY[name]), name)
     raise AttributeError(f"module 'odezoo.layers' has no attribute {name!r}")

@@ -43,7 +43,8 @@ def blocks_per_stage(depth) -> int:
     """n for depth = 6n + 2, or a ValueError naming the valid depths."""
     if not checks.is_int(depth) or depth < 8 or (depth - 2) % 6:
         raise bad_value(
-            "depth", depth,
+            "depth",
+            depth,
             "6n+2 with n >= 1, e.g. " + ", ".join(map(str, valid_depths(56))) + ", ..., 110",
         )
     return int(depth - 2) // 6
@@ -57,21 +58,24 @@ def normalization_layer(normalization, input_shape):
         normalization = "unit"
     if isinstance(normalization, str):
         if normalization not in NORMALIZATION:
-            raise bad_value("normalization", normalization,
-                            "'auto', None, (mean, std) or one of " + ", ".join(sorted(NORMALIZATION)))
+            raise bad_value(
+                "normalization",
+                normalization,
+                "'auto', None, (mean, std) or one of " + ", ".join(sorted(NORMALIZATION)),
+            )
         mean, std = NORMALIZATION[normalization]
     elif isinstance(normalization, (list, tuple)) and len(normalization) == 2:
         mean, std = normalization
     else:
-        raise bad_value("normalization", normalization,
-                        "'auto', None, (mean, std) or one of " + ", ".join(sorted(NORMALIZATION)))
+        raise bad_value(
+            "normalization", normalization, "'auto', None, (mean, std) or one of " + ", ".join(sorted(NORMALIZATION))
+        )
     return Normalize(mean, std, name="normalize")
 
 
 def check_input_shape(input_shape):
     shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else None
-    if (shape is None or len(shape) != 3
-            or not all(checks.is_int(d) and d > 0 for d in shape)):
+    if shape is None or len(shape) != 3 or not all(checks.is_int(d) and d > 0 for d in shape):
         raise bad_value("input_shape", input_shape, "(height, width, channels), positive ints, e.g. (32, 32, 3)")
     return tuple(int(d) for d in shape)
 
@@ -128,8 +132,9 @@ def residual_classifier(
 
     inputs = keras.Input(shape=input_shape, name="images")
     x = normalization_layer(normalization, input_shape)(inputs)
-    x = keras.layers.Conv2D(channels[0], 3, padding="same", use_bias=False,
-                            kernel_initializer="he_normal", name="stem_conv")(x)
+    x = keras.layers.Conv2D(
+        channels[0], 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv"
+    )(x)
     x = keras.layers.BatchNormalization(name="stem_bn", **bn)(x)
     x = keras.layers.Activation("relu", name="stem_relu")(x)
     column = None
@@ -138,24 +143,24 @@ def residual_classifier(
     g = 0
     for s, (c, count) in enumerate(zip(channels, counts)):
         if s > 0:
-            x = DownsampleBlock(c, weight_decay=weight_decay, synchronized=synchronized_bn,
-                                name=f"stage{s + 1}_down")(x)
+            x = DownsampleBlock(c, weight_decay=weight_decay, synchronized=synchronized_bn, name=f"stage{s + 1}_down")(
+                x
+            )
         if count == 0:
             continue
         blocks = []
         for b in range(count):
-            ctx = BlockContext(block=b, stage=s, stage_length=count, global_block=g,
-                               total_blocks=total, seed=seed)
-            blocks.append(SchemeBlock(scheme, factory, h=h, context=ctx,
-                                      name=f"stage{s + 1}_block{b + 1}", **scheme_options))
+            ctx = BlockContext(block=b, stage=s, stage_length=count, global_block=g, total_blocks=total, seed=seed)
+            blocks.append(
+                SchemeBlock(scheme, factory, h=h, context=ctx, name=f"stage{s + 1}_block{b + 1}", **scheme_options)
+            )
             g += 1
         stage = SchemeStage(blocks, stage=s, name=f"stage{s + 1}")
         x = stage(x, column) if column is not None else stage(x)
     x = keras.layers.BatchNormalization(name="head_bn", **bn)(x)
     x = keras.layers.Activation("relu", name="head_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier",
-                                 dtype="float32")(x)
+    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -168,10 +173,21 @@ def ode_classifier(**config):
     import importlib
     import warnings
 
-    warnings.warn("odezoo.nets.ode_classifier moved to odezoo.plugins.ode.model.ode_classifier (the ODE-Net "
-                  "plugin); the old name will be removed.", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "odezoo.nets.ode_classifier moved to odezoo.plugins.ode.model.ode_classifier (the ODE-Net "
+        "plugin); the old name will be removed.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return importlib.import_module("odezoo.plugins.ode").ode_classifier(**config)
 
 
-__all__ = ["residual_classifier", "ode_classifier", "blocks_per_stage", "valid_depths", "normalization_layer",
-           "NORMALIZATION", "check_input_shape"]
+__all__ = [
+    "residual_classifier",
+    "ode_classifier",
+    "blocks_per_stage",
+    "valid_depths",
+    "normalization_layer",
+    "NORMALIZATION",
+    "check_input_shape",
+]

@@ -10,9 +10,16 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def plot_density(flow: Any, data: ArrayLike, path: str, *, grid: int = 150,
-                 extent: tuple[float, float] | None = None, num_samples: int = 2000,
-                 seed: int | None = 0) -> str:
+def plot_density(
+    flow: Any,
+    data: ArrayLike,
+    path: str,
+    *,
+    grid: int = 150,
+    extent: tuple[float, float] | None = None,
+    num_samples: int = 2000,
+    seed: int | None = 0,
+) -> str:
     """Write one PNG: the data, the flow's learned density and its samples, side by side.
 
     Args:

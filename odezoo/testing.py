@@ -69,8 +69,9 @@ def _solve(scheme, fields, y0, t0, t1, n):
     return scheme.output(state)
 
 
-def convergence_slope(scheme: str | type[Scheme] | Scheme,
-                      steps: Sequence[int] | None = None) -> tuple[float, list[tuple[float, float]]]:
+def convergence_slope(
+    scheme: str | type[Scheme] | Scheme, steps: Sequence[int] | None = None
+) -> tuple[float, list[tuple[float, float]]]:
     """Log-log slope of the global error against h, with the errors measured.
 
     Step counts are chosen so the finest error stays well above float64
@@ -89,7 +90,7 @@ def convergence_slope(scheme: str | type[Scheme] | Scheme,
     else:
         init_y0 = y0
     ref = _flat(exact(t1))
-    candidates = steps or [2 ** k for k in range(3, 13)]
+    candidates = steps or [2**k for k in range(3, 13)]
     errs, hs = [], []
     for n in candidates:
         if init_y0 is None:
@@ -109,7 +110,8 @@ def convergence_slope(scheme: str | type[Scheme] | Scheme,
     if len(errs) < 2:
         raise AssertionError(
             f"the error is below round-off (1e-11) already at {candidates[0]} steps; pass larger `steps` "
-            "or a harder test_problem() to measure a convergence slope.")
+            "or a harder test_problem() to measure a convergence slope."
+        )
     # the asymptotic regime: the finest four step sizes kept
     hs_fit, errs_fit = np.log(hs[-4:]), np.log(errs[-4:])
     slope = float(np.polyfit(hs_fit, errs_fit, 1)[0])
@@ -174,8 +176,9 @@ def _check_network(scheme_obj, tmpdir):
     return "ok"
 
 
-def check_scheme(scheme: str | type[Scheme] | Scheme, *, tolerance: float = 0.3,
-                 network: bool = True) -> dict[str, Any]:
+def check_scheme(
+    scheme: str | type[Scheme] | Scheme, *, tolerance: float = 0.3, network: bool = True
+) -> dict[str, Any]:
     """Check a scheme against its declarations; raise ``AssertionError`` on a violation.
 
     1. ``step`` as a fixed-grid solver on y' = Ay + b·cos t in float64 (or the

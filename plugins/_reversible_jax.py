@@ -142,7 +142,8 @@ def stage_function(blocks, training, *, memory_saving=True):
                 # barrier ties the two, so XLA cannot rebuild the stage ahead of the chain.
                 carry = jax.lax.optimization_barrier(carry)
                 carry, grads[2 * i], grads[2 * i + 1] = block_backward(
-                    F, G, weights[2 * i], weights[2 * i + 1], stats[2 * i], stats[2 * i + 1], t, h, carry)
+                    F, G, weights[2 * i], weights[2 * i + 1], stats[2 * i], stats[2 * i + 1], t, h, carry
+                )
         _, _, d1, d2 = carry
         return grads, jax.tree_util.tree_map(_zero_cotangent, stats), d1, d2
 
@@ -152,10 +153,14 @@ def stage_function(blocks, training, *, memory_saving=True):
 
 def _uniform(blocks):
     """True when every block's F (and every G) matches the first block's: class, config, variables."""
+
     def signature(field):
         config = {k: v for k, v in field.get_config().items() if k != "name"}
-        return (type(field), repr(sorted(config.items())),
-                [(tuple(v.shape), str(v.dtype), v.trainable) for v in field.variables])
+        return (
+            type(field),
+            repr(sorted(config.items())),
+            [(tuple(v.shape), str(v.dtype), v.trainable) for v in field.variables],
+        )
 
     try:
         first = [signature(f) for f in blocks[0].fields[:2]]

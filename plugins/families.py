@@ -25,8 +25,16 @@ _DEPTHS = (20, 32, 44, 56, 110)
 
 # The build config every family shares, in signature order; "scheme" takes each family's default.
 SKELETON_DEFAULTS: Mapping[str, Any] = {
-    "depth": 20, "num_classes": 10, "input_shape": (32, 32, 3), "width": 1, "scheme": None, "h": 1.0,
-    "normalization": "auto", "seed": None, "weight_decay": 0.0, "synchronized_bn": False,
+    "depth": 20,
+    "num_classes": 10,
+    "input_shape": (32, 32, 3),
+    "width": 1,
+    "scheme": None,
+    "h": 1.0,
+    "normalization": "auto",
+    "seed": None,
+    "weight_decay": 0.0,
+    "synchronized_bn": False,
     "classifier_activation": "softmax",
 }
 
@@ -72,23 +80,26 @@ def _fractal_args(config: dict, scheme_options: dict) -> dict:
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "resnet", "euler",
+        "resnet",
+        "euler",
         paper="He, Zhang, Ren & Sun, Deep Residual Learning for Image Recognition, CVPR 2016",
         ode_reading="y_{n+1} = y_n + h·f(y_n): forward Euler for dy/dt = f(t, y), one field per block.",
         doc="ResNet for CIFAR (He et al. 2016): depth 6n+2, 16/32/64 channels; scheme ``euler``, order 1.",
     ),
     Family(
-        "polynet", "polyinception",
+        "polynet",
+        "polyinception",
         paper="Zhang, Li, Loy & Lin, PolyNet: A Pursuit of Structural Diversity in Very Deep Networks, CVPR 2017",
         ode_reading="y + F(y) + F(F(y)) ≈ (I − F)⁻¹y: a truncated series for a backward-Euler step, order 1.",
         doc="PolyNet-style CIFAR network (Zhang et al. 2017); scheme ``polyinception`` (variant poly2/mpoly2/way2).",
         depths=(20, 32, 56),
     ),
     Family(
-        "fractalnet", "fractal_rk",
+        "fractalnet",
+        "fractal_rk",
         paper="Larsson, Maire & Shakhnarovich, FractalNet: Ultra-Deep Neural Networks without Residuals, ICLR 2017",
         ode_reading="Joined columns f_{C+1} = join(f_C∘f_C, f_1) are a Runge-Kutta-like step; solver form Heun, "
-                    "order 2.",
+        "order 2.",
         doc="""FractalNet-style CIFAR network (Larsson et al. 2017); scheme ``fractal_rk``.
 
     Each block is a fractal block of ``columns`` columns (scheme option, default 2)
@@ -100,10 +111,11 @@ FAMILIES: tuple[Family, ...] = (
         skeleton_args=_fractal_args,
     ),
     Family(
-        "revnet", "reversible",
+        "revnet",
+        "reversible",
         paper="Gomez, Ren, Urtasun & Grosse, The Reversible Residual Network, NeurIPS 2017",
         ode_reading="(y1, y2) ← (y1 + F(y2), y2 + G(y1')): symplectic Euler for a partitioned system, order 1, "
-                    "exactly invertible.",
+        "exactly invertible.",
         doc="""RevNet-style CIFAR network (Gomez et al. 2017); scheme ``reversible``.
 
     F and G act on channel halves; in training each stage runs under one
@@ -111,9 +123,10 @@ FAMILIES: tuple[Family, ...] = (
     """,
     ),
     Family(
-        "lm_resnet", "linear_multistep",
+        "lm_resnet",
+        "linear_multistep",
         paper="Lu, Zhong, Li & Dong, Beyond Finite Layer Neural Networks: Bridging Deep Architectures and "
-              "Numerical Differential Equations, ICML 2018",
+        "Numerical Differential Equations, ICML 2018",
         ode_reading="u_{n+1} = (1−k_n)u_n + k_n u_{n−1} + f(u_n): a linear two-step method, order 1.",
         doc="""LM-ResNet for CIFAR (Lu et al. 2018); scheme ``linear_multistep`` with a trainable k_n per block.
 
@@ -130,7 +143,8 @@ def make_builder(family: Family) -> Callable[..., Any]:
     kw = inspect.Parameter.KEYWORD_ONLY
     signature = inspect.Signature(
         [inspect.Parameter(k, kw, default=v) for k, v in defaults.items()]
-        + [inspect.Parameter("scheme_options", inspect.Parameter.VAR_KEYWORD)])
+        + [inspect.Parameter("scheme_options", inspect.Parameter.VAR_KEYWORD)]
+    )
 
     def builder(**kwargs):
         bound = signature.bind(**kwargs)
@@ -148,8 +162,12 @@ def make_builder(family: Family) -> Callable[..., Any]:
 
 def _register(family: Family) -> Callable[..., Any]:
     return odezoo.register_model(
-        family.name, kind="classifier", family=family.name, paper=family.paper,
-        ode_reading=family.ode_reading, aliases=_aliases(family.name, family.depths),
+        family.name,
+        kind="classifier",
+        family=family.name,
+        paper=family.paper,
+        ode_reading=family.ode_reading,
+        aliases=_aliases(family.name, family.depths),
     )(make_builder(family))
 
 

@@ -56,7 +56,7 @@ class FractalRK(odezoo.Scheme):
         return y + (0.5 * h) * (k1 + k2)
 
     def block_fields(self, channels):
-        return [channels] * (2 ** self.columns - 1)
+        return [channels] * (2**self.columns - 1)
 
     def build_block(self, block):
         seed = None if block.context.seed is None else block.context.seed + 7919 * block.context.global_block

@@ -66,9 +66,11 @@ class LinearMultistep(odezoo.Scheme):
     def build_block(self, block):
         if block.context.block > 0:  # a stage's first block is an Euler step: no k_n
             self.k_n = block.add_weight(
-            shape=(), name="k", trainable=True,
-            initializer=keras.initializers.RandomUniform(-0.1, 0.0, seed=block.context.seed),
-        )
+                shape=(),
+                name="k",
+                trainable=True,
+                initializer=keras.initializers.RandomUniform(-0.1, 0.0, seed=block.context.seed),
+            )
         if self.p_L is not None:
             ctx = block.context
             self.survival = 1.0 - (ctx.global_block + 1) / ctx.total_blocks * (1.0 - self.p_L)

@@ -76,10 +76,12 @@ class Reversible(odezoo.Scheme):
         c = y0.shape[-1]
         if c is not None and c % 2:
             raise ValueError(f"The reversible scheme splits channels in half; got {c} channels (odd).")
-        return (y0[..., : c // 2], y0[..., c // 2:])
+        return (y0[..., : c // 2], y0[..., c // 2 :])
 
     def output(self, state):
-        return ops.concatenate(list(state), axis=-1) if not isinstance(state[0], np.ndarray) else np.concatenate(state, -1)
+        return (
+            ops.concatenate(list(state), axis=-1) if not isinstance(state[0], np.ndarray) else np.concatenate(state, -1)
+        )
 
     def block_fields(self, channels):
         return [channels // 2, channels // 2]
@@ -129,6 +131,7 @@ class Reversible(odezoo.Scheme):
 
 def _uniform_fields(blocks):
     """True when every block's fields hold variables of the same shapes, dtypes and roles."""
+
     def signature(b):
         return [[(tuple(v.shape), str(v.dtype), v.trainable) for v in f.variables] for f in b.fields]
 
@@ -245,8 +248,10 @@ def _tf_loop_backward(blocks, training, out, upstream, variables):
     n = len(blocks)
     fields = blocks[0].fields_for_training(training)
     templates = [list(f.variables) for f in blocks[0].fields]
-    stacks = [[tf.stack([b.fields[k].variables[j].value for b in blocks]) for j in range(len(vs))]
-              for k, vs in enumerate(templates)]
+    stacks = [
+        [tf.stack([b.fields[k].variables[j].value for b in blocks]) for j in range(len(vs))]
+        for k, vs in enumerate(templates)
+    ]
     trained = [[j for j, v in enumerate(vs) if v.trainable] for vs in templates]
     times = tf.stack([ops.convert_to_tensor(b.t) for b in blocks])
     steps = tf.constant([b.h for b in blocks], dtype=times.dtype)
@@ -275,10 +280,13 @@ def _tf_loop_backward(blocks, training, out, upstream, variables):
         arrays_g = [a.write(pos, w) for a, w in zip(arrays_g, gw)]
         return i + 1, z1 - f, x2, d1, d2, arrays_f, arrays_g
 
-    arrays = [[tf.TensorArray(stacks[k][j].dtype, size=n, element_shape=stacks[k][j].shape[1:])
-               for j in trained[k]] for k in range(2)]
+    arrays = [
+        [tf.TensorArray(stacks[k][j].dtype, size=n, element_shape=stacks[k][j].shape[1:]) for j in trained[k]]
+        for k in range(2)
+    ]
     *_, d1, d2, arrays_f, arrays_g = tf.while_loop(
-        lambda i, *_: i < n, body, (tf.constant(0), *out, *upstream, *arrays), parallel_iterations=1)
+        lambda i, *_: i < n, body, (tf.constant(0), *out, *upstream, *arrays), parallel_iterations=1
+    )
     table = {}
     for k, arrays_k in ((0, arrays_f), (1, arrays_g)):
         for j, array in zip(trained[k], arrays_k):

@@ -59,15 +59,20 @@ def check_import_and_errors():
     odezoo.list_models()
     out["tf_after_registry"] = _tf_imported()
     errors = {}
-    for what, ask in [("build_odenet", lambda: odezoo.build("odenet", input_shape=(8, 8, 1))),
-                      ("build_ffjord", lambda: odezoo.build("ffjord")),
-                      ("ODEBlock", lambda: odezoo.ODEBlock)]:
+    for what, ask in [
+        ("build_odenet", lambda: odezoo.build("odenet", input_shape=(8, 8, 1))),
+        ("build_ffjord", lambda: odezoo.build("ffjord")),
+        ("ODEBlock", lambda: odezoo.ODEBlock),
+    ]:
         try:
             ask()
             errors[what] = None
         except Exception as exc:  # noqa: BLE001 - reported to the test
-            errors[what] = {"type": type(exc).__name__, "odezoo": isinstance(exc, odezoo.OdezooError),
-                            "message": str(exc)}
+            errors[what] = {
+                "type": type(exc).__name__,
+                "odezoo": isinstance(exc, odezoo.OdezooError),
+                "message": str(exc),
+            }
     saved = os.environ.get("ODEZOO_TEST_SAVED_ODE_MODEL")  # a .keras file holding an ODEBlock, saved under TF
     if saved:
         import keras
@@ -76,8 +81,11 @@ def check_import_and_errors():
             keras.models.load_model(saved)
             errors["load_saved_rknet"] = None
         except Exception as exc:  # noqa: BLE001 - reported to the test
-            errors["load_saved_rknet"] = {"type": type(exc).__name__, "odezoo": isinstance(exc, odezoo.OdezooError),
-                                          "message": str(exc)}
+            errors["load_saved_rknet"] = {
+                "type": type(exc).__name__,
+                "odezoo": isinstance(exc, odezoo.OdezooError),
+                "message": str(exc),
+            }
     out["errors"] = errors
     out["tf_after_errors"] = _tf_imported()
     return out
@@ -145,6 +153,7 @@ def check_revnet_gradient(*, jit):
         def loss(weights, y1, y2):
             (o1, o2), new_stats = stage(weights, stats, y1, y2)
             return jnp.sum(o1 * r1) + jnp.sum(jnp.tanh(o2) * r2), new_stats
+
         return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
 
     custom = loss_of(_reversible_jax.stage_function(blocks, True))
@@ -162,12 +171,15 @@ def check_revnet_gradient(*, jit):
         gu, _ = (jax.jit(unrolled) if jit else unrolled)(weights, y1, y2)
     finally:
         _reversible_jax._uniform = uniform
-    rel += [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-            for a, b in zip(jax.tree_util.tree_leaves(gu), leaves_p)]
-    stats_diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(sc),
-                                                                      jax.tree_util.tree_leaves(sp)))
-    stats_moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(sc),
-                                                                       jax.tree_util.tree_leaves(stats)))
+    rel += [
+        float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(jax.tree_util.tree_leaves(gu), leaves_p)
+    ]
+    stats_diff = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(sc), jax.tree_util.tree_leaves(sp))
+    )
+    stats_moved = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(sc), jax.tree_util.tree_leaves(stats))
+    )
     # The exact inverse, block by block (inference mode: BatchNorm uses its moving statistics).
     state = (y1, y2)
     for b in blocks:
@@ -175,9 +187,14 @@ def check_revnet_gradient(*, jit):
     for b in reversed(blocks):
         state = b.scheme.inverse(b.fields_for_training(False), b.t, state, b.h)
     inverse_err = max(float(jnp.max(jnp.abs(state[0] - y1))), float(jnp.max(jnp.abs(state[1] - y2))))
-    return {"gradients": len(leaves_c), "expected_gradients": sum(map(len, weights)) + 2,
-            "max_rel_grad_diff": max(rel), "stats_diff": stats_diff, "stats_moved": stats_moved,
-            "inverse_max_err": inverse_err}
+    return {
+        "gradients": len(leaves_c),
+        "expected_gradients": sum(map(len, weights)) + 2,
+        "max_rel_grad_diff": max(rel),
+        "stats_diff": stats_diff,
+        "stats_moved": stats_moved,
+        "inverse_max_err": inverse_err,
+    }
 
 
 def check_revnet_train_step(*, jit_compile):
@@ -199,13 +216,20 @@ def check_revnet_train_step(*, jit_compile):
         if plain:
             reversible.run_stage = odezoo.Scheme.run_stage
         try:
-            model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          jit_compile=jit_compile)
+            model.compile(
+                keras.optimizers.SGD(0.1),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit_compile,
+            )
             model.train_on_batch(x, y)
         finally:
             reversible.run_stage = own
-        results.append(([np.asarray(v.value) for v in model.trainable_variables],
-                         [np.asarray(v.value) for v in model.non_trainable_variables]))
+        results.append(
+            (
+                [np.asarray(v.value) for v in model.trainable_variables],
+                [np.asarray(v.value) for v in model.non_trainable_variables],
+            )
+        )
     (wc, sc), (wp, sp) = results
     return {
         "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(wc, wp)),
@@ -224,8 +248,11 @@ def check_tensorflow_parts():
     model = odezoo.build("resnet", depth=8, input_shape=(8, 8, 1))
     model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=False)
     history = model.fit(odezoo.data.dataset("digits", batch_size=32), epochs=1, steps_per_epoch=2, verbose=0)
-    return {"odeint": [float(v) for v in np.asarray(y)], "odeint_type": type(y).__module__,
-            "dataset_fit_loss": float(history.history["loss"][-1])}
+    return {
+        "odeint": [float(v) for v in np.asarray(y)],
+        "odeint_type": type(y).__module__,
+        "dataset_fit_loss": float(history.history["loss"][-1]),
+    }
 
 
 def check_pretrained():
@@ -240,8 +267,11 @@ def check_pretrained():
         model = odezoo.build(name, pretrained=True)
         model.compile(jit_compile=False)
         pred = model.predict(x.astype("float32"), batch_size=360, verbose=0)
-        out[name] = {"accuracy": float(np.mean(np.argmax(pred, -1) == y)),
-                     "manifest": model.zoo_entry["metrics"]["accuracy"], "tag": model.zoo_entry["tag"]}
+        out[name] = {
+            "accuracy": float(np.mean(np.argmax(pred, -1) == y)),
+            "manifest": model.zoo_entry["metrics"]["accuracy"],
+            "tag": model.zoo_entry["tag"],
+        }
     out["tf_imported"] = _tf_imported()
     return out
 
@@ -259,13 +289,15 @@ def main(argv):
     with tempfile.TemporaryDirectory() as folder:
         if check == "default":
             result["import"] = _guard(check_import_and_errors)
-            result["families"] = {f"{n}{o or ''}": _guard(check_family, n, o, folder, jit_compile=False)
-                                  for n, o in CASES}
+            result["families"] = {
+                f"{n}{o or ''}": _guard(check_family, n, o, folder, jit_compile=False) for n, o in CASES
+            }
             result["revnet_gradient"] = _guard(check_revnet_gradient, jit=False)
             result["revnet_train_step"] = _guard(check_revnet_train_step, jit_compile=False)
         elif check == "jit":
-            result["families"] = {f"{n}{o or ''}": _guard(check_family, n, o, folder, jit_compile=True)
-                                  for n, o in CASES}
+            result["families"] = {
+                f"{n}{o or ''}": _guard(check_family, n, o, folder, jit_compile=True) for n, o in CASES
+            }
             result["revnet_gradient"] = _guard(check_revnet_gradient, jit=True)
             result["revnet_train_step"] = _guard(check_revnet_train_step, jit_compile=True)
             result["tensorflow_parts"] = _guard(check_tensorflow_parts)

@@ -40,8 +40,10 @@ for name in names:
             x, y = rng.integers(0, 17, (4, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 4)
     start = [v.numpy().copy() for v in model.trainable_variables]
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    good = {"iterations": int(model.optimizer.iterations.numpy()),
-            "weights_moved": any(not np.array_equal(a, v.numpy()) for a, v in zip(start, model.trainable_variables))}
+    good = {
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "weights_moved": any(not np.array_equal(a, v.numpy()) for a, v in zip(start, model.trainable_variables)),
+    }
     weights = [v.numpy().copy() for v in model.trainable_variables]
     slots = [np.array(v.numpy()).copy() for v in model.optimizer.variables]
     x[3].flat[0] = np.inf  # the batch of 4 splits 2 + 2: only the second replica sees it
@@ -51,7 +53,8 @@ for name in names:
     except odezoo.SolverError as e:
         raised = str(e)
     results[name] = {
-        "good": good, "raised": raised,
+        "good": good,
+        "raised": raised,
         "iterations": int(model.optimizer.iterations.numpy()),
         "weights_kept": all(np.array_equal(a, v.numpy()) for a, v in zip(weights, model.trainable_variables)),
         "optimizer_kept": all(np.array_equal(a, np.array(v.numpy())) for a, v in zip(slots, model.optimizer.variables)),

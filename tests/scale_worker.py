@@ -23,8 +23,17 @@ if mode == "mirrored":
 from odezoo import _train  # noqa: E402
 
 config = {"depth": 8} if model_name != "odenet" else {"channels": 32}
-kwargs = dict(dataset="digits", epochs=1, batch_size=256, lr=0.05, optimizer="sgd", seed=3, config=config, verbose=0,
-              return_model=True)
+kwargs = dict(
+    dataset="digits",
+    epochs=1,
+    batch_size=256,
+    lr=0.05,
+    optimizer="sgd",
+    seed=3,
+    config=config,
+    verbose=0,
+    return_model=True,
+)
 arrays = {}
 if mode == "mirrored":
     for strategy in ("default", "mirrored"):

@@ -169,11 +169,14 @@ def test_plugins_use_only_the_public_api():
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from odezoo import _registry\n", ["odezoo._registry"]),
-    ("import odezoo\n", ["odezoo"]),
-    ("def f():\n    from odezoo.checks import positive\n", ["odezoo.checks"]),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from odezoo import _registry\n", ["odezoo._registry"]),
+        ("import odezoo\n", ["odezoo"]),
+        ("def f():\n    from odezoo.checks import positive\n", ["odezoo.checks"]),
+    ],
+)
 def test_the_import_parser_sees_what_it_must(tmp_path, source, expected):
     """The checks above are only as good as the parser: module-level, from-imports and hidden ones."""
     path = tmp_path / "probe.py"

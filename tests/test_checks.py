@@ -8,20 +8,23 @@ import pytest
 from odezoo import checks
 
 
-@pytest.mark.parametrize("check, value, allowed", [
-    (checks.positive_int, 0, "a positive int"),
-    (checks.positive_int, True, "a positive int"),
-    (checks.positive_int, 2.0, "a positive int"),
-    (checks.non_negative_int, -1, "an int >= 0"),
-    (checks.positive, 0.0, "a finite positive float"),
-    (checks.positive, math.inf, "a finite positive float"),
-    (checks.positive, math.nan, "a finite positive float"),
-    (checks.positive, False, "a finite positive float"),
-    (checks.positive, "1e-3", "a finite positive float"),
-    (checks.finite, -math.inf, "a finite float"),
-    (checks.non_negative, -0.5, "a finite float >= 0"),
-    (checks.boolean, 1, "True or False"),
-])
+@pytest.mark.parametrize(
+    "check, value, allowed",
+    [
+        (checks.positive_int, 0, "a positive int"),
+        (checks.positive_int, True, "a positive int"),
+        (checks.positive_int, 2.0, "a positive int"),
+        (checks.non_negative_int, -1, "an int >= 0"),
+        (checks.positive, 0.0, "a finite positive float"),
+        (checks.positive, math.inf, "a finite positive float"),
+        (checks.positive, math.nan, "a finite positive float"),
+        (checks.positive, False, "a finite positive float"),
+        (checks.positive, "1e-3", "a finite positive float"),
+        (checks.finite, -math.inf, "a finite float"),
+        (checks.non_negative, -0.5, "a finite float >= 0"),
+        (checks.boolean, 1, "True or False"),
+    ],
+)
 def test_a_bad_value_is_named_with_what_is_allowed(check, value, allowed):
     with pytest.raises(ValueError) as info:
         check("arg", value)
@@ -55,7 +58,10 @@ def test_bounds_choices_and_shapes_name_the_valid_range():
 
 
 def test_unknown_config_keys_name_a_close_match_and_the_valid_ones():
-    with pytest.raises(TypeError, match=r"resnet got unexpected config key\(s\) 'dpeth' \(did you mean 'depth'\?\)\. "
-                                        r"Valid keys: depth, width\."):
+    with pytest.raises(
+        TypeError,
+        match=r"resnet got unexpected config key\(s\) 'dpeth' \(did you mean 'depth'\?\)\. "
+        r"Valid keys: depth, width\.",
+    ):
         checks.check_keys("resnet", ["dpeth"], ["width", "depth"])
     checks.check_keys("resnet", ["depth"], ["width", "depth"])  # no error for known keys

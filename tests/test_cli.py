@@ -125,8 +125,11 @@ def test_demo_end_to_end(tmp_path):
     table = out.split("== Pretrained classifiers")[1].split("== Pretrained FFJORD")[0]
     rows = [line.split() for line in table.splitlines()[3:] if line.strip() and not line.startswith("  ")]
     at_hand = {"digits"} | ({"fashion_mnist"} if odezoo.data.fashion_mnist_available() else set())
-    shipped = {(e["model"], e["tag"]) for e in _weights.entries().values()
-               if odezoo.describe(e["model"])["kind"] == "classifier" and e["dataset"] in at_hand}
+    shipped = {
+        (e["model"], e["tag"])
+        for e in _weights.entries().values()
+        if odezoo.describe(e["model"])["kind"] == "classifier" and e["dataset"] in at_hand
+    }
     assert shipped <= {(row[0], row[1]) for row in rows}  # test_zoo leaves the Fashion ones to this test
     for row in rows:
         assert abs(float(row[4]) - float(row[5])) <= 0.005, row
@@ -137,11 +140,15 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_train_scale_flags_reject_bad_values_in_one_line(capsys, tmp_path):
-    for flag, bad, choice in (("--strategy", "horovod", "multiworker"), ("--precision", "float16", "mixed_bfloat16"),
-                              ("--optimizer", "rmsprop", "sgd")):
+    for flag, bad, choice in (
+        ("--strategy", "horovod", "multiworker"),
+        ("--precision", "float16", "mixed_bfloat16"),
+        ("--optimizer", "rmsprop", "sgd"),
+    ):
         with pytest.raises(SystemExit) as info:
-            cli.main(["train", "resnet", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x"),
-                      flag, bad])
+            cli.main(
+                ["train", "resnet", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x"), flag, bad]
+            )
         out, err = capsys.readouterr()
         assert info.value.code == 2 and out == ""
         assert err.count("\n") == 1 and bad in err and choice in err

@@ -25,14 +25,20 @@ def test_digits_split_is_fixed_stratified_and_raw():
     # the two splits partition the 1,797 images
     from sklearn.datasets import load_digits
 
-    everything = {img.tobytes() + bytes([t]) for img, t in zip(load_digits().images.astype(np.uint8), load_digits().target)}
-    ours = {img[..., 0].tobytes() + bytes([t]) for img, t in zip(np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te]))}
+    everything = {
+        img.tobytes() + bytes([t]) for img, t in zip(load_digits().images.astype(np.uint8), load_digits().target)
+    }
+    ours = {
+        img[..., 0].tobytes() + bytes([t]) for img, t in zip(np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te]))
+    }
     assert ours == everything
 
 
 def test_load_does_not_import_tensorflow():
-    script = ("import sys, odezoo.data as d; x, y = d.load('digits', 'train'); "
-              "d.toy_density('8gaussians', 10, seed=0); print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    script = (
+        "import sys, odezoo.data as d; x, y = d.load('digits', 'train'); "
+        "d.toy_density('8gaussians', 10, seed=0); print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False False", out.stderr[-2000:]
 
@@ -76,8 +82,12 @@ def test_fashion_mnist_from_debian_package(monkeypatch):
 
 def test_mnist_reads_keras_npz_format(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
-    arrays = {"x_train": rng.integers(0, 256, (6, 28, 28)), "y_train": np.arange(6),
-              "x_test": rng.integers(0, 256, (3, 28, 28)), "y_test": np.arange(3)}
+    arrays = {
+        "x_train": rng.integers(0, 256, (6, 28, 28)),
+        "y_train": np.arange(6),
+        "x_test": rng.integers(0, 256, (3, 28, 28)),
+        "y_test": np.arange(3),
+    }
     np.savez(tmp_path / "mnist.npz", **{k: v.astype(np.uint8) for k, v in arrays.items()})
     monkeypatch.setenv("ODEZOO_DATA_DIR", str(tmp_path))
     x, y = data.load("mnist", "test")

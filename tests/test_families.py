@@ -46,8 +46,7 @@ def test_resnet_parameter_counts_match_the_paper(depth, params):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_lowers_loss_and_compiles_with_xla(family, tmp_path):
     model = odezoo.build(family, depth=8, input_shape=(8, 8, 1), seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
-                  jit_compile=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", jit_compile=True)
     x, y = _batch()
     losses = model.fit(x, y, epochs=6, batch_size=32, verbose=0).history["loss"]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -55,8 +54,7 @@ def test_training_lowers_loss_and_compiles_with_xla(family, tmp_path):
     path = str(tmp_path / f"{family}.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(np.asarray(model.predict(x, verbose=0)),
-                                  np.asarray(loaded.predict(x, verbose=0)))
+    np.testing.assert_array_equal(np.asarray(model.predict(x, verbose=0)), np.asarray(loaded.predict(x, verbose=0)))
 
 
 @pytest.mark.slow  # default suite under 10 min on 2 cores
@@ -78,8 +76,13 @@ def test_saved_models_load_in_a_fresh_process_after_import_odezoo(tmp_path):
             np.testing.assert_array_equal(model.predict(x, verbose=0), want)
         print("LOADED-OK")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert "LOADED-OK" in proc.stdout, proc.stderr[-3000:]
 
 
@@ -99,11 +102,13 @@ def test_any_registered_scheme_drives_a_family():
 def test_third_party_scheme_drives_a_family():
     name = "test_ssprk3_family"
     if name not in odezoo.list_schemes():
+
         @odezoo.register_scheme(name)
         class SSPRK3(odezoo.ExplicitRungeKutta):
             order = 3
             A = [[], [1.0], [0.25, 0.25]]
             b = [1 / 6, 1 / 6, 2 / 3]
+
     model = odezoo.build("resnet", depth=8, input_shape=(8, 8, 1), scheme=name)
     assert model(np.zeros((1, 8, 8, 1), "float32")).shape == (1, 10)
 
@@ -131,9 +136,13 @@ def test_wrong_input_shape_names_expected_shape():
 
 
 def test_describe_names_paper_scheme_and_order():
-    for family, scheme, order in [("resnet", "euler", 1), ("polynet", "polyinception", 1),
-                                  ("fractalnet", "fractal_rk", 2), ("revnet", "reversible", 1),
-                                  ("lm_resnet", "linear_multistep", 1)]:
+    for family, scheme, order in [
+        ("resnet", "euler", 1),
+        ("polynet", "polyinception", 1),
+        ("fractalnet", "fractal_rk", 2),
+        ("revnet", "reversible", 1),
+        ("lm_resnet", "linear_multistep", 1),
+    ]:
         info = odezoo.describe(family)
         assert (info["scheme"], info["order"], info["kind"]) == (scheme, order, "classifier")
         assert info["paper"] and info["ode_reading"]

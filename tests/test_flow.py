@@ -127,8 +127,9 @@ def test_save_load_round_trip_and_switching_trace_on_a_loaded_model(trained, tmp
     flow.save(path)
     loaded = keras.models.load_model(path)
     x = data.toy_density("8gaussians", 32, seed=2)
-    np.testing.assert_allclose(loaded.log_prob(x, trace="exact").numpy(),
-                               flow.log_prob(x, trace="exact").numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.log_prob(x, trace="exact").numpy(), flow.log_prob(x, trace="exact").numpy(), rtol=1e-5, atol=1e-5
+    )
     hutchinson = loaded.predict(x, verbose=0)  # Keras traces predict with the loaded model's trace
     loaded.trace, loaded.noise = "exact", "gaussian"
     assert loaded.get_config()["trace"] == "exact" and loaded.get_config()["noise"] == "gaussian"
@@ -141,7 +142,12 @@ def test_plot_density_writes_a_png(trained, tmp_path):
     from odezoo.plotting import plot_density
 
     flow, _, _ = trained
-    path = plot_density(flow, data.toy_density("8gaussians", 2000, seed=0), str(tmp_path / "d" / "density.png"),
-                        grid=60, num_samples=500)
+    path = plot_density(
+        flow,
+        data.toy_density("8gaussians", 2000, seed=0),
+        str(tmp_path / "d" / "density.png"),
+        grid=60,
+        num_samples=500,
+    )
     with open(path, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -20,8 +20,16 @@ pytestmark = pytest.mark.jax
 pytest.importorskip("jax", reason="JAX is not installed: pip install -e '.[jax]' to test the JAX backend")
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "_jax_checks.py")
-CASES = ["resnet", "polynet{'variant': 'poly2'}", "polynet{'variant': 'mpoly2'}", "polynet{'variant': 'way2'}",
-         "fractalnet", "revnet", "lm_resnet", "lm_resnet{'p_L': 0.8}"]
+CASES = [
+    "resnet",
+    "polynet{'variant': 'poly2'}",
+    "polynet{'variant': 'mpoly2'}",
+    "polynet{'variant': 'way2'}",
+    "fractalnet",
+    "revnet",
+    "lm_resnet",
+    "lm_resnet{'p_L': 0.8}",
+]
 STOCHASTIC = ["fractalnet", "lm_resnet{'p_L': 0.8}"]
 
 
@@ -30,11 +38,10 @@ def run_check(check, *, timeout, fast_compile=False, env=None):
     if fast_compile:
         # Tiny models: XLA's backend optimisation costs more than it saves here.
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    proc = subprocess.run([sys.executable, SCRIPT, check], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, SCRIPT, check], env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"{check} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["backend"] == "jax"
     return result
 

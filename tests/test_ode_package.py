@@ -28,10 +28,10 @@ def test_tableau_satisfies_its_order_conditions():
     # a few more of the conditions for order 5 (b) and 4 (b_hat): Σ b c^k = 1/(k+1)
     c = np.array(t.c)
     for k in range(t.order):
-        assert float(np.dot(t.b, c ** k)) == pytest.approx(1.0 / (k + 1), abs=1e-13)
+        assert float(np.dot(t.b, c**k)) == pytest.approx(1.0 / (k + 1), abs=1e-13)
     for k in range(t.embedded_order):
-        assert float(np.dot(t.b_hat, c ** k)) == pytest.approx(1.0 / (k + 1), abs=1e-13)
-    assert float(np.dot(t.b_hat, c ** t.embedded_order)) != pytest.approx(1.0 / (t.embedded_order + 1), abs=1e-6)
+        assert float(np.dot(t.b_hat, c**k)) == pytest.approx(1.0 / (k + 1), abs=1e-13)
+    assert float(np.dot(t.b_hat, c**t.embedded_order)) != pytest.approx(1.0 / (t.embedded_order + 1), abs=1e-6)
     assert t.fsal and t.a[-1] == t.b[:-1] and t.c[-1] == 1.0
     assert t.error_exponent == 0.2 and t.evaluations_per_step == 6
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -56,8 +56,9 @@ def test_controllers_are_objects_with_one_method_a_subclass_overrides():
     f = lambda t, y: [-y[0] * (1.0 + t)]  # noqa: E731
 
     def run(controller):  # eager: the while_loop runs in Python, one factors() call per step
-        out, info = ode.integrate(f, 0.0, [tf.constant([1.0], F64)], tf.constant([2.0], F64), rtol=1e-8,
-                                  atol=1e-10, controller=controller)
+        out, info = ode.integrate(
+            f, 0.0, [tf.constant([1.0], F64)], tf.constant([2.0], F64), rtol=1e-8, atol=1e-10, controller=controller
+        )
         return out[0][-1], info["steps"]
 
     exact = math.exp(-(2.0 + 2.0))
@@ -111,12 +112,15 @@ def test_flow_and_block_share_the_settings_and_status_mechanisms():
 
 
 # --------------------------------------------------------------------------- moved names
-@pytest.mark.parametrize("old, new", [
-    ("odezoo.layers:ODEConvField", "odezoo.plugins.ode.model:ODEConvField"),
-    ("odezoo.layers:ODEClassifier", "odezoo.plugins.ode.model:ODEClassifier"),
-    ("odezoo.layers:FFJORDFlow", "odezoo.plugins.ffjord.flow:FFJORDFlow"),
-    ("odezoo.layers:TimeMLPField", "odezoo.plugins.ffjord.flow:TimeMLPField"),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("odezoo.layers:ODEConvField", "odezoo.plugins.ode.model:ODEConvField"),
+        ("odezoo.layers:ODEClassifier", "odezoo.plugins.ode.model:ODEClassifier"),
+        ("odezoo.layers:FFJORDFlow", "odezoo.plugins.ffjord.flow:FFJORDFlow"),
+        ("odezoo.layers:TimeMLPField", "odezoo.plugins.ffjord.flow:TimeMLPField"),
+    ],
+)
 def test_a_name_moved_into_a_plugin_still_resolves_with_a_deprecation_warning(old, new):
     import importlib
 

@@ -21,8 +21,7 @@ class CountingField(keras.layers.Layer):
 
     def build(self, t_shape, y_shape):
         self.w = self.add_weight(shape=(y_shape[-1], y_shape[-1]), initializer="glorot_uniform", name="w")
-        self.calls = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False,
-                                     name="calls")
+        self.calls = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="calls")
 
     def call(self, t, y):
         self.calls.assign_add(1)
@@ -89,7 +88,7 @@ def test_nfe_counters_equal_true_calls(jit):
         with tf.GradientTape() as tape:
             y = block(x, training=True)
             forward = tf.identity(field.calls.value)
-            loss = tf.reduce_sum(y ** 2)
+            loss = tf.reduce_sum(y**2)
         grads = tape.gradient(loss, block.trainable_variables)
         return forward, tf.identity(field.calls.value), grads
 
@@ -173,7 +172,7 @@ def test_tfp_dopri5_block_nfe_and_gradient_match_dopri5():
         with tf.GradientTape() as tape:
             y = block(x)
             forward = int(field.calls.numpy())
-            loss = tf.reduce_sum(y ** 2)
+            loss = tf.reduce_sum(y**2)
         grads.append(tape.gradient(loss, field.w).numpy())
         outs.append(y.numpy())
         assert int(block.nfe_forward.numpy()) == forward

@@ -132,8 +132,9 @@ print(json.dumps({"y": model.predict(x, verbose=0).tolist(), "cls": type(model.g
 def _run(code, args, env_extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env_extra)
     env.pop("ODEZOO_DISABLE_PLUGIN_AUTOLOAD", None)
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -174,14 +175,19 @@ def test_a_class_for_another_backend_is_a_placeholder_naming_it(round_trip):
     assert "'jax' backend" in error["message"] and "'tensorflow'" in error["message"]
 
 
-@pytest.mark.parametrize("plugin, words", [
-    ("bad_string", ["PluginError", "Invalid value for `target`", "'scalerpkg/layers.Scale'", "module:ClassName"]),
-    ("bad_backend", ["PluginError", "Invalid value for `backend`", "'theano'"]),
-    ("missing", ["PluginError", "'km>Thing' cannot be imported from no_such_module_km:Thing",
-                 "ModuleNotFoundError"]),
-    ("unregistered", ["PluginError", "scalerpkg.layers:Plain", "register_keras_serializable(package='scalerpkg')"]),
-    ("clash", ["PluginError", "'odezoo>ODEBlock' is already declared by odezoo core"]),
-])
+@pytest.mark.parametrize(
+    "plugin, words",
+    [
+        ("bad_string", ["PluginError", "Invalid value for `target`", "'scalerpkg/layers.Scale'", "module:ClassName"]),
+        ("bad_backend", ["PluginError", "Invalid value for `backend`", "'theano'"]),
+        (
+            "missing",
+            ["PluginError", "'km>Thing' cannot be imported from no_such_module_km:Thing", "ModuleNotFoundError"],
+        ),
+        ("unregistered", ["PluginError", "scalerpkg.layers:Plain", "register_keras_serializable(package='scalerpkg')"]),
+        ("clash", ["PluginError", "'odezoo>ODEBlock' is already declared by odezoo core"]),
+    ],
+)
 def test_a_bad_declaration_fails_its_plugin_alone(round_trip, plugin, words):
     after = round_trip[1]
     error = after["failures"][plugin]
@@ -239,11 +245,14 @@ print(json.dumps({"cls": type(model).__module__ + "." + type(model).__name__,
 """
 
 
-@pytest.mark.parametrize("first", [
-    "odezoo.layers",
-    pytest.param("odezoo.ode.block", marks=pytest.mark.slow),
-    pytest.param("odezoo.plugins.ode.model", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "first",
+    [
+        "odezoo.layers",
+        pytest.param("odezoo.ode.block", marks=pytest.mark.slow),
+        pytest.param("odezoo.plugins.ode.model", marks=pytest.mark.slow),
+    ],
+)
 def test_a_module_of_odezoo_that_imports_keras_first_does_not_break_the_plugins(first):
     # Keras's import used to discover the plugins while `first` was half-built: the plugins that import
     # it were skipped (families, ode) and a saved ODE-Net did not load.
@@ -259,8 +268,13 @@ def test_a_third_party_module_that_imports_keras_then_odezoo_layers_loads_the_pl
     # for the next import (here one the script makes; a registry call would do too)
     (tmp_path / "authorpkg.py").write_text("import keras\nimport odezoo.layers\nfrom odezoo.layers import ConvField\n")
     (tmp_path / "authornext.py").write_text("")
-    code = FIRST_IMPORT.replace("import keras\nmodel", "import authornext  # noqa: F401  (a module not imported yet)\nimport keras\nmodel")
-    out = _run(code, ["authorpkg", str(REPO / "tests" / "fixtures" / "pre_move" / "odenet.keras")],
-               {"PYTHONPATH": os.pathsep.join(p for p in [str(tmp_path), os.environ.get("PYTHONPATH")] if p)})
+    code = FIRST_IMPORT.replace(
+        "import keras\nmodel", "import authornext  # noqa: F401  (a module not imported yet)\nimport keras\nmodel"
+    )
+    out = _run(
+        code,
+        ["authorpkg", str(REPO / "tests" / "fixtures" / "pre_move" / "odenet.keras")],
+        {"PYTHONPATH": os.pathsep.join(p for p in [str(tmp_path), os.environ.get("PYTHONPATH")] if p)},
+    )
     assert out["cls"] == "odezoo.plugins.ode.model.ODEClassifier"
     assert out["failures"] == [] and out["models"] == odezoo.list_models()

@@ -200,8 +200,20 @@ def test_example_plugin_package_installs_and_passes_its_own_test(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO / "examples" / "odezoo-ssprk3", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path / "target"
-    pip = _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                "--target", str(target), str(src)])
+    pip = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ]
+    )
     assert pip.returncode == 0, pip.stderr
     env = {"PYTHONPATH": os.pathsep.join(p for p in [str(target), os.environ.get("PYTHONPATH")] if p)}
     proc = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(src / "tests")], env)

@@ -303,8 +303,13 @@ def test_convergence_slope_explains_a_problem_solved_below_round_off():
             return y  # y' = 0 below is solved exactly
 
         def test_problem(self):
-            return {"fields": [lambda t, y: 0 * y], "y0": np.array([1.0]), "t0": 0.0, "t1": 1.0,
-                    "exact": lambda t: np.array([1.0])}
+            return {
+                "fields": [lambda t, y: 0 * y],
+                "y0": np.array([1.0]),
+                "t0": 0.0,
+                "t1": 1.0,
+                "exact": lambda t: np.array([1.0]),
+            }
 
     with pytest.raises(AssertionError, match="below round-off"):
         convergence_slope(Exact())
@@ -326,8 +331,14 @@ def test_scoped_registry_removes_what_was_registered_inside_and_keeps_the_rest()
     with odezoo.scoped_registry():
         odezoo.register_scheme("test_scoped")(toy)
         with odezoo.scoped_registry():  # scopes nest
-            odezoo.register_model("test_scoped_model", kind="classifier", family="test", paper="-",
-                                  ode_reading="-", aliases={"test_scoped_model8": {}})(lambda **config: None)
+            odezoo.register_model(
+                "test_scoped_model",
+                kind="classifier",
+                family="test",
+                paper="-",
+                ode_reading="-",
+                aliases={"test_scoped_model8": {}},
+            )(lambda **config: None)
             assert {"test_scoped_model", "test_scoped_model8"} <= set(odezoo.list_models())
         assert "test_scoped_model" not in odezoo.list_models() and "test_scoped_model8" not in odezoo.list_models()
         assert odezoo.get_scheme("test_scoped") is toy and toy.name == "test_scoped"

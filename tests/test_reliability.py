@@ -51,8 +51,22 @@ def plugin_dir(tmp_path_factory):
 
 
 def train_args(out, *extra, epochs=EPOCHS):
-    return ["rel_tiny", "--dataset", "digits", "--epochs", str(epochs), "--batch-size", "128", "--lr", "0.01",
-            "--seed", "4", "--out", str(out), *extra]
+    return [
+        "rel_tiny",
+        "--dataset",
+        "digits",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "128",
+        "--lr",
+        "0.01",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def run(plugin_dir, tmp_path, fault, args, *, wait=True):
@@ -106,12 +120,15 @@ def assert_same_run(out, res, reference):
     assert not os.path.exists(os.path.join(out, "rel_tiny.digits.ckpt"))  # cleaned after the commit
 
 
-@pytest.mark.parametrize("fault", [
-    pytest.param(f"batch:{STEPS_PER_EPOCH + 3}", id="kill-inside-epoch-2"),
-    pytest.param("before-commit:2", id="kill-before-checkpoint-2-commits", marks=pytest.mark.slow),
-    pytest.param("after-commit:2", id="kill-right-after-checkpoint-2-commits", marks=pytest.mark.slow),
-    pytest.param("before-weights", id="kill-after-training-before-the-weights-commit", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(f"batch:{STEPS_PER_EPOCH + 3}", id="kill-inside-epoch-2"),
+        pytest.param("before-commit:2", id="kill-before-checkpoint-2-commits", marks=pytest.mark.slow),
+        pytest.param("after-commit:2", id="kill-right-after-checkpoint-2-commits", marks=pytest.mark.slow),
+        pytest.param("before-weights", id="kill-after-training-before-the-weights-commit", marks=pytest.mark.slow),
+    ],
+)
 def test_kill_then_resume_equals_the_uninterrupted_run(plugin_dir, tmp_path, reference, fault):
     out = tmp_path / "out"
     code, _, _ = run(plugin_dir, tmp_path, fault, train_args(out))
@@ -162,8 +179,9 @@ def interrupted_run(out, after_batches):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_train, "_guard_callback", interrupting)
         with pytest.raises(KeyboardInterrupt):
-            _train.train("rel_tiny", dataset="digits", epochs=EPOCHS, batch_size=128, lr=0.01, seed=4, out=str(out),
-                         verbose=0)
+            _train.train(
+                "rel_tiny", dataset="digits", epochs=EPOCHS, batch_size=128, lr=0.01, seed=4, out=str(out), verbose=0
+            )
 
 
 def test_resume_refuses_another_runs_checkpoint(tmp_path, capsys):
@@ -181,13 +199,16 @@ def test_resume_refuses_another_runs_checkpoint(tmp_path, capsys):
     assert not os.path.exists(out / "manifest.json")
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--lr", "inf"], "lr=inf"),
-    (["--lr", "nan"], "lr=nan"),
-    (["--lr", "-1"], "lr=-1.0"),
-    (["--config", "num_classes=2"], "labels lie in [0, 9], outside [0, 2) for num_classes=2"),
-    (["--config", "input_shape=[4, 4, 1]"], "images have shape (8, 8, 1), but the model is built for"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lr", "inf"], "lr=inf"),
+        (["--lr", "nan"], "lr=nan"),
+        (["--lr", "-1"], "lr=-1.0"),
+        (["--config", "num_classes=2"], "labels lie in [0, 9], outside [0, 2) for num_classes=2"),
+        (["--config", "input_shape=[4, 4, 1]"], "images have shape (8, 8, 1), but the model is built for"),
+    ],
+)
 def test_bad_training_input_is_refused_before_training(tmp_path, capsys, extra, message):
     out = tmp_path / "out"
     status, errors = odezoo_cli(capsys, ["train"] + train_args(out, *extra))
@@ -207,9 +228,25 @@ def test_divergence_stops_the_run_and_writes_no_entry(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_diverging_flow_stops_the_run_and_writes_no_entry(tmp_path, capsys):
     out = tmp_path / "out"
-    status, errors = odezoo_cli(capsys, ["train", "ffjord", "--dataset", "8gaussians", "--epochs", "1",
-                                         "--batch-size", "512", "--lr", "1e9", "--out", str(out),
-                                         "--config", "hidden=[16, 16]"])
+    status, errors = odezoo_cli(
+        capsys,
+        [
+            "train",
+            "ffjord",
+            "--dataset",
+            "8gaussians",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "512",
+            "--lr",
+            "1e9",
+            "--out",
+            str(out),
+            "--config",
+            "hidden=[16, 16]",
+        ],
+    )
     # a NaN NLL is the guard's "training diverged"; a NaN state inside the solve is the flow's SolverError
     assert status == 2 and len(errors) == 1, errors
     assert "training diverged at epoch 1" in errors[0] or "NaN or Inf" in errors[0], errors
@@ -257,8 +294,10 @@ def test_concurrent_runs_into_one_folder_keep_every_entry(plugin_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     # each run sleeps 3 s inside the manifest's locked section: without the lock one entry would be lost
-    procs = [run(plugin_dir, tmp_path, "slow-commit:3", train_args(out, "--tag", tag, "--epochs", "1"), wait=False)
-             for tag in ("a", "b", "c")]
+    procs = [
+        run(plugin_dir, tmp_path, "slow-commit:3", train_args(out, "--tag", tag, "--epochs", "1"), wait=False)
+        for tag in ("a", "b", "c")
+    ]
     results = [finish(*p) for p in procs]
     assert [code for code, _, _ in results] == [0, 0, 0], [err[-1500:] for _, _, err in results]
     entries = manifest(out)

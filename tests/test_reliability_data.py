@@ -131,17 +131,39 @@ def test_cifar_real_format_still_loads(tmp_path, monkeypatch, protocol):
 
 def _py2_batch(data, labels):
     """A batch byte for byte as Python 2's cPickle (protocol 2) wrote CIFAR-10: str as BINSTRING, numpy.core."""
+
     def s(b):
         return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
 
     n, w = data.shape
-    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
-             + b"(K\x01M" + struct.pack("<H", n) + b"M" + struct.pack("<H", w) + b"\x86"
-             + b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R(K\x03" + s(b"|")
-             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89" + s(data.tobytes()) + b"tb")
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + s(b"b")
+        + b"\x87R"
+        + b"(K\x01M"
+        + struct.pack("<H", n)
+        + b"M"
+        + struct.pack("<H", w)
+        + b"\x86"
+        + b"cnumpy\ndtype\n"
+        + s(b"u1")
+        + b"K\x00K\x01\x87R(K\x03"
+        + s(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+        + s(data.tobytes())
+        + b"tb"
+    )
     labels = b"](" + b"".join(b"K" + bytes([int(v)]) for v in labels) + b"e"
-    return (b"\x80\x02}(" + s(b"batch_label") + s(b"testing batch 1 of 1") + s(b"data") + array
-            + s(b"labels") + labels + b"u.")
+    return (
+        b"\x80\x02}("
+        + s(b"batch_label")
+        + s(b"testing batch 1 of 1")
+        + s(b"data")
+        + array
+        + s(b"labels")
+        + labels
+        + b"u."
+    )
 
 
 def test_cifar_python2_pickle_as_shipped_loads(tmp_path, monkeypatch):
@@ -166,15 +188,18 @@ def test_cifar_truncated_or_junk_batch(tmp_path, monkeypatch):
     _raises_one_line("test_batch", data.load, "cifar10", "test")
 
 
-@pytest.mark.parametrize("change, match", [
-    ({b"labels": [0, 1, 10]}, r"label 10.*\[0, 10\)"),
-    ({b"labels": [0, 1, -1]}, r"label -1"),
-    ({b"labels": [0, 1]}, r"2 labels.*3 images"),
-    ({b"labels": ["a", "b", "c"]}, r"labels"),
-    ({b"data": np.zeros((3, 3071), np.uint8)}, r"\(3, 3071\)"),
-    ({b"data": np.zeros((3, 3072), np.float32)}, r"float32"),
-    ({b"data": None}, r"data"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({b"labels": [0, 1, 10]}, r"label 10.*\[0, 10\)"),
+        ({b"labels": [0, 1, -1]}, r"label -1"),
+        ({b"labels": [0, 1]}, r"2 labels.*3 images"),
+        ({b"labels": ["a", "b", "c"]}, r"labels"),
+        ({b"data": np.zeros((3, 3071), np.uint8)}, r"\(3, 3071\)"),
+        ({b"data": np.zeros((3, 3072), np.float32)}, r"float32"),
+        ({b"data": None}, r"data"),
+    ],
+)
 def test_cifar_bad_contents(tmp_path, monkeypatch, change, match):
     batch = {**_cifar_dict(), **change}
     _cifar_folder(_data_dir(tmp_path, monkeypatch), batch=batch, files=["test_batch"])
@@ -275,12 +300,14 @@ def test_fashion_wrong_image_shape(tmp_path, monkeypatch):
 def _corrupt_gz(payload):
     gz = bytearray(gzip.compress(payload))
     mid = len(gz) // 2
-    gz[mid:mid + 8] = bytes(255 - b for b in gz[mid:mid + 8])
+    gz[mid : mid + 8] = bytes(255 - b for b in gz[mid : mid + 8])
     return bytes(gz)
 
 
-@pytest.mark.parametrize("kind", ["truncated-gz", "corrupt-gz", "not-gzip", "empty", "bad-magic",
-                                  "short-header", "truncated-body", "extra-bytes"])
+@pytest.mark.parametrize(
+    "kind",
+    ["truncated-gz", "corrupt-gz", "not-gzip", "empty", "bad-magic", "short-header", "truncated-body", "extra-bytes"],
+)
 def test_idx_faults_are_one_line_data_errors(tmp_path, monkeypatch, kind):
     folder, x, _ = _fashion_folder(_data_dir(tmp_path, monkeypatch), n=50)
     good = _idx_bytes(x)
@@ -317,8 +344,12 @@ def test_idx_absurd_header_is_refused_before_allocating(tmp_path, gz):
 # --------------------------------------------------------------------------- MNIST npz
 def _mnist_arrays(n=5):
     rng = np.random.default_rng(4)
-    return {"x_train": rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), "y_train": np.arange(n, dtype=np.uint8),
-            "x_test": rng.integers(0, 256, (3, 28, 28)).astype(np.uint8), "y_test": np.arange(3, dtype=np.uint8)}
+    return {
+        "x_train": rng.integers(0, 256, (n, 28, 28)).astype(np.uint8),
+        "y_train": np.arange(n, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (3, 28, 28)).astype(np.uint8),
+        "y_test": np.arange(3, dtype=np.uint8),
+    }
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -331,15 +362,18 @@ def test_mnist_truncated_or_junk_npz(tmp_path, monkeypatch, compressed):
         _raises_one_line("mnist.npz", data.load, "mnist", "test")
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"y_test": None}, r"missing y_test"),
-    ({"x_test": np.zeros((3, 28, 27), np.uint8)}, r"x_test.*\(3, 28, 27\)"),
-    ({"x_test": np.zeros((3, 28, 28), np.float64)}, r"x_test.*float64"),
-    ({"y_test": np.array([0.5, 1, 2])}, r"y_test.*float64"),
-    ({"y_test": np.array([0, 1, 10], np.uint8)}, r"y_test.*label 10"),
-    ({"y_test": np.array([0, 1], np.uint8)}, r"2 labels.*3 images"),
-    ({"x_test": np.array([None, 1, 2], dtype=object)}, r"x_test.*object"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"y_test": None}, r"missing y_test"),
+        ({"x_test": np.zeros((3, 28, 27), np.uint8)}, r"x_test.*\(3, 28, 27\)"),
+        ({"x_test": np.zeros((3, 28, 28), np.float64)}, r"x_test.*float64"),
+        ({"y_test": np.array([0.5, 1, 2])}, r"y_test.*float64"),
+        ({"y_test": np.array([0, 1, 10], np.uint8)}, r"y_test.*label 10"),
+        ({"y_test": np.array([0, 1], np.uint8)}, r"2 labels.*3 images"),
+        ({"x_test": np.array([None, 1, 2], dtype=object)}, r"x_test.*object"),
+    ],
+)
 def test_mnist_bad_contents(tmp_path, monkeypatch, change, match):
     arrays = {k: v for k, v in {**_mnist_arrays(), **change}.items() if v is not None}
     path = _data_dir(tmp_path, monkeypatch) / "mnist.npz"
@@ -357,8 +391,7 @@ def test_mnist_absurd_npy_header_is_refused_before_allocating(tmp_path, monkeypa
     del arrays["x_test"]
     np.savez(path, **arrays)
     member = io.BytesIO()
-    np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
-                                                  "shape": (10**8, 28, 28)})
+    np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": (10**8, 28, 28)})
     with zipfile.ZipFile(path, "a") as zf:
         zf.writestr("x_test.npy", member.getvalue() + bytes(100))
     tracemalloc.start()
@@ -381,12 +414,22 @@ def test_mnist_bad_copy_in_data_dir_is_not_skipped_for_the_keras_cache(tmp_path,
 
 
 # --------------------------------------------------------------------------- absent, offline
-@pytest.mark.parametrize("name, files", [
-    ("mnist", ["mnist.npz", "ODEZOO_DATA_DIR", ".keras/datasets"]),
-    ("cifar10", ["cifar-10-batches-py", "data_batch_1", "test_batch", "ODEZOO_DATA_DIR"]),
-    ("fashion_mnist", ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "ODEZOO_DATA_DIR/fashion-mnist",
-                       "dataset-fashion-mnist"]),
-])
+@pytest.mark.parametrize(
+    "name, files",
+    [
+        ("mnist", ["mnist.npz", "ODEZOO_DATA_DIR", ".keras/datasets"]),
+        ("cifar10", ["cifar-10-batches-py", "data_batch_1", "test_batch", "ODEZOO_DATA_DIR"]),
+        (
+            "fashion_mnist",
+            [
+                "train-images-idx3-ubyte.gz",
+                "train-labels-idx1-ubyte.gz",
+                "ODEZOO_DATA_DIR/fashion-mnist",
+                "dataset-fashion-mnist",
+            ],
+        ),
+    ],
+)
 def test_absent_offline_says_where_to_put_the_files(tmp_path, monkeypatch, name, files):
     _data_dir(tmp_path, monkeypatch)
     msg = _raises_one_line("could not be downloaded.*URL fetch failure", data.load, name, "train")
@@ -429,9 +472,11 @@ def test_file_loaders_do_not_import_tensorflow(tmp_path):
     _fashion_folder(root)
     np.savez(root / "mnist.npz", **_mnist_arrays())
     _cifar_folder(root)
-    script = ("import sys, odezoo.data as d\n"
-              "for name in ('fashion_mnist', 'mnist', 'cifar10'): d.load(name, 'test')\n"
-              "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    script = (
+        "import sys, odezoo.data as d\n"
+        "for name in ('fashion_mnist', 'mnist', 'cifar10'): d.load(name, 'test')\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
     env = {**os.environ, "ODEZOO_DATA_DIR": str(root)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.strip() == "False False", out.stderr[-2000:]

@@ -35,8 +35,9 @@ def _assert_unchanged(model, before, iterations):
     assert int(model.optimizer.iterations.numpy()) == iterations
 
 
-def _entry_points(model, x, y, fail, names=("train_on_batch", "fit", "test_on_batch", "evaluate",
-                                             "predict_on_batch", "predict")):
+def _entry_points(
+    model, x, y, fail, names=("train_on_batch", "fit", "test_on_batch", "evaluate", "predict_on_batch", "predict")
+):
     """Keras entry points on a batch whose solve fails: SolverError each time, and no update."""
     before = _snapshot(model)
     iterations = int(model.optimizer.iterations.numpy())
@@ -63,10 +64,13 @@ def test_odenet_failed_solve_applies_no_update_and_every_entry_point_raises():
     _entry_points(model, x, y, fail=r"status 1.*max_steps=1")
 
 
-@pytest.mark.parametrize("names", [
-    ("train_on_batch", "fit"),  # one compiled train step: the default suite's share
-    pytest.param(("test_on_batch", "evaluate", "predict_on_batch", "predict"), marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("train_on_batch", "fit"),  # one compiled train step: the default suite's share
+        pytest.param(("test_on_batch", "evaluate", "predict_on_batch", "predict"), marks=pytest.mark.slow),
+    ],
+)
 def test_rknet_non_finite_state_is_a_solver_error_and_a_good_batch_still_trains(names):
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 17, (4, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 4)
@@ -131,8 +135,9 @@ def test_an_unknown_solver_name_set_on_a_block_is_refused_and_not_kept():
     assert block.solver == "dopri5" and block.get_config()["solver"] == "dopri5"
 
 
-@pytest.mark.parametrize("arg", ["rtol", "atol", "adjoint_rtol", "adjoint_atol", "first_step_size",
-                                 "safety", "ifactor", "dfactor"])
+@pytest.mark.parametrize(
+    "arg", ["rtol", "atol", "adjoint_rtol", "adjoint_atol", "first_step_size", "safety", "ifactor", "dfactor"]
+)
 def test_dormand_prince_refuses_non_finite_options(arg):
     with pytest.raises(ValueError, match=rf"Received: {arg}=inf"):
         DormandPrince(**{arg: INF})
@@ -194,8 +199,15 @@ def test_out_of_order_run_time_times_have_their_own_status(solver):
 
     @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([2], F64)])
     def run(t):
-        return ode.solve(lambda tt, y: -y, tf.constant([[1.0]], F64), tf.constant(0.0, F64), t,
-                                      solver=solver, guard=guard, batch_axis=0)
+        return ode.solve(
+            lambda tt, y: -y,
+            tf.constant([[1.0]], F64),
+            tf.constant(0.0, F64),
+            t,
+            solver=solver,
+            guard=guard,
+            batch_axis=0,
+        )
 
     ys, info = run(tf.constant([1.0, 0.5], F64))
     assert np.all(np.isnan(ys.numpy())) and int(info["reason"]) == ode_status.UNORDERED
@@ -203,15 +215,17 @@ def test_out_of_order_run_time_times_have_their_own_status(solver):
     np.testing.assert_allclose(ys.numpy()[:, 0, 0], np.exp(-np.array([0.5, 1.0])), rtol=1e-2)
     assert int(info["reason"]) == ode_status.OK
     with pytest.raises(odezoo.SolverError, match=r"status 4 \(the solution times are out of order"):
-        ode.raise_for_status(info["reason"] * 0 + ode_status.UNORDERED, rtol=1e-7, atol=1e-9,
-                                 time_reached=0.0, num_steps=0)
+        ode.raise_for_status(
+            info["reason"] * 0 + ode_status.UNORDERED, rtol=1e-7, atol=1e-9, time_reached=0.0, num_steps=0
+        )
 
 
 def test_run_time_out_of_order_reason_from_integrate():
     @tf.function(jit_compile=True)
     def run(t):
-        return ode.integrate(lambda tt, y: [-y[0]], tf.constant(0.0, F64), [tf.constant([1.0], F64)], t,
-                                 rtol=1e-6, atol=1e-9)[1]["reason"]
+        return ode.integrate(
+            lambda tt, y: [-y[0]], tf.constant(0.0, F64), [tf.constant([1.0], F64)], t, rtol=1e-6, atol=1e-9
+        )[1]["reason"]
 
     assert int(run(tf.constant([1.0, 0.5], F64))) == ode_status.UNORDERED
     assert int(run(tf.constant([0.5, 1.0], F64))) == ode_status.OK
@@ -235,8 +249,9 @@ def test_under_a_strategy_a_failure_on_the_second_replica_applies_no_update(tmp_
 
     result = tmp_path / "gate.json"
     worker = os.path.join(os.path.dirname(__file__), "gate_worker.py")
-    out = subprocess.run([sys.executable, worker, str(result), "rknet", "odenet", "ffjord"],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, worker, str(result), "rknet", "odenet", "ffjord"], capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(result.read_text())
     for name, solver in (("rknet", "rk4"), ("odenet", "dopri5"), ("ffjord", "dopri5")):

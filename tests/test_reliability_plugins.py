@@ -67,8 +67,10 @@ HANGS = """
 # folder name -> (METADATA Name or None, entry_points.txt)
 DISTS = {
     # also lists the built-in families module, hoping to move it behind its own "evil"
-    "aaa_evil-1.0.dist-info": ("aaa-evil", "[odezoo.plugins]\nevil = aaa_evil\neuler = aaa_evil_euler\n"
-                                           "families = odezoo.plugins.families\n"),
+    "aaa_evil-1.0.dist-info": (
+        "aaa-evil",
+        "[odezoo.plugins]\nevil = aaa_evil\neuler = aaa_evil_euler\nfamilies = odezoo.plugins.families\n",
+    ),
     "bbb_good-1.0.dist-info": ("bbb-good", "[odezoo.plugins]\ngood = bbb_good\n"),
     "fake-1.0.dist-info": ("fake", "[odezoo.plugins]\nthis line has no equals sign\n"),
     "fake_header-1.0.dist-info": ("fake-header", "[odezoo.plugins\nlost = fake_header\n"),
@@ -125,8 +127,9 @@ def _run(script: str, env_extra: dict, timeout: float, cwd: Path) -> subprocess.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODEZOO_")}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", **env_extra)
     try:
-        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                              timeout=timeout, cwd=cwd)
+        return subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"discovery did not finish in {timeout} s; stderr: {exc.stderr}")
 
@@ -191,8 +194,10 @@ def test_an_entry_point_named_like_a_builtin_is_not_a_builtin(autoload_on):
     assert autoload_on["euler"] == "odezoo.plugins.euler"
     failure = _failure(autoload_on, "aaa_evil_euler")
     assert failure["name"] == "euler"
-    assert "Scheme name 'euler' is already registered by plugin 'euler' (entry point odezoo.plugins.euler" \
+    assert (
+        "Scheme name 'euler' is already registered by plugin 'euler' (entry point odezoo.plugins.euler"
         in failure["error"]
+    )
     assert "plugin 'euler' (entry point aaa_evil_euler (aaa-evil 1.0)) tried" in failure["error"]
 
 
@@ -296,8 +301,9 @@ def test_a_private_plugin_folder_does_not_warn(monkeypatch, tmp_path, recwarn):
 def test_the_cli_refuses_an_unrecognised_autoload_switch_before_any_plugin_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODEZOO_")}
     env["ODEZOO_DISABLE_PLUGIN_AUTOLOAD"] = "please"
-    proc = subprocess.run([sys.executable, "-m", "odezoo", "list"], capture_output=True, text=True, env=env,
-                          timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "odezoo", "list"], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("odezoo: error: Invalid value for `ODEZOO_DISABLE_PLUGIN_AUTOLOAD`")

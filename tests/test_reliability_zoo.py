@@ -25,9 +25,21 @@ MODEL = "rel_tiny"
 
 
 def _entry(tag="a", model=MODEL, **changes):
-    entry = {"model": model, "tag": tag, "dataset": "digits", "split": "test", "metrics": {"accuracy": 0.5},
-             "config": {"width": 4}, "versions": {}, "device": "cpu", "strategy": "default", "seed": 0,
-             "date": "2026-01-01T00:00:00Z", "default": False, "command": "odezoo train"}
+    entry = {
+        "model": model,
+        "tag": tag,
+        "dataset": "digits",
+        "split": "test",
+        "metrics": {"accuracy": 0.5},
+        "config": {"width": 4},
+        "versions": {},
+        "device": "cpu",
+        "strategy": "default",
+        "seed": 0,
+        "date": "2026-01-01T00:00:00Z",
+        "default": False,
+        "command": "odezoo train",
+    }
     entry.update(changes)
     return entry
 
@@ -51,7 +63,8 @@ def _assert_consistent(folder):
     return entries
 
 
-CHILD = textwrap.dedent("""
+CHILD = textwrap.dedent(
+    """
     import os, signal, sys, time, contextlib
     import h5py, numpy as np
     from odezoo import _weights
@@ -65,7 +78,9 @@ CHILD = textwrap.dedent("""
              "date": "2026-01-02T00:00:00Z", "default": False, "command": "odezoo train"}
         e.update(kw)
         return e
-""" % MODEL)
+"""
+    % MODEL
+)
 
 
 def _script(patch, body):
@@ -74,8 +89,9 @@ def _script(patch, body):
 
 
 def _run_child(folder, patch, body, timeout=60):
-    return subprocess.run([sys.executable, "-c", _script(patch, body), str(folder)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", _script(patch, body), str(folder)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 KILL_AT = "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -87,6 +103,7 @@ _weights.commit(folder, entry("a"), tmp)
 
 
 # --- item 1: the zoo folder is a transaction log ------------------------------------------------------------
+
 
 def test_commit_names_weights_by_content_and_retraining_says_what_it_replaces(tmp_path, capsys):
     first = _commit(tmp_path, "a", seed=1)
@@ -171,9 +188,15 @@ NO_LOCK = "_weights.folder_lock = lambda folder: contextlib.nullcontext()\n"
 
 def _race(folder, tags, patch):
     """Commit one tag per child process, all released at once by a file barrier."""
-    procs = [subprocess.Popen([sys.executable, "-c", _script(patch, BARRIER), str(folder), str(len(tags)),
-                               str(i + 1), tag], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for i, tag in enumerate(tags)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _script(patch, BARRIER), str(folder), str(len(tags)), str(i + 1), tag],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, tag in enumerate(tags)
+    ]
     results = [p.communicate(timeout=120)[1] for p in procs]
     results = [(p.returncode, err) for p, err in zip(procs, results)]
     for f in os.listdir(folder):
@@ -307,6 +330,7 @@ def test_check_writable_on_a_read_only_file_system():
 
 # --- item 5: manifests and weights are untrusted -------------------------------------------------------------
 
+
 def _write_doc(folder, entries=None, text=None):
     if text is None:
         text = json.dumps({"format": _weights.FORMAT, "version": 1, "entries": entries})
@@ -325,9 +349,16 @@ def _one_line(err):
     return message
 
 
-@pytest.mark.parametrize("file,message", [
-    ("", "'file'"), (".", "'file'"), ("./", "'file'"), ("sub/", "'file'"), ("a\x00b.weights.h5", "NUL"),
-])
+@pytest.mark.parametrize(
+    "file,message",
+    [
+        ("", "'file'"),
+        (".", "'file'"),
+        ("./", "'file'"),
+        ("sub/", "'file'"),
+        ("a\x00b.weights.h5", "NUL"),
+    ],
+)
 def test_empty_dot_folder_and_nul_file_names_are_refused(tmp_path, file, message):
     with pytest.raises(ManifestError, match=message) as err:
         _weights.read_manifest(_write_doc(tmp_path, {f"{MODEL}.x": _full(file=file)}))
@@ -343,16 +374,22 @@ def test_a_file_name_naming_a_folder_is_refused_at_load(tmp_path):
     _one_line(err)
 
 
-@pytest.mark.parametrize("text,message", [
-    ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "version": 1}', "duplicate key 'version'"),
-    ('{"format": "odezoo-weights-manifest", "version": NaN, "entries": {}}', "NaN"),
-    ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": -Infinity}', "-Infinity"),
-    ("[" * 200_000 + "]" * 200_000, "nested"),
-    ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": ' + "[" * 100 + "]" * 100 + "}",
-     "nested"),
-    ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": 1e400}', "non-finite"),
-    (b"\xff\xfe{}", "not UTF-8"),
-], ids=["duplicate", "nan", "infinity", "deep", "nested", "overflow", "not-utf8"])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "version": 1}', "duplicate key 'version'"),
+        ('{"format": "odezoo-weights-manifest", "version": NaN, "entries": {}}', "NaN"),
+        ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": -Infinity}', "-Infinity"),
+        ("[" * 200_000 + "]" * 200_000, "nested"),
+        (
+            '{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": ' + "[" * 100 + "]" * 100 + "}",
+            "nested",
+        ),
+        ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {}, "x": 1e400}', "non-finite"),
+        (b"\xff\xfe{}", "not UTF-8"),
+    ],
+    ids=["duplicate", "nan", "infinity", "deep", "nested", "overflow", "not-utf8"],
+)
 def test_hostile_json_is_one_manifest_error(tmp_path, text, message):
     with pytest.raises(ManifestError, match=message) as err:
         _weights.read_manifest(_write_doc(tmp_path, text=text))
@@ -361,8 +398,12 @@ def test_hostile_json_is_one_manifest_error(tmp_path, text, message):
 
 def test_duplicate_entry_keys_are_refused(tmp_path):
     one = json.dumps(_full())
-    text = ('{"format": "odezoo-weights-manifest", "version": 1, "entries": {"%s.x": %s, "%s.x": %s}}'
-            % (MODEL, one, MODEL, one))
+    text = '{"format": "odezoo-weights-manifest", "version": 1, "entries": {"%s.x": %s, "%s.x": %s}}' % (
+        MODEL,
+        one,
+        MODEL,
+        one,
+    )
     with pytest.raises(ManifestError, match=f"duplicate key '{MODEL}.x'") as err:
         _weights.read_manifest(_write_doc(tmp_path, text=text))
     _one_line(err)
@@ -377,18 +418,21 @@ def test_an_oversized_manifest_is_refused_before_parsing(tmp_path, monkeypatch):
     _one_line(err)
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"metrics": {"accuracy": 1.5}}, "accuracy"),
-    ({"metrics": {"accuracy": -0.1}}, "accuracy"),
-    ({"metrics": {"nll": 1e400}}, "Infinity"),  # json.dumps writes Infinity for it
-    ({"config": {"num_classes": 1e9}}, "num_classes"),
-    ({"config": {"num_classes": 1_000_000_000}}, "num_classes"),
-    ({"config": {"depth": 10 ** 7}}, "depth"),
-    ({"config": {"input_shape": [100000, 100000, 3]}}, "input_shape"),
-    ({"config": {"hidden": [10 ** 7]}}, "hidden"),
-    ({"tag": "a/b"}, "'tag'"),
-    ({"notes": "a\x00b"}, "NUL"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"metrics": {"accuracy": 1.5}}, "accuracy"),
+        ({"metrics": {"accuracy": -0.1}}, "accuracy"),
+        ({"metrics": {"nll": 1e400}}, "Infinity"),  # json.dumps writes Infinity for it
+        ({"config": {"num_classes": 1e9}}, "num_classes"),
+        ({"config": {"num_classes": 1_000_000_000}}, "num_classes"),
+        ({"config": {"depth": 10**7}}, "depth"),
+        ({"config": {"input_shape": [100000, 100000, 3]}}, "input_shape"),
+        ({"config": {"hidden": [10**7]}}, "hidden"),
+        ({"tag": "a/b"}, "'tag'"),
+        ({"notes": "a\x00b"}, "NUL"),
+    ],
+)
 def test_out_of_range_values_are_refused(tmp_path, changes, message):
     entry = _full(**changes)
     with pytest.raises(ManifestError, match=message) as err:
@@ -411,12 +455,15 @@ def test_commit_refuses_an_entry_it_could_not_read_back(tmp_path):
     assert [f for f in os.listdir(tmp_path) if f != _weights.LOCK] == []
 
 
-@pytest.mark.parametrize("model,tag,config,message", [
-    (MODEL, "a/b", {}, "tag 'a/b'"),
-    (MODEL, "", {}, "tag ''"),
-    (MODEL, "ok", {"num_classes": 10 ** 9}, "num_classes"),
-    (MODEL, "ok", {"h": float("nan")}, "non-finite"),
-])
+@pytest.mark.parametrize(
+    "model,tag,config,message",
+    [
+        (MODEL, "a/b", {}, "tag 'a/b'"),
+        (MODEL, "", {}, "tag ''"),
+        (MODEL, "ok", {"num_classes": 10**9}, "num_classes"),
+        (MODEL, "ok", {"h": float("nan")}, "non-finite"),
+    ],
+)
 def test_entry_inputs_are_checkable_before_a_long_job(model, tag, config, message):
     with pytest.raises(ManifestError, match=message) as err:
         _weights.check_entry_inputs(model, tag, config)
@@ -512,7 +559,7 @@ def test_the_loaded_bytes_are_the_hashed_bytes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.Model, "load_weights", spy)
     loaded = odezoo.build(MODEL, pretrained="x")
-    (path, mode, sha), = seen
+    ((path, mode, sha),) = seen
     assert path != str(tmp_path / "w.weights.h5") and mode == "0o700"
     assert sha == loaded.zoo_entry["sha256"]
     assert not os.path.exists(path)  # the private copy is gone

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason=
 
 def _stage(n=3, channels=8, h=1.0, backward="unrolled"):
     blocks = [
-        SchemeBlock("reversible", ConvFieldFactory(), h=h, backward=backward,
-                    context=BlockContext(block=i, stage_length=n, global_block=i, total_blocks=n), name=f"b{i}")
+        SchemeBlock(
+            "reversible",
+            ConvFieldFactory(),
+            h=h,
+            backward=backward,
+            context=BlockContext(block=i, stage_length=n, global_block=i, total_blocks=n),
+            name=f"b{i}",
+        )
         for i in range(n)
     ]
     stage = SchemeStage(blocks)
@@ -134,10 +140,16 @@ def test_loop_over_unlike_fields_falls_back_to_plain_autodiff():
     # the loop substitutes each block's weights into the first block's fields, so it
     # needs fields of one structure; otherwise run_stage is plain backprop
     ctx = BlockContext(block=0, stage_length=2, global_block=0, total_blocks=2)
-    narrow = SchemeBlock("reversible", fields=[ConvField(2, name="f0"), ConvField(2, name="g0")],
-                         context=ctx, name="b0", backward="loop")
-    other = SchemeBlock("reversible", fields=[ConvField(2, name="f1"), _DenseField(2, name="g1")],
-                        context=ctx.replace(block=1, global_block=1), name="b1", backward="loop")
+    narrow = SchemeBlock(
+        "reversible", fields=[ConvField(2, name="f0"), ConvField(2, name="g0")], context=ctx, name="b0", backward="loop"
+    )
+    other = SchemeBlock(
+        "reversible",
+        fields=[ConvField(2, name="f1"), _DenseField(2, name="g1")],
+        context=ctx.replace(block=1, global_block=1),
+        name="b1",
+        backward="loop",
+    )
     stage = SchemeStage([narrow, other])
     stage.build((2, 4, 4, 4))
     assert not reversible._uniform_fields([narrow, other])

@@ -19,8 +19,10 @@ import odezoo  # noqa: E402,F401  (registers the classes the files name)
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "pre_move")
 
 
-@pytest.mark.parametrize("name", ["odenet", "ffjord", pytest.param("rknet", marks=pytest.mark.slow),
-                                  pytest.param("resnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    ["odenet", "ffjord", pytest.param("rknet", marks=pytest.mark.slow), pytest.param("resnet", marks=pytest.mark.slow)],
+)
 def test_a_file_saved_before_the_move_loads_and_predicts_the_same(name):
     io = np.load(os.path.join(HERE, "io.npz"))
     model = keras.models.load_model(os.path.join(HERE, f"{name}.keras"))

@@ -30,7 +30,7 @@ def _initial_weights(name, config, seed):
 
 
 def _weights(npz, prefix):
-    n = len([k for k in npz.files if k.startswith(prefix) and k[len(prefix):].isdigit()])
+    n = len([k for k in npz.files if k.startswith(prefix) and k[len(prefix) :].isdigit()])
     return [npz[f"{prefix}{i}"] for i in range(n)]
 
 
@@ -40,8 +40,13 @@ def test_mirrored_training_equals_single_device(tmp_path):
     # device and once mirrored. The replicas' per-replica mean losses differ from the global
     # mean only through odd batch splits (1437 = 5×256 + 157): a few 1e-3 of each update.
     result = tmp_path / "mirrored.npz"
-    proc = subprocess.run([sys.executable, WORKER, "mirrored", str(tmp_path), str(result)],
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, WORKER, "mirrored", str(tmp_path), str(result)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     npz = np.load(result)
     single, mirrored = _weights(npz, "default_"), _weights(npz, "mirrored_")
@@ -82,9 +87,15 @@ def test_multiworker_training_two_processes(tmp_path):
     try:
         for i in range(2):
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            procs.append(subprocess.Popen(
-                [sys.executable, WORKER, "multiworker", str(tmp_path / f"out{i}"), str(tmp_path / f"w{i}.npz")],
-                env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, WORKER, "multiworker", str(tmp_path / f"out{i}"), str(tmp_path / f"w{i}.npz")],
+                    env=_env(TF_CONFIG=tf_config),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outputs = [p.communicate(timeout=540)[0] for p in procs]
     finally:
         for p in procs:
@@ -108,8 +119,11 @@ def test_multiworker_training_two_processes(tmp_path):
 
 
 def test_bad_strategy_precision_and_optimizer_are_clear_errors(tmp_path):
-    for kwargs, word in (({"strategy": "horovod"}, "mirrored"), ({"precision": "float16"}, "mixed_bfloat16"),
-                         ({"optimizer": "rmsprop"}, "sgd")):
+    for kwargs, word in (
+        ({"strategy": "horovod"}, "mirrored"),
+        ({"precision": "float16"}, "mixed_bfloat16"),
+        ({"optimizer": "rmsprop"}, "sgd"),
+    ):
         with pytest.raises(ValueError, match=word):
             _train.train("resnet", dataset="digits", epochs=1, out=str(tmp_path / "x"), **kwargs)
     with pytest.raises(ValueError, match="float32"):
@@ -149,8 +163,11 @@ def test_chief_rules():
 
 # --- XLA: every registered model's train step -------------------------------------------------
 
-_SMALL = {"odenet": {"channels": 32}, "rknet": {"channels": 32, "num_steps": 2},
-          "ffjord": {"hidden": [16, 16], "rtol": 1e-3, "atol": 1e-3}}
+_SMALL = {
+    "odenet": {"channels": 32},
+    "rknet": {"channels": 32, "num_steps": 2},
+    "ffjord": {"hidden": [16, 16], "rtol": 1e-3, "atol": 1e-3},
+}
 
 
 def _canonical_models():
@@ -189,8 +206,9 @@ def test_every_registered_model_train_step_compiles_with_xla(name, spec):
         batches = [(rng.normal(size=(32, 2)).astype("float32"),)]
     assert model.jit_compile is True  # Keras falls back silently when it thinks XLA cannot run
     before = [np.array(w) for w in model.trainable_weights]
-    losses = [float(np.ravel(list(model.train_on_batch(*batches[0], return_dict=True).values())[0])[0])
-              for _ in range(2)]
+    losses = [
+        float(np.ravel(list(model.train_on_batch(*batches[0], return_dict=True).values())[0])[0]) for _ in range(2)
+    ]
     assert all(np.isfinite(losses)), losses
     changed = sum(not np.array_equal(a, np.array(b)) for a, b in zip(before, model.trainable_weights))
     assert changed == len(before)
@@ -198,10 +216,16 @@ def test_every_registered_model_train_step_compiles_with_xla(name, spec):
 
 # --- mixed precision -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,precision", [
-    ("revnet", "mixed_float16"), pytest.param("odenet", "mixed_float16", marks=pytest.mark.slow),
-    pytest.param("revnet", "mixed_bfloat16", marks=pytest.mark.slow),
-    pytest.param("odenet", "mixed_bfloat16", marks=pytest.mark.slow)])
+
+@pytest.mark.parametrize(
+    "name,precision",
+    [
+        ("revnet", "mixed_float16"),
+        pytest.param("odenet", "mixed_float16", marks=pytest.mark.slow),
+        pytest.param("revnet", "mixed_bfloat16", marks=pytest.mark.slow),
+        pytest.param("odenet", "mixed_bfloat16", marks=pytest.mark.slow),
+    ],
+)
 def test_mixed_precision_trains_without_nan_and_solves_in_float32(name, precision):
     import keras
 
@@ -244,8 +268,19 @@ def test_mixed_precision_overflow_is_a_solver_error_not_a_hang():
 
 @pytest.mark.slow  # default suite under 10 min on 2 cores
 def test_train_records_precision_and_optimizer(tmp_path):
-    entry = _train.train("resnet", dataset="digits", epochs=1, batch_size=256, lr=0.05, optimizer="sgd",
-                         precision="mixed_bfloat16", seed=0, out=str(tmp_path), config={"depth": 8}, verbose=0)
+    entry = _train.train(
+        "resnet",
+        dataset="digits",
+        epochs=1,
+        batch_size=256,
+        lr=0.05,
+        optimizer="sgd",
+        precision="mixed_bfloat16",
+        seed=0,
+        out=str(tmp_path),
+        config={"depth": 8},
+        verbose=0,
+    )
     assert entry["precision"] == "mixed_bfloat16" and entry["optimizer"] == "sgd"
     assert "--optimizer sgd" in entry["command"] and "--precision mixed_bfloat16" in entry["command"]
     assert entry["metrics"]["accuracy"] > 0.2  # chance is 0.1

@@ -75,8 +75,16 @@ def _cases():
                 for batch in (1, 3):
                     default = (with_times, batch) == ((True, 3) if api == "ODEBlock" else (False, 1))
                     marks = () if default else (pytest.mark.slow,)
-                    out.append(pytest.param(solver, api, with_times, batch, marks=marks,
-                                            id=f"{solver}-{api}-{'times' if with_times else 't1'}-b{batch}"))
+                    out.append(
+                        pytest.param(
+                            solver,
+                            api,
+                            with_times,
+                            batch,
+                            marks=marks,
+                            id=f"{solver}-{api}-{'times' if with_times else 't1'}-b{batch}",
+                        )
+                    )
     return out
 
 
@@ -87,8 +95,14 @@ def test_solver_against_scipy_on_a_non_stiff_problem(solver, api, with_times, ba
     y0 = Y0[:batch]
     ref = _reference(y0, times)  # (batch, times, 2)
     if api == "ODEBlock":
-        block = odezoo.ODEBlock(LinearField(dtype="float64"), solver=solver, t1=T1, dtype="float64",
-                                solution_times=TIMES if with_times else None, **options)
+        block = odezoo.ODEBlock(
+            LinearField(dtype="float64"),
+            solver=solver,
+            t1=T1,
+            dtype="float64",
+            solution_times=TIMES if with_times else None,
+            **options,
+        )
         out = block(tf.constant(y0)).numpy()
         got = out if with_times else out[:, None]
     else:
@@ -102,8 +116,9 @@ def test_solver_against_scipy_on_a_non_stiff_problem(solver, api, with_times, ba
 
 
 def _robertson_np(t, y):
-    return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
-                     3e7 * y[1] ** 2])
+    return np.array(
+        [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
+    )
 
 
 class Robertson(keras.layers.Layer):
@@ -111,12 +126,12 @@ class Robertson(keras.layers.Layer):
 
     def call(self, t, y):
         y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-        return tf.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 ** 2,
-                         3e7 * y2 ** 2], -1)
+        return tf.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
 
 
-@pytest.mark.parametrize("api,batch", [("ODEBlock", 2), ("odeint", 1),
-                                       pytest.param("ODEBlock", 1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "api,batch", [("ODEBlock", 2), ("odeint", 1), pytest.param("ODEBlock", 1, marks=pytest.mark.slow)]
+)
 def test_bdf_against_radau_on_robertson(api, batch):
     """The reported bug: ODEBlock(solver="bdf") gave one wrong row and zeros after it."""
     times = [0.4, 4.0, 40.0]
@@ -124,12 +139,14 @@ def test_bdf_against_radau_on_robertson(api, batch):
     ref = _reference(y0, times, f=_robertson_np, method="Radau", rtol=1e-12, atol=1e-14)
     tol = dict(rtol=1e-6, atol=1e-10)
     if api == "ODEBlock":
-        block = odezoo.ODEBlock(Robertson(dtype="float64"), solver="bdf", t1=40.0, solution_times=times,
-                                dtype="float64", **tol)
+        block = odezoo.ODEBlock(
+            Robertson(dtype="float64"), solver="bdf", t1=40.0, solution_times=times, dtype="float64", **tol
+        )
         got = block(tf.constant(y0)).numpy()
     else:
-        got = odezoo.odeint(Robertson(dtype="float64"), tf.constant(y0[0]), tf.constant([0.0] + times, tf.float64),
-                            solver="bdf", **tol).numpy()[None, 1:]
+        got = odezoo.odeint(
+            Robertson(dtype="float64"), tf.constant(y0[0]), tf.constant([0.0] + times, tf.float64), solver="bdf", **tol
+        ).numpy()[None, 1:]
     scale = np.abs(ref).max(axis=(0, 1))  # per species: y2 is ~1e-5, y1 and y3 are O(1)
     assert np.all(np.abs(got - ref) <= 1e-5 * scale + 1e-10), np.abs(got - ref).max(axis=(0, 1))
 

@@ -18,8 +18,7 @@ F64 = tf.float64
 # --------------------------------------------------------------------------- problems
 def _linear():
     A = np.array([[-0.1, 2.0], [-2.0, -0.1]])
-    return dict(np_f=lambda t, y: A @ y, tf_f=lambda t, y: tf.linalg.matvec(tf.constant(A), y),
-                y0=[1.0, 0.0], t1=5.0)
+    return dict(np_f=lambda t, y: A @ y, tf_f=lambda t, y: tf.linalg.matvec(tf.constant(A), y), y0=[1.0, 0.0], t1=5.0)
 
 
 def _lotka_volterra():
@@ -50,19 +49,23 @@ PROBLEMS = {"linear": _linear, "lotka_volterra": _lotka_volterra, "van_der_pol":
 
 
 def _reference(p, ts):
-    return solve_ivp(p["np_f"], (0.0, p["t1"]), p["y0"], t_eval=ts, method="DOP853",
-                     rtol=1e-12, atol=1e-14).y.T
+    return solve_ivp(p["np_f"], (0.0, p["t1"]), p["y0"], t_eval=ts, method="DOP853", rtol=1e-12, atol=1e-14).y.T
 
 
 _SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("solver,problem", [
-    ("dopri5", "linear"), ("dopri5", "lotka_volterra"), ("dopri5", "van_der_pol"),
-    pytest.param("tfp_dopri5", "linear", marks=_SLOW),  # tfp is also checked in test_tight_tolerance_matches_tfp
-    pytest.param("tfp_dopri5", "lotka_volterra", marks=_SLOW),
-    pytest.param("tfp_dopri5", "van_der_pol", marks=_SLOW),
-])
+@pytest.mark.parametrize(
+    "solver,problem",
+    [
+        ("dopri5", "linear"),
+        ("dopri5", "lotka_volterra"),
+        ("dopri5", "van_der_pol"),
+        pytest.param("tfp_dopri5", "linear", marks=_SLOW),  # tfp is also checked in test_tight_tolerance_matches_tfp
+        pytest.param("tfp_dopri5", "lotka_volterra", marks=_SLOW),
+        pytest.param("tfp_dopri5", "van_der_pol", marks=_SLOW),
+    ],
+)
 def test_against_scipy(problem, solver):
     p = PROBLEMS[problem]()
     ts = np.linspace(0.0, p["t1"], 9)
@@ -101,8 +104,10 @@ def test_odeint_shapes_and_fixed_grid_order():
     f = lambda t, y: -y + tf.cos(t)  # noqa: E731
     assert odeint(f, y0, tf.constant([0.0, 0.5, 1.0], F64)).shape == (3, 3, 2)
     exact = 0.5 * (np.cos(1.0) + np.sin(1.0)) + 0.5 * np.exp(-1.0)  # y' = -y + cos t, y(0) = 1
-    errs = [abs(odeint(f, y0, tf.constant([0.0, 1.0], F64), solver="rk4", num_steps=n).numpy()[-1, 0, 0] - exact)
-            for n in (4, 8)]
+    errs = [
+        abs(odeint(f, y0, tf.constant([0.0, 1.0], F64), solver="rk4", num_steps=n).numpy()[-1, 0, 0] - exact)
+        for n in (4, 8)
+    ]
     slope = np.log2(errs[0] / errs[1])
     assert abs(slope - 4) < 0.3, errs
     with pytest.raises(ValueError, match="num_steps"):
@@ -128,10 +133,18 @@ def _loss_fn(mode, solver="dopri5", num_steps=None):
     def loss_and_grad(y0):
         with tf.GradientTape() as tape:
             tape.watch(y0)
-            ys, _ = ode.solve(f, y0, tf.constant(0.0, F64), tf.constant([0.5, 1.0, 2.0], F64),
-                                           solver=solver, rtol=1e-10, atol=1e-12, gradient=mode,
-                                           num_steps=num_steps)
-            loss = tf.reduce_sum(ys ** 2 * WEIGHTS)
+            ys, _ = ode.solve(
+                f,
+                y0,
+                tf.constant(0.0, F64),
+                tf.constant([0.5, 1.0, 2.0], F64),
+                solver=solver,
+                rtol=1e-10,
+                atol=1e-12,
+                gradient=mode,
+                num_steps=num_steps,
+            )
+            loss = tf.reduce_sum(ys**2 * WEIGHTS)
         gy, gw = tape.gradient(loss, [y0, w])
         return loss, gy, gw
 
@@ -156,8 +169,7 @@ def test_adjoint_matches_finite_differences_and_rk4_backprop():
             fd_w[i, j] = (lp - lm) / (2 * eps)
     w.assign(W0)
     np.testing.assert_allclose(gw.numpy(), fd_w, rtol=1e-5, atol=1e-7)
-    fd_y = [(adjoint(y0 + eps * e)[0].numpy() - adjoint(y0 - eps * e)[0].numpy()) / (2 * eps)
-            for e in np.eye(2)]
+    fd_y = [(adjoint(y0 + eps * e)[0].numpy() - adjoint(y0 - eps * e)[0].numpy()) / (2 * eps) for e in np.eye(2)]
     np.testing.assert_allclose(gy.numpy(), fd_y, rtol=1e-5, atol=1e-7)
     # backprop through a fine rk4 grid
     w2, rk4 = _loss_fn("backprop", solver="rk4", num_steps=200)
@@ -173,9 +185,14 @@ def _cubic_decay_gradient(**adjoint_options):
     @tf.function(jit_compile=True)
     def run():
         with tf.GradientTape() as tape:
-            outs, _ = ode.adjoint_solve(lambda t, y, c: [-theta * y[0] ** 3], 0.0, [tf.constant([10.0], F64)],
-                                            tf.constant([1.0], F64), [],
-                                            options=dict(rtol=1e-8, atol=1e-8, **adjoint_options))
+            outs, _ = ode.adjoint_solve(
+                lambda t, y, c: [-theta * y[0] ** 3],
+                0.0,
+                [tf.constant([10.0], F64)],
+                tf.constant([1.0], F64),
+                [],
+                options=dict(rtol=1e-8, atol=1e-8, **adjoint_options),
+            )
             y1 = outs[0][-1][0]
         return tape.gradient(y1, theta)
 
@@ -187,7 +204,7 @@ def test_adjoint_restarts_from_forward_checkpoints():
     """Trajectories of y' = -θy³ converge, so re-integrating y backward from the computed y(1)
     amplifies its error (by (1 + 2θy0²)^1.5 ≈ 2850 here); restarting y from the forward
     solution in the middle of the interval makes the gradient several times more accurate."""
-    exact = -1000.0 / 201.0 ** 1.5  # y(1) = y0 / sqrt(1 + 2θ y0²)
+    exact = -1000.0 / 201.0**1.5  # y(1) = y0 / sqrt(1 + 2θ y0²)
     tight = dict(adjoint_rtol=1e-8, adjoint_atol=1e-8)
     errs = {k: abs(_cubic_decay_gradient(adjoint_checkpoints=k, **tight) / exact - 1) for k in (0, 1, 3)}
     assert max(errs.values()) < 1e-6
@@ -198,9 +215,11 @@ def test_adjoint_restarts_from_forward_checkpoints():
 
 
 def test_adjoint_options_are_checked():
-    for kwargs, name in ((dict(adjoint_checkpoints=-1), "adjoint_checkpoints"),
-                         (dict(adjoint_checkpoints=1.5), "adjoint_checkpoints"),
-                         (dict(adjoint_rtol=0.0), "adjoint_rtol")):
+    for kwargs, name in (
+        (dict(adjoint_checkpoints=-1), "adjoint_checkpoints"),
+        (dict(adjoint_checkpoints=1.5), "adjoint_checkpoints"),
+        (dict(adjoint_rtol=0.0), "adjoint_rtol"),
+    ):
         with pytest.raises(ValueError, match=name):
             ode.DormandPrince(**kwargs)
 
@@ -226,8 +245,13 @@ def test_adjoint_gradient_reaches_constants_and_ffjord():
     def run(c):
         with tf.GradientTape() as tape:
             tape.watch(c)
-            res = solver.solve(lambda t, y, scale: -scale * y, 0.0, tf.constant([1.0, 2.0], F64),
-                               solution_times=[1.0], constants={"scale": c})
+            res = solver.solve(
+                lambda t, y, scale: -scale * y,
+                0.0,
+                tf.constant([1.0, 2.0], F64),
+                solution_times=[1.0],
+                constants={"scale": c},
+            )
             loss = tf.reduce_sum(res.states[-1])
         return loss, tape.gradient(loss, c), res.diagnostics.status
 
@@ -236,8 +260,11 @@ def test_adjoint_gradient_reaches_constants_and_ffjord():
     np.testing.assert_allclose(g.numpy(), -3.0 * np.exp(-0.7), rtol=1e-6)
 
     w = tf.Variable([[-0.3, 0.2], [0.1, -0.4]], dtype=tf.float32)
-    bij = tfp.bijectors.FFJORD(lambda t, x: tf.linalg.matvec(w, x), ode_solve_fn=solver.solve,
-                               trace_augmentation_fn=tfp.bijectors.ffjord.trace_jacobian_exact)
+    bij = tfp.bijectors.FFJORD(
+        lambda t, x: tf.linalg.matvec(w, x),
+        ode_solve_fn=solver.solve,
+        trace_augmentation_fn=tfp.bijectors.ffjord.trace_jacobian_exact,
+    )
     x = tf.constant([[0.5, -1.0], [1.0, 0.3]], tf.float32)
 
     # graph mode: tfp's trace_jacobian_exact differentiates a while_loop (jacobians_diag), whose
@@ -259,8 +286,9 @@ def test_adjoint_gradient_reaches_constants_and_ffjord():
 
 # --------------------------------------------------------------------------- step-size controllers
 def _integrate(controller, f, y0, t1, tol):
-    out, info = ode.integrate(f, 0.0, [tf.constant(y0, F64)], tf.constant([t1], F64), rtol=tol, atol=tol,
-                                  controller=controller)
+    out, info = ode.integrate(
+        f, 0.0, [tf.constant(y0, F64)], tf.constant([t1], F64), rtol=tol, atol=tol, controller=controller
+    )
     return out[0][0].numpy(), int(info["nfe"]), int(info["steps"]) - int(info["accepted"])
 
 
@@ -304,9 +332,9 @@ def test_nfe_equals_true_field_calls(jit):
         calls.assign(0)
         with tf.GradientTape() as tape:
             tape.watch(y0)
-            out, info = ode.adjoint_solve(lambda t, y, c: [f(t, y[0])], 0.0, [y0],
-                                              tf.constant([0.5, 1.0]), [],
-                                              options=dict(rtol=1e-5, atol=1e-6))
+            out, info = ode.adjoint_solve(
+                lambda t, y, c: [f(t, y[0])], 0.0, [y0], tf.constant([0.5, 1.0]), [], options=dict(rtol=1e-5, atol=1e-6)
+            )
             forward_calls = calls.read_value()
             loss = tf.reduce_sum(out[0])
         g = tape.gradient(loss, w)
@@ -327,31 +355,43 @@ def _timed_raise(fn, match):
 
 def test_budget_exhausted_raises():
     f = lambda t, y: -y  # noqa: E731
-    spent = _timed_raise(lambda: odeint(f, tf.constant([1.0], F64), tf.constant([0.0, 100.0], F64),
-                                        rtol=1e-12, atol=1e-14, max_steps=20), r"status 1.*max_steps=20")
+    spent = _timed_raise(
+        lambda: odeint(
+            f, tf.constant([1.0], F64), tf.constant([0.0, 100.0], F64), rtol=1e-12, atol=1e-14, max_steps=20
+        ),
+        r"status 1.*max_steps=20",
+    )
     assert spent < 30
 
 
 def test_nan_at_half_raises():
     f = lambda t, y: tf.where(t > 0.5, tf.constant(np.nan, F64), -y)  # noqa: E731
-    msg = _timed_raise(lambda: odeint(f, tf.constant([1.0], F64), tf.constant([0.0, 1.0], F64)),
-                       r"status 2.*rtol=1e-07, atol=1e-09.*time reached t=0\.")
+    msg = _timed_raise(
+        lambda: odeint(f, tf.constant([1.0], F64), tf.constant([0.0, 1.0], F64)),
+        r"status 2.*rtol=1e-07, atol=1e-09.*time reached t=0\.",
+    )
     assert msg < 30
 
 
 def test_tfp_dopri5_guards_nan_and_budget():
     nan_f = lambda t, y: tf.where(t > 0.5, tf.constant(np.nan, F64), -y)  # noqa: E731
-    _timed_raise(lambda: odeint(nan_f, tf.constant([1.0], F64), tf.constant([0.0, 1.0], F64),
-                                solver="tfp_dopri5"), "status 2")
+    _timed_raise(
+        lambda: odeint(nan_f, tf.constant([1.0], F64), tf.constant([0.0, 1.0], F64), solver="tfp_dopri5"), "status 2"
+    )
     stiff = lambda t, y: -1e4 * (y - tf.cos(t))  # noqa: E731
-    _timed_raise(lambda: odeint(stiff, tf.constant([1.0], F64), tf.constant([0.0, 10.0], F64),
-                                solver="tfp_dopri5", max_steps=30), "status 1")
+    _timed_raise(
+        lambda: odeint(
+            stiff, tf.constant([1.0], F64), tf.constant([0.0, 10.0], F64), solver="tfp_dopri5", max_steps=30
+        ),
+        "status 1",
+    )
 
 
 def test_stiff_field_small_budget_raises():
     stiff = lambda t, y: -1e4 * (y - tf.cos(t))  # noqa: E731
-    _timed_raise(lambda: odeint(stiff, tf.constant([1.0], F64), tf.constant([0.0, 10.0], F64), max_steps=50),
-                 "status 1")
+    _timed_raise(
+        lambda: odeint(stiff, tf.constant([1.0], F64), tf.constant([0.0, 10.0], F64), max_steps=50), "status 1"
+    )
 
 
 def test_inf_cotangent_is_reported_under_xla():
@@ -361,10 +401,15 @@ def test_inf_cotangent_is_reported_under_xla():
     def run(y0):
         with tf.GradientTape() as tape:
             tape.watch(y0)
-            out, info = ode.adjoint_solve(lambda t, y, c: [tf.linalg.matvec(w, y[0])], 0.0, [y0],
-                                              tf.constant([1.0], F64), [],
-                                              options=dict(rtol=1e-6, atol=1e-8),
-                                              on_backward=lambda i: holder.update(i))
+            out, info = ode.adjoint_solve(
+                lambda t, y, c: [tf.linalg.matvec(w, y[0])],
+                0.0,
+                [y0],
+                tf.constant([1.0], F64),
+                [],
+                options=dict(rtol=1e-6, atol=1e-8),
+                on_backward=lambda i: holder.update(i),
+            )
             loss = tf.reduce_sum(out[0]) * tf.constant(np.inf, F64)
         g = tape.gradient(loss, [y0, w])
         return g, holder["reason"], holder["steps"]
@@ -399,12 +444,14 @@ def test_xla_drops_assert():
 
 def test_bdf_on_robertson():
     def np_f(t, y):
-        return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
-                         3e7 * y[1] ** 2])
+        return np.array(
+            [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
+        )
 
     def tf_f(t, y):
-        return tf.stack([-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
-                         3e7 * y[1] ** 2])
+        return tf.stack(
+            [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
+        )
 
     ts = np.array([0.0, 1.0, 10.0, 100.0])
     ref = solve_ivp(np_f, (0, 100), [1.0, 0, 0], t_eval=ts, method="Radau", rtol=1e-12, atol=1e-14).y.T

@@ -35,8 +35,18 @@ def zoo(tmp_path_factory):
     """A user zoo with one trained tiny model (digits, 2 epochs)."""
     _register_tiny()
     out = str(tmp_path_factory.mktemp("zoo"))
-    entry = _train.train(TINY, dataset="digits", epochs=2, batch_size=128, lr=1e-2, seed=0, out=out,
-                         config={"width": 16}, default=True, verbose=0)
+    entry = _train.train(
+        TINY,
+        dataset="digits",
+        epochs=2,
+        batch_size=128,
+        lr=1e-2,
+        seed=0,
+        out=out,
+        config={"width": 16},
+        default=True,
+        verbose=0,
+    )
     return out, entry
 
 
@@ -97,9 +107,23 @@ def test_hash_mismatch_raises_before_the_model_is_built(zoo, tmp_path, monkeypat
 
 
 def _manifest_with(tmp_path, **changes):
-    entry = {"model": TINY, "tag": "x", "file": "w.weights.h5", "sha256": "0" * 64, "dataset": "digits",
-             "split": "test", "metrics": {"accuracy": 0.9}, "config": {}, "versions": {}, "device": "cpu",
-             "strategy": "default", "seed": 0, "date": "2026-01-01", "default": True, "command": "odezoo train"}
+    entry = {
+        "model": TINY,
+        "tag": "x",
+        "file": "w.weights.h5",
+        "sha256": "0" * 64,
+        "dataset": "digits",
+        "split": "test",
+        "metrics": {"accuracy": 0.9},
+        "config": {},
+        "versions": {},
+        "device": "cpu",
+        "strategy": "default",
+        "seed": 0,
+        "date": "2026-01-01",
+        "default": True,
+        "command": "odezoo train",
+    }
     entry.update(changes)
     doc = {"format": _weights.FORMAT, "version": 1, "entries": {f"{TINY}.x": entry}}
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
@@ -122,12 +146,15 @@ def test_symlink_pointing_outward_is_refused(tmp_path):
         _weights.read_manifest(_manifest_with(zoo, file="link.weights.h5"))
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("sha256", "xyz", "'sha256' is not 64"),
-    ("seed", "zero", "field 'seed' has the wrong type"),
-    ("metrics", {"acc": 1.0}, "bad item 'acc'"),
-    ("default", "yes", "field 'default' has the wrong type"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("sha256", "xyz", "'sha256' is not 64"),
+        ("seed", "zero", "field 'seed' has the wrong type"),
+        ("metrics", {"acc": 1.0}, "bad item 'acc'"),
+        ("default", "yes", "field 'default' has the wrong type"),
+    ],
+)
 def test_malformed_entry_names_entry_and_field(tmp_path, field, value, message):
     with pytest.raises(ManifestError, match=rf"entry '{TINY}\.x'.*{message}|{message}"):
         _weights.read_manifest(_manifest_with(tmp_path, **{field: value}))
@@ -171,8 +198,17 @@ def test_train_rejects_bad_input(tmp_path):
 
 def test_cosine_schedule_is_recorded_and_reproducible_from_the_command(tmp_path):
     _register_tiny()
-    entry = _train.train(TINY, dataset="digits", epochs=1, batch_size=256, lr=1e-2, seed=2, out=str(tmp_path),
-                         lr_schedule="cosine", verbose=0)
+    entry = _train.train(
+        TINY,
+        dataset="digits",
+        epochs=1,
+        batch_size=256,
+        lr=1e-2,
+        seed=2,
+        out=str(tmp_path),
+        lr_schedule="cosine",
+        verbose=0,
+    )
     assert entry["lr_schedule"] == "cosine" and "--lr-schedule cosine" in entry["command"]
     with pytest.raises(ValueError, match="lr_schedule='step'"):
         _train.train(TINY, dataset="digits", epochs=1, out=str(tmp_path), lr_schedule="step")

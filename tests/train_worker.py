@@ -18,7 +18,7 @@ import sys
 import time
 
 fault, result = sys.argv[1], sys.argv[2]
-argv = sys.argv[sys.argv.index("--") + 1:]
+argv = sys.argv[sys.argv.index("--") + 1 :]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from odezoo import _checkpoint, _train, _weights, cli  # noqa: E402

@@ -38,12 +38,15 @@ def compiled_model_and_batch(model_name, depth, batch, jit):
     if model_name == "plain":
         sys.path.insert(0, HERE)
         from plain_resnet import plain_resnet
+
         model = plain_resnet(depth)
     else:
         import odezoo
+
         model = odezoo.build(model_name, depth=depth, input_shape=(32, 32, 3))
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", jit_compile=jit)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy", jit_compile=jit
+    )
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, (batch,)).astype("int32")
@@ -56,6 +59,7 @@ def child(model_name, depth, batch, jit, patch=None):
 
     if patch:  # an investigation probe in this folder that replaces a core function
         import odezoo  # noqa: F401  (loads the plugins the probe patches)
+
         sys.path.insert(0, HERE)
         importlib.import_module(patch).apply()
 
@@ -65,14 +69,33 @@ def child(model_name, depth, batch, jit, patch=None):
     loss = float(model.train_on_batch(x, y))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    print(json.dumps(dict(model=model_name, depth=depth, batch=batch, jit=jit, peak_mb=peak,
-                          before_step_mb=before, loss=loss, step_s=seconds,
-                          params=model.count_params())))
+    print(
+        json.dumps(
+            dict(
+                model=model_name,
+                depth=depth,
+                batch=batch,
+                jit=jit,
+                peak_mb=peak,
+                before_step_mb=before,
+                loss=loss,
+                step_s=seconds,
+                params=model.count_params(),
+            )
+        )
+    )
 
 
 def measure(model_name, depth, batch, jit, patch=None):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", model_name, str(depth), str(batch),
-           "on" if jit else "off"] + (["--patch", patch] if patch else [])
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        model_name,
+        str(depth),
+        str(batch),
+        "on" if jit else "off",
+    ] + (["--patch", patch] if patch else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -86,8 +109,7 @@ def main():
     p.add_argument("--depths", nargs="+", type=int, default=[20, 56, 110])
     p.add_argument("--batches", nargs=2, type=int, default=[64, 256])
     p.add_argument("--jit", choices=("on", "off", "both"), default="both")
-    p.add_argument("--patch", help="module in this folder whose apply() patches the core first "
-                   "(investigation only)")
+    p.add_argument("--patch", help="module in this folder whose apply() patches the core first (investigation only)")
     p.add_argument("--workers", type=int, default=2, help="fresh processes run at once")
     p.add_argument("--json", help="also write the raw runs and slopes to this file")
     args = p.parse_args()
@@ -113,20 +135,33 @@ def main():
                 r_lo, r_hi = results[(model_name, depth, lo, jit)], results[(model_name, depth, hi, jit)]
                 slope = (r_hi["peak_mb"] - r_lo["peak_mb"]) / (hi - lo)
                 base = slope if depth == args.depths[0] else base
-                row = dict(model=model_name, depth=depth, jit=jit, slope_mb_per_sample=slope,
-                           ratio_to_first=slope / base, peak_lo_mb=r_lo["peak_mb"], peak_hi_mb=r_hi["peak_mb"],
-                           before_lo_mb=r_lo["before_step_mb"], before_hi_mb=r_hi["before_step_mb"],
-                           step_hi_s=r_hi["step_s"])
+                row = dict(
+                    model=model_name,
+                    depth=depth,
+                    jit=jit,
+                    slope_mb_per_sample=slope,
+                    ratio_to_first=slope / base,
+                    peak_lo_mb=r_lo["peak_mb"],
+                    peak_hi_mb=r_hi["peak_mb"],
+                    before_lo_mb=r_lo["before_step_mb"],
+                    before_hi_mb=r_hi["before_step_mb"],
+                    step_hi_s=r_hi["step_s"],
+                )
                 rows.append(row)
-                print(f"jit={jit!s:5} {model_name:7} depth {depth:3}: peak {r_lo['peak_mb']:.0f} MB @{lo}, "
-                      f"{r_hi['peak_mb']:.0f} MB @{hi} (before step {r_lo['before_step_mb']:.0f}/"
-                      f"{r_hi['before_step_mb']:.0f}) -> {slope:.2f} MB/sample, x{row['ratio_to_first']:.2f} "
-                      f"of depth {args.depths[0]}  [first step {r_hi['step_s']:.0f} s]", flush=True)
+                print(
+                    f"jit={jit!s:5} {model_name:7} depth {depth:3}: peak {r_lo['peak_mb']:.0f} MB @{lo}, "
+                    f"{r_hi['peak_mb']:.0f} MB @{hi} (before step {r_lo['before_step_mb']:.0f}/"
+                    f"{r_hi['before_step_mb']:.0f}) -> {slope:.2f} MB/sample, x{row['ratio_to_first']:.2f} "
+                    f"of depth {args.depths[0]}  [first step {r_hi['step_s']:.0f} s]",
+                    flush=True,
+                )
     print(f"\n| model | jit_compile | depth | peak MB @{lo} | peak MB @{hi} | MB/sample | × depth {args.depths[0]} |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['jit']} | {r['depth']} | {r['peak_lo_mb']:.0f} | {r['peak_hi_mb']:.0f} | "
-              f"{r['slope_mb_per_sample']:.2f} | {r['ratio_to_first']:.2f} |")
+        print(
+            f"| {r['model']} | {r['jit']} | {r['depth']} | {r['peak_lo_mb']:.0f} | {r['peak_hi_mb']:.0f} | "
+            f"{r['slope_mb_per_sample']:.2f} | {r['ratio_to_first']:.2f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(runs=runs, slopes=rows), f, indent=1)

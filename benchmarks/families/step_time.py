@@ -37,8 +37,9 @@ FAMILIES = ("resnet", "polynet", "fractalnet", "revnet", "lm_resnet")
 
 
 def compiled(model, jit):
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", jit_compile=jit)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy", jit_compile=jit
+    )
     return model
 
 
@@ -78,9 +79,15 @@ def pair(ode, plain, x, y, steps, warmup):
     t_ode, t_plain = np.array(t_ode), np.array(t_plain)
     ratios = t_ode / t_plain
     q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
-    return dict(ratio_median=q50, ratio_q25=q25, ratio_q75=q75,
-                odezoo_ms=1e3 * np.median(t_ode), plain_ms=1e3 * np.median(t_plain),
-                steps=steps, last_loss=losses[-1])
+    return dict(
+        ratio_median=q50,
+        ratio_q25=q25,
+        ratio_q75=q75,
+        odezoo_ms=1e3 * np.median(t_ode),
+        plain_ms=1e3 * np.median(t_plain),
+        steps=steps,
+        last_loss=losses[-1],
+    )
 
 
 def main():
@@ -108,15 +115,20 @@ def main():
                 row["max_output_diff"] = check_same_network(ode, plain, x)
             row.update(pair(ode, plain, x, y, args.steps, args.warmup))
             results.append(row)
-            print(f"jit={jit!s:5} {family:10} params {row['params']:>7}  ratio {row['ratio_median']:.3f} "
-                  f"[IQR {row['ratio_q25']:.3f}-{row['ratio_q75']:.3f}]  odezoo {row['odezoo_ms']:.0f} ms  "
-                  f"plain {row['plain_ms']:.0f} ms  loss {row['last_loss']:.3f}", flush=True)
+            print(
+                f"jit={jit!s:5} {family:10} params {row['params']:>7}  ratio {row['ratio_median']:.3f} "
+                f"[IQR {row['ratio_q25']:.3f}-{row['ratio_q75']:.3f}]  odezoo {row['odezoo_ms']:.0f} ms  "
+                f"plain {row['plain_ms']:.0f} ms  loss {row['last_loss']:.3f}",
+                flush=True,
+            )
             del ode
     print("\n| family | jit_compile | params | odezoo/plain (median) | IQR | odezoo ms | plain ms |")
     print("|---|---|---:|---:|---|---:|---:|")
     for r in results:
-        print(f"| {r['family']} | {r['jit']} | {r['params']:,} | {r['ratio_median']:.3f} | "
-              f"{r['ratio_q25']:.3f}–{r['ratio_q75']:.3f} | {r['odezoo_ms']:.0f} | {r['plain_ms']:.0f} |")
+        print(
+            f"| {r['family']} | {r['jit']} | {r['params']:,} | {r['ratio_median']:.3f} | "
+            f"{r['ratio_q25']:.3f}–{r['ratio_q75']:.3f} | {r['odezoo_ms']:.0f} | {r['plain_ms']:.0f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=float)

@@ -44,14 +44,22 @@ def read(dump_dir, batch):
     # activations: rank-4 buffers with a batch-sized dimension (NHWC tensors and their
     # transposes), not 3x3 kernels; shapes from the optimized HLO of the same module
     hlo = open(reports[0].replace("-memory-usage-report", "")).read()
-    shapes = {name: [int(d) for d in dims.split(",") if d]
-              for name, dims in re.findall(r"%([\w.\-]+) = \w+\[([\d,]*)\]", hlo)}
-    activations = sum(size for name, size in live
-                      if len(shapes.get(name, [])) == 4 and shapes[name][:2] != [3, 3] and batch in shapes[name])
+    shapes = {
+        name: [int(d) for d in dims.split(",") if d] for name, dims in re.findall(r"%([\w.\-]+) = \w+\[([\d,]*)\]", hlo)
+    }
+    activations = sum(
+        size
+        for name, size in live
+        if len(shapes.get(name, [])) == 4 and shapes[name][:2] != [3, 3] and batch in shapes[name]
+    )
     by_size = collections.Counter(size for _, size in live)
-    return dict(temp_mib=temp, peak_live_mib=sum(size for _, size in live) / 2**20,
-                peak_activations_mib=activations / 2**20, peak_activations_mib_per_sample=activations / 2**20 / batch,
-                peak_live_by_size={str(k): v for k, v in sorted(by_size.items(), reverse=True)})
+    return dict(
+        temp_mib=temp,
+        peak_live_mib=sum(size for _, size in live) / 2**20,
+        peak_activations_mib=activations / 2**20,
+        peak_activations_mib_per_sample=activations / 2**20 / batch,
+        peak_live_by_size={str(k): v for k, v in sorted(by_size.items(), reverse=True)},
+    )
 
 
 def _mib(groups):

@@ -7,6 +7,7 @@ torch-Linear-style initialisation U(±1/sqrt(fan_in)) of the 3→64→64→64→
 ``default_rng(seed)``. The samplers consume the generator exactly as ``odezoo.data.toy_density``
 does (checked by the TF side), so the torch process, which has no odezoo, sees the same bytes.
 """
+
 import numpy as np
 
 BATCH = 512

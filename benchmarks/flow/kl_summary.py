@@ -1,7 +1,8 @@
 """results/kl_*.json → a markdown table of paired KL at 2 / 5 / 10 CPU minutes (per seed, mean over seeds).
 
-    python benchmarks/flow/kl_summary.py [--prefix kl_] > benchmarks/flow/results/kl_summary.md
+python benchmarks/flow/kl_summary.py [--prefix kl_] > benchmarks/flow/results/kl_summary.md
 """
+
 import argparse
 import glob
 import json
@@ -33,9 +34,11 @@ for path in sorted(glob.glob(os.path.join(here, "results", args.prefix + "*.json
     variant = re.sub(r"_s\d+$", "", name)
     groups[variant].append((name, r))
 
-lines = ["| run | data | lr / schedule / batch | seed | steps by 10 min | NFE fwd+bwd (last 100 steps, median) | "
-         "KL 2 min | KL 5 min | KL 10 min | best KL (CPU min) | wall min for the run | target |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+lines = [
+    "| run | data | lr / schedule / batch | seed | steps by 10 min | NFE fwd+bwd (last 100 steps, median) | "
+    "KL 2 min | KL 5 min | KL 10 min | best KL (CPU min) | wall min for the run | target |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
 for variant, runs in groups.items():
     per_mark = defaultdict(list)
     for name, r in runs:
@@ -53,13 +56,18 @@ for variant, runs in groups.items():
         best = min(ev, key=lambda e: e["kl"]) if ev else None
         tm, tk = TARGET[r["data"]]
         e = at(ev, tm)
-        verdict = "running" if e is None and "finished" not in r else (
-            "–" if e is None else ("met" if e["kl"] <= tk else "missed"))
+        verdict = (
+            "running"
+            if e is None and "finished" not in r
+            else ("–" if e is None else ("met" if e["kl"] <= tk else "missed"))
+        )
         wall = ev[-1]["wall_s"] / 60 if ev else float("nan")
-        lines.append(f"| {name} | {r['data']} | {a['lr']:g} / {a['schedule']} / {a['batch']} | {r['seed']} | {n10} | {nfe} | "
-                     + " | ".join(cells)
-                     + (f" | {best['kl']:.3f} ({best['cpu_s'] / 60:.1f})" if best else " | –")
-                     + f" | {wall:.0f} | KL ≤ {tk} at {tm / 60:.0f} min: {verdict} |")
+        lines.append(
+            f"| {name} | {r['data']} | {a['lr']:g} / {a['schedule']} / {a['batch']} | {r['seed']} | {n10} | {nfe} | "
+            + " | ".join(cells)
+            + (f" | {best['kl']:.3f} ({best['cpu_s'] / 60:.1f})" if best else " | –")
+            + f" | {wall:.0f} | KL ≤ {tk} at {tm / 60:.0f} min: {verdict} |"
+        )
     if len(runs) > 1:
         cells = []
         for m in MARKS:

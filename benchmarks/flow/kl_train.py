@@ -13,6 +13,7 @@ on a shared machine CPU time is the fair clock.
 
     python benchmarks/flow/kl_train.py --data checkerboard --seed 0 --minutes 10 --out results/kl_cb_s0.json
 """
+
 import argparse
 import json
 import math
@@ -26,8 +27,12 @@ ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--minutes", type=float, default=10.0, help="training budget in CPU minutes")
 ap.add_argument("--marks", default="0.5,1,1.5,2,3,4,5,6,7,8,9,10", help="KL evaluations, CPU minutes")
 ap.add_argument("--lr", type=float, default=1e-3)
-ap.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
-                help="cosine: lr decays to lr*min_frac over the CPU budget (a function of the clock)")
+ap.add_argument(
+    "--schedule",
+    default="constant",
+    choices=["constant", "cosine"],
+    help="cosine: lr decays to lr*min_frac over the CPU budget (a function of the clock)",
+)
 ap.add_argument("--min-frac", type=float, default=0.0)
 ap.add_argument("--batch", type=int, default=512)
 ap.add_argument("--threads", type=int, default=1)
@@ -54,8 +59,18 @@ def main():
     lp_true = odata.toy_log_prob(args.data, xtest)
     rng_x, _ = common.streams(args.seed)
 
-    flow = odezoo.build("ffjord", data_dim=2, hidden=(64, 64, 64), activation="tanh", trace="hutchinson",
-                        noise="rademacher", solver="dopri5", rtol=1e-5, atol=1e-5, seed=args.seed)
+    flow = odezoo.build(
+        "ffjord",
+        data_dim=2,
+        hidden=(64, 64, 64),
+        activation="tanh",
+        trace="hutchinson",
+        noise="rademacher",
+        solver="dopri5",
+        rtol=1e-5,
+        atol=1e-5,
+        seed=args.seed,
+    )
     for layer, (W, b) in zip(flow.fields[0].layers_, common.init_weights(args.seed)):
         layer.kernel.assign(W)
         layer.bias.assign(b)
@@ -64,8 +79,15 @@ def main():
 
     budget = args.minutes * 60.0
     marks = [float(m) * 60.0 for m in args.marks.split(",") if float(m) * 60.0 <= budget + 1e-9]
-    res = dict(args=vars(args), data=args.data, seed=args.seed, evals=[], steps=[],
-               versions=dict(tf=tf.__version__, keras=keras.__version__), started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    res = dict(
+        args=vars(args),
+        data=args.data,
+        seed=args.seed,
+        evals=[],
+        steps=[],
+        versions=dict(tf=tf.__version__, keras=keras.__version__),
+        started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    )
     excluded = 0.0
 
     def evaluate(clock, mark=None):
@@ -73,14 +95,24 @@ def main():
         c0, w0 = time.process_time(), time.perf_counter()
         lp = flow.log_prob(xtest, trace="exact").numpy().astype(np.float64)
         diff = lp_true - lp
-        rec = dict(mark_s=mark, cpu_s=clock, step=len(res["steps"]), kl=float(diff.mean()),
-                   kl_se=float(diff.std(ddof=1) / math.sqrt(diff.size)), nll=float(-lp.mean()),
-                   wall_s=time.perf_counter() - wall0, eval_wall_s=time.perf_counter() - w0,
-                   load1=os.getloadavg()[0])
+        rec = dict(
+            mark_s=mark,
+            cpu_s=clock,
+            step=len(res["steps"]),
+            kl=float(diff.mean()),
+            kl_se=float(diff.std(ddof=1) / math.sqrt(diff.size)),
+            nll=float(-lp.mean()),
+            wall_s=time.perf_counter() - wall0,
+            eval_wall_s=time.perf_counter() - w0,
+            load1=os.getloadavg()[0],
+        )
         excluded += time.process_time() - c0
         res["evals"].append(rec)
-        print(f"[eval] cpu={clock:6.1f}s step={rec['step']:5d} KL={rec['kl']:.4f}±{rec['kl_se']:.4f} "
-              f"wall={rec['wall_s']:.0f}s load={rec['load1']:.2f}", flush=True)
+        print(
+            f"[eval] cpu={clock:6.1f}s step={rec['step']:5d} KL={rec['kl']:.4f}±{rec['kl_se']:.4f} "
+            f"wall={rec['wall_s']:.0f}s load={rec['load1']:.2f}",
+            flush=True,
+        )
         with open(args.out, "w") as f:
             json.dump(res, f)
 
@@ -89,7 +121,9 @@ def main():
     while clock < budget:
         if args.schedule == "cosine":
             frac = min(clock / budget, 1.0)
-            opt.learning_rate.assign(args.lr * (args.min_frac + (1 - args.min_frac) * 0.5 * (1 + math.cos(math.pi * frac))))
+            opt.learning_rate.assign(
+                args.lr * (args.min_frac + (1 - args.min_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+            )
         x = common.sample(args.data, rng_x, args.batch)
         t0 = time.perf_counter()
         logs = flow.train_on_batch(x, return_dict=True)

@@ -8,6 +8,7 @@ CPU and wall ms per step, 1 thread.
 
     python benchmarks/flow/probe_overhead.py --rounds 6 --steps 20
 """
+
 import argparse
 import json
 import os
@@ -66,13 +67,17 @@ def run_b():
 
 rec = {"train_on_batch": [], "direct": []}
 for r in range(args.rounds):
-    for name, fn in (("train_on_batch", run_a), ("direct", run_b)) if r % 2 == 0 else (("direct", run_b), ("train_on_batch", run_a)):
+    for name, fn in (
+        (("train_on_batch", run_a), ("direct", run_b)) if r % 2 == 0 else (("direct", run_b), ("train_on_batch", run_a))
+    ):
         out = [fn() for _ in range(args.steps)]
         if r > 0:
             rec[name] += out
 for name, v in rec.items():
     v = np.array(v)
-    print(f"{name:15s} CPU ms/step {np.median(v[:, 1]) * 1e3:6.1f} [{np.percentile(v[:, 1], 25) * 1e3:.1f}-{np.percentile(v[:, 1], 75) * 1e3:.1f}]"
-          f"  wall {np.median(v[:, 0]) * 1e3:6.1f}  NFE {np.median(v[:, 2]):.0f}  CPU µs/NFE {np.median(v[:, 1] / v[:, 2]) * 1e6:.0f}")
+    print(
+        f"{name:15s} CPU ms/step {np.median(v[:, 1]) * 1e3:6.1f} [{np.percentile(v[:, 1], 25) * 1e3:.1f}-{np.percentile(v[:, 1], 75) * 1e3:.1f}]"
+        f"  wall {np.median(v[:, 0]) * 1e3:6.1f}  NFE {np.median(v[:, 2]):.0f}  CPU µs/NFE {np.median(v[:, 1] / v[:, 2]) * 1e6:.0f}"
+    )
 if args.out:
     json.dump(rec, open(args.out, "w"))

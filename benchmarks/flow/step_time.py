@@ -23,6 +23,7 @@ of round medians (paired within a round) and as the ratio of the overall medians
     python benchmarks/flow/step_time.py --torch-py /tmp/venv_torch/bin/python --rounds 31 --steps 10 \
         --out benchmarks/flow/results/step_time.json
 """
+
 import argparse
 import json
 import os
@@ -60,8 +61,18 @@ SEED = 0
 
 class OdezooSystem:
     def __init__(self):
-        self.flow = odezoo.build("ffjord", data_dim=2, hidden=(64, 64, 64), activation="tanh", trace="hutchinson",
-                                 noise="rademacher", solver="dopri5", rtol=1e-5, atol=1e-5, seed=SEED)
+        self.flow = odezoo.build(
+            "ffjord",
+            data_dim=2,
+            hidden=(64, 64, 64),
+            activation="tanh",
+            trace="hutchinson",
+            noise="rademacher",
+            solver="dopri5",
+            rtol=1e-5,
+            atol=1e-5,
+            seed=SEED,
+        )
         for layer, (W, b) in zip(self.flow.fields[0].layers_, common.init_weights(SEED)):
             layer.kernel.assign(W)
             layer.bias.assign(b)
@@ -74,8 +85,15 @@ class OdezooSystem:
             x = common.sample(args.data, self.rng_x, common.BATCH)
             w0, c0 = time.perf_counter(), time.process_time()
             logs = self.flow.train_on_batch(x, return_dict=True)
-            out.append([time.perf_counter() - w0, time.process_time() - c0,
-                        int(logs["nfe_forward"]), int(logs["nfe_backward"]), float(logs["nll"])])
+            out.append(
+                [
+                    time.perf_counter() - w0,
+                    time.process_time() - c0,
+                    int(logs["nfe_forward"]),
+                    int(logs["nfe_backward"]),
+                    float(logs["nll"]),
+                ]
+            )
         return out
 
 
@@ -96,6 +114,7 @@ class TfpField(tf.Module):
 
 def one_vjp_hutchinson(eps):
     """tfp trace_augmentation_fn: ε ⊙ (Jᵀε) from one tape.gradient, no vectorized_map."""
+
     def trace_fn(ode_fn, state_shape, dtype):
         def augmented(t, state_and_logdet, **kwargs):
             state, _ = state_and_logdet
@@ -103,7 +122,9 @@ def one_vjp_hutchinson(eps):
                 tape.watch(state)
                 f = ode_fn(t, state, **kwargs)
             return f, eps * tape.gradient(f, state, output_gradients=eps)
+
         return augmented
+
     return trace_fn
 
 
@@ -121,9 +142,11 @@ class TfpSystem:
         self.step = tf.function(self._step, jit_compile=True)
 
     def _step(self, x, eps):
-        bij = tfb.FFJORD(state_time_derivative_fn=self.field,
-                         ode_solve_fn=tfp.math.ode.DormandPrince(rtol=1e-5, atol=1e-5).solve,
-                         trace_augmentation_fn=one_vjp_hutchinson(eps))
+        bij = tfb.FFJORD(
+            state_time_derivative_fn=self.field,
+            ode_solve_fn=tfp.math.ode.DormandPrince(rtol=1e-5, atol=1e-5).solve,
+            trace_augmentation_fn=one_vjp_hutchinson(eps),
+        )
         dist = tfd.TransformedDistribution(self.base, bij)
         n0 = self.field.nfe.read_value()
         with tf.GradientTape() as tape:
@@ -158,10 +181,21 @@ class TorchSystem:
         self.mode = mode
         if TorchSystem.proc is None:
             TorchSystem.proc = subprocess.Popen(
-                [args.torch_py, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
-                 "--data", args.data, "--threads", str(args.threads), "--seed", str(SEED)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+                [
+                    args.torch_py,
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
+                    "--data",
+                    args.data,
+                    "--threads",
+                    str(args.threads),
+                    "--seed",
+                    str(SEED),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)),
+            )
             TorchSystem.info = json.loads(self._readline())
 
     def _readline(self):
@@ -180,27 +214,45 @@ class TorchSystem:
 
 def main():
     # the data stream is odezoo.data.toy_density's
-    assert np.array_equal(common.sample(args.data, np.random.default_rng(7), 100), odata.toy_density(args.data, 100, seed=7))
+    assert np.array_equal(
+        common.sample(args.data, np.random.default_rng(7), 100), odata.toy_density(args.data, 100, seed=7)
+    )
     names = args.systems.split(",")
-    make = dict(odezoo=OdezooSystem, tfp=TfpSystem, torch_adjoint=lambda: TorchSystem("adjoint"),
-                torch_backprop=lambda: TorchSystem("backprop"))
+    make = dict(
+        odezoo=OdezooSystem,
+        tfp=TfpSystem,
+        torch_adjoint=lambda: TorchSystem("adjoint"),
+        torch_backprop=lambda: TorchSystem("backprop"),
+    )
     systems = {n: make[n]() for n in names}
     rounds = []
     t_start = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_start = os.getloadavg()
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         rec = dict(round=r, order=order, load1=os.getloadavg()[0])
         for n in order:
             rec[n] = systems[n].run(args.steps)
         rounds.append(rec)
-        msg = " ".join(f"{n} {np.median([s[0] for s in rec[n]]) * 1e3:.0f}ms/{rec[n][-1][2]}+{rec[n][-1][3]}" for n in names)
+        msg = " ".join(
+            f"{n} {np.median([s[0] for s in rec[n]]) * 1e3:.0f}ms/{rec[n][-1][2]}+{rec[n][-1][3]}" for n in names
+        )
         print(f"round {r} load {rec['load1']:.2f} {msg}", flush=True)
-    res = dict(args=vars(args), started=started, wall_s=time.perf_counter() - t_start,
-               load_start=load_start, load_end=os.getloadavg(), rounds=rounds,
-               versions=dict(tf=tf.__version__, tfp=tfp.__version__, keras=keras.__version__,
-                             torch=getattr(TorchSystem, "info", {}).get("torch")))
+    res = dict(
+        args=vars(args),
+        started=started,
+        wall_s=time.perf_counter() - t_start,
+        load_start=load_start,
+        load_end=os.getloadavg(),
+        rounds=rounds,
+        versions=dict(
+            tf=tf.__version__,
+            tfp=tfp.__version__,
+            keras=keras.__version__,
+            torch=getattr(TorchSystem, "info", {}).get("torch"),
+        ),
+    )
     res["summary"] = summarize(res, names)
     with open(args.out, "w") as f:
         json.dump(res, f)
@@ -215,23 +267,31 @@ def summarize(res, names):
     out = {}
     for n in names:
         s = np.array([st for rec in counted for st in rec[n]], float)
-        out[n] = dict(steps=len(s), wall_ms=[v * 1e3 for v in common.summary(s[:, 0])],
-                      cpu_ms=[v * 1e3 for v in common.summary(s[:, 1])],
-                      nfe_fwd=float(np.median(s[:, 2])), nfe_bwd=float(np.median(s[:, 3])),
-                      loss_last=float(s[-1, 4]),
-                      first_round_wall_s=float(sum(st[0] for st in res["rounds"][0][n])))
+        out[n] = dict(
+            steps=len(s),
+            wall_ms=[v * 1e3 for v in common.summary(s[:, 0])],
+            cpu_ms=[v * 1e3 for v in common.summary(s[:, 1])],
+            nfe_fwd=float(np.median(s[:, 2])),
+            nfe_bwd=float(np.median(s[:, 3])),
+            loss_last=float(s[-1, 4]),
+            first_round_wall_s=float(sum(st[0] for st in res["rounds"][0][n])),
+        )
     if "odezoo" in names:
         for n in names:
             if n == "odezoo":
                 continue
             for k, col in (("wall", 0), ("cpu", 1)):
-                per_round = [np.median([st[col] for st in rec["odezoo"]]) / np.median([st[col] for st in rec[n]])
-                             for rec in counted]
+                per_round = [
+                    np.median([st[col] for st in rec["odezoo"]]) / np.median([st[col] for st in rec[n]])
+                    for rec in counted
+                ]
                 out[f"odezoo/{n}"] = out.get(f"odezoo/{n}", {})
-                out[f"odezoo/{n}"][k] = dict(paired_median=float(np.median(per_round)),
-                                             paired_q25=float(np.percentile(per_round, 25)),
-                                             paired_q75=float(np.percentile(per_round, 75)),
-                                             of_medians=out["odezoo"][f"{k}_ms"][0] / out[n][f"{k}_ms"][0])
+                out[f"odezoo/{n}"][k] = dict(
+                    paired_median=float(np.median(per_round)),
+                    paired_q25=float(np.percentile(per_round, 25)),
+                    paired_q75=float(np.percentile(per_round, 75)),
+                    of_medians=out["odezoo"][f"{k}_ms"][0] / out[n][f"{k}_ms"][0],
+                )
     return out
 
 

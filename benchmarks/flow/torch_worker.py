@@ -10,6 +10,7 @@ tolerances = forward ones) and "backprop" (odeint, autograd through the solver).
 Protocol (one JSON line per request on stdin → one JSON line on stdout):
     {"mode": "adjoint", "steps": 20}  →  {"mode": ..., "steps": [[wall_s, cpu_s, nfe_fwd, nfe_bwd, loss], ...]}
 """
+
 import argparse
 import json
 import math
@@ -98,7 +99,7 @@ class Runner:
         else:
             z, l = odeint(self.dyn, state, self.span, **kw)
         z, l = z[-1], l[-1]
-        loss = -(-0.5 * (z ** 2).sum(dim=1) - math.log(2 * math.pi) + l).mean()
+        loss = -(-0.5 * (z**2).sum(dim=1) - math.log(2 * math.pi) + l).mean()
         n1 = self.field.nfe
         loss.backward()
         self.opt.step()

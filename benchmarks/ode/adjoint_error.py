@@ -7,6 +7,7 @@ fwd + adjoint gradient error, which starts the backward solve from the computed 
 
     python benchmarks/ode/adjoint_error.py --outdir /tmp/odezoo_peers2   # peers.py's --outdir
 """
+
 import argparse
 import json
 import os
@@ -45,20 +46,33 @@ def main():
     y1 = tf.constant(ref["h_final"].astype(np.float32))
     rows = []
     for tol in (1e-3, 1e-5):
-        for label, mask, controller in (("seminorm, predictive", [True, True] + [False] * 4, "predictive"),
-                                        ("full norm, predictive", None, "predictive"),
-                                        ("seminorm, pi", [True, True] + [False] * 4, "pi")):
+        for label, mask, controller in (
+            ("seminorm, predictive", [True, True] + [False] * 4, "predictive"),
+            ("full norm, predictive", None, "predictive"),
+            ("seminorm, pi", [True, True] + [False] * 4, "pi"),
+        ):
+
             @tf.function(jit_compile=True)
             def run():
                 state = [y1, 2.0 * y1] + [tf.zeros_like(v) for v in variables]
-                return ode.integrate(aug, 1.0, state, tf.constant([0.0]), rtol=tol, atol=tol,
-                                         norm_mask=mask, controller=controller)
+                return ode.integrate(
+                    aug, 1.0, state, tf.constant([0.0]), rtol=tol, atol=tol, norm_mask=mask, controller=controller
+                )
 
             out, info = run()
-            err = {k: float(np.abs(out[2 + i][0].numpy() - ref["grad_" + k]).max() / np.abs(ref["grad_" + k]).max())
-                   for i, k in enumerate(PARAMS)}
-            rows.append(dict(tol=tol, backward=label, nfe_bwd=int(info["nfe"]), grad_rel_err=err,
-                             max_grad_rel_err=max(err.values())))
+            err = {
+                k: float(np.abs(out[2 + i][0].numpy() - ref["grad_" + k]).max() / np.abs(ref["grad_" + k]).max())
+                for i, k in enumerate(PARAMS)
+            }
+            rows.append(
+                dict(
+                    tol=tol,
+                    backward=label,
+                    nfe_bwd=int(info["nfe"]),
+                    grad_rel_err=err,
+                    max_grad_rel_err=max(err.values()),
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "adjoint_error.json"), "w") as fh:
         json.dump(rows, fh, indent=1)

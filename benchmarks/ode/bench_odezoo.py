@@ -9,6 +9,7 @@ Each configuration: median forward ms, median forward+gradient ms, NFE forward /
 backward (counted by a variable inside f), compile s, and the max relative error of
 h(1) against a float64 scipy DOP853 reference at rtol = atol = 1e-10.
 """
+
 import argparse
 import json
 import os
@@ -79,10 +80,18 @@ def run(config, tol, d, ref, repeats):
         max_steps = 200 if gradient == "backprop" else 10000  # backprop under XLA preallocates max_steps
 
         def forward():
-            outs, info = ode.adjoint_solve(lambda t, y, c: [f(t, y[0])], 0.0, [h0], times, [],
-                                               options=dict(rtol=tol, atol=tol, max_steps=max_steps)) \
-                if gradient == "adjoint" else ode.integrate(lambda t, y: [f(t, y[0])], 0.0, [h0], times,
-                                                                rtol=tol, atol=tol, max_steps=max_steps)
+            outs, info = (
+                ode.adjoint_solve(
+                    lambda t, y, c: [f(t, y[0])],
+                    0.0,
+                    [h0],
+                    times,
+                    [],
+                    options=dict(rtol=tol, atol=tol, max_steps=max_steps),
+                )
+                if gradient == "adjoint"
+                else ode.integrate(lambda t, y: [f(t, y[0])], 0.0, [h0], times, rtol=tol, atol=tol, max_steps=max_steps)
+            )
             return outs[0][-1]
 
     @tf.function(jit_compile=True)
@@ -97,7 +106,7 @@ def run(config, tol, d, ref, repeats):
         with tf.GradientTape() as tape:
             y = forward()
             n_fwd = tf.identity(counter.read_value())
-            loss = tf.reduce_sum(y ** 2)
+            loss = tf.reduce_sum(y**2)
         g = tape.gradient(loss, params)
         return y, g, n_fwd, counter.read_value()
 
@@ -110,9 +119,18 @@ def run(config, tol, d, ref, repeats):
     ms_fwd = median_ms(fwd, repeats)
     ms_grad = median_ms(fwd_grad, repeats)
     err = float(np.abs(y.numpy() - ref).max() / np.abs(ref).max())
-    return dict(config=config, tol=tol, fwd_ms=ms_fwd, fwd_grad_ms=ms_grad, nfe_fwd=int(n_fwd),
-                nfe_bwd=int(n_total) - int(n_fwd), rel_err=err, compile_fwd_s=compile_fwd,
-                compile_grad_s=compile_grad, grads=[x.numpy() for x in g])
+    return dict(
+        config=config,
+        tol=tol,
+        fwd_ms=ms_fwd,
+        fwd_grad_ms=ms_grad,
+        nfe_fwd=int(n_fwd),
+        nfe_bwd=int(n_total) - int(n_fwd),
+        rel_err=err,
+        compile_fwd_s=compile_fwd,
+        compile_grad_s=compile_grad,
+        grads=[x.numpy() for x in g],
+    )
 
 
 def main():
@@ -132,8 +150,10 @@ def main():
             grads[config] = r.pop("grads")
             base = grads.get("odezoo")
             r["grad_rel_diff_vs_odezoo_adjoint"] = (
-                None if base is None else max(float(np.abs(a - b).max() / np.abs(a).max())
-                                              for a, b in zip(base, grads[config])))
+                None
+                if base is None
+                else max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(base, grads[config]))
+            )
             rows.append(r)
             print(json.dumps(r), flush=True)
     with open(args.out, "w") as fh:

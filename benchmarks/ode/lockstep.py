@@ -23,6 +23,7 @@ installed tree); its ratio is baseline ÷ current (> 1: the current code is fast
     ln -s ../plugins /tmp/wt_before/odezoo/plugins; ln -s ../zoo_weights /tmp/wt_before/odezoo/zoo_weights
     python benchmarks/ode/lockstep.py --baseline /tmp/wt_before --rounds 60
 """
+
 import argparse
 import json
 import os
@@ -40,13 +41,25 @@ from peers import make_weights  # noqa: E402
 
 class Worker:
     def __init__(self, py, framework, modes, tols, weights, torch_threads=1, label=None, pythonpath=None):
-        cmd = [py, os.path.join(HERE, "peer_worker.py"), "--serve", "--framework", framework, "--modes", modes,
-               "--tols", tols, "--weights", weights, "--torch-threads", str(torch_threads)]
+        cmd = [
+            py,
+            os.path.join(HERE, "peer_worker.py"),
+            "--serve",
+            "--framework",
+            framework,
+            "--modes",
+            modes,
+            "--tols",
+            tols,
+            "--weights",
+            weights,
+            "--torch-threads",
+            str(torch_threads),
+        ]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         if pythonpath:
             env["PYTHONPATH"] = os.path.abspath(pythonpath)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                     env=env)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self.framework = label or framework
         while True:
             line = self.proc.stdout.readline()
@@ -84,14 +97,18 @@ def main():
     p.add_argument("--weights", default="/tmp/odezoo_lockstep_weights.npz")
     args = p.parse_args()
     make_weights(args.weights)
-    meta = dict(date_utc_start=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), rounds=args.rounds,
-                command=" ".join([os.path.basename(sys.executable)] + sys.argv),
-                uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    meta = dict(
+        date_utc_start=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        rounds=args.rounds,
+        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+        uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+    )
     workers = [Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights)]
     if args.baseline:
         meta["baseline"] = os.path.abspath(args.baseline)
-        workers.append(Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights, label="baseline",
-                              pythonpath=args.baseline))
+        workers.append(
+            Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights, label="baseline", pythonpath=args.baseline)
+        )
     if args.jax_py:
         workers.append(Worker(args.jax_py, "jax", "recursive,backsolve", args.tols, args.weights))
     if args.torch:
@@ -120,12 +137,15 @@ def main():
         tol = mode_tol.split("@")[1]
         base = np.array(times[f"odezoo:dopri5@{tol}:{kind}"])
         ratio = np.array(ts) / base
-        summary[name].update(ratio_vs_odezoo_quartiles=quartiles(ratio),
-                             odezoo_faster_fraction=float(np.mean(ratio > 1.0)))
+        summary[name].update(
+            ratio_vs_odezoo_quartiles=quartiles(ratio), odezoo_faster_fraction=float(np.mean(ratio > 1.0))
+        )
     with open(args.out, "w") as fh:
         json.dump(dict(meta=meta, summary=summary, times_s=times), fh, indent=1)
-    print("| configuration | call | ms (q25 / median / q75) | peer ÷ odezoo per round (q25 / median / q75) "
-          "| rounds odezoo faster |\n|---|---|---|---|---|")
+    print(
+        "| configuration | call | ms (q25 / median / q75) | peer ÷ odezoo per round (q25 / median / q75) "
+        "| rounds odezoo faster |\n|---|---|---|---|---|"
+    )
     for name in sorted(summary, key=lambda n: (n.split("@")[1], n.split(":")[-1], n)):
         s = summary[name]
         q = " / ".join(f"{x:.1f}" for x in s["ms_quartiles"])

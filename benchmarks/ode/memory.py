@@ -7,6 +7,7 @@ it again and report that step's peak minus the resident memory before it, and th
 
     python benchmarks/ode/memory.py            # table on stdout, memory.json beside this file
 """
+
 import json
 import os
 import subprocess
@@ -58,18 +59,28 @@ def child(gradient, rtol):
     before = status_mb("VmRSS")
     step(h0)
     peak = status_mb("VmHWM")
-    print(json.dumps(dict(gradient=gradient, rtol=rtol, rss_before_mb=before, peak_mb=peak,
-                          step_peak_minus_rss_mb=peak - before,
-                          nfe_forward=int(block.nfe_forward.numpy()),
-                          nfe_backward=int(block.nfe_backward.numpy()))))
+    print(
+        json.dumps(
+            dict(
+                gradient=gradient,
+                rtol=rtol,
+                rss_before_mb=before,
+                peak_mb=peak,
+                step_peak_minus_rss_mb=peak - before,
+                nfe_forward=int(block.nfe_forward.numpy()),
+                nfe_backward=int(block.nfe_backward.numpy()),
+            )
+        )
+    )
 
 
 def main():
     rows = []
     for gradient in ("adjoint", "backprop"):
         for rtol in RTOLS:
-            out = subprocess.run([sys.executable, __file__, "--child", gradient, str(rtol)],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", gradient, str(rtol)], capture_output=True, text=True
+            )
             line = [x for x in out.stdout.splitlines() if x.startswith("{")]
             row = json.loads(line[-1]) if line else dict(gradient=gradient, rtol=rtol, error=out.stderr[-500:])
             rows.append(row)

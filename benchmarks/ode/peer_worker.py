@@ -22,6 +22,7 @@ median of ``--repeats`` steady-state calls, each forced to numpy. NFE: field cal
 counted inside the field in a separate, untimed call (``--count``; odezoo's
 ``nfe_forward`` / ``nfe_backward`` layer counters otherwise, which that call checks).
 """
+
 import argparse
 import json
 import os
@@ -33,8 +34,9 @@ import time
 import numpy as np
 
 PARAMS = ("w1", "b1", "w2", "b2")
-MODES = dict(odezoo=("dopri5", "tfp_dopri5"), torch=("odeint", "odeint_adjoint"),
-             jax=("recursive", "backsolve"), ref=("f64",))
+MODES = dict(
+    odezoo=("dopri5", "tfp_dopri5"), torch=("odeint", "odeint_adjoint"), jax=("recursive", "backsolve"), ref=("f64",)
+)
 
 
 def rss_mb():
@@ -92,8 +94,9 @@ def run_odezoo(args, d):
 
         def build(self, t_shape, y_shape):
             for k in PARAMS:
-                setattr(self, k, self.add_weight(name=k, shape=d[k].shape,
-                                                 initializer=keras.initializers.Constant(d[k])))
+                setattr(
+                    self, k, self.add_weight(name=k, shape=d[k].shape, initializer=keras.initializers.Constant(d[k]))
+                )
 
         def call(self, t, h):
             out = tf.tanh(h @ self.w1 + self.b1) @ self.w2 + self.b2
@@ -114,20 +117,29 @@ def run_odezoo(args, d):
     def sync(out):
         return tf.nest.map_structure(lambda x: x.numpy(), out)
 
-    rec = dict(tf_version=tf.__version__, tfp_version=tfp.__version__, keras_version=keras.__version__,
-               intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
-               rss_after_import_mb=rss_mb(),
-               execution="ODEBlock called inside tf.function(jit_compile=True)")
+    rec = dict(
+        tf_version=tf.__version__,
+        tfp_version=tfp.__version__,
+        keras_version=keras.__version__,
+        intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+        rss_after_import_mb=rss_mb(),
+        execution="ODEBlock called inside tf.function(jit_compile=True)",
+    )
     block, fwd, fwd_grad = make()
     first, med, times, h_final = time_fn(fwd, sync, args.repeats)
-    rec.update(fwd_first_call_s=first, fwd_ms=med * 1e3, fwd_times_s=times,
-               nfe_fwd_layer=int(block.nfe_forward.numpy()))
+    rec.update(
+        fwd_first_call_s=first, fwd_ms=med * 1e3, fwd_times_s=times, nfe_fwd_layer=int(block.nfe_forward.numpy())
+    )
     rec["rss_after_fwd_mb"] = rss_mb()
     first, med, times, (h_grad, grads) = time_fn(fwd_grad, sync, args.repeats)
-    rec.update(grad_first_call_s=first, fwd_grad_ms=med * 1e3, fwd_grad_times_s=times,
-               nfe_fwd_layer_in_grad=int(block.nfe_forward.numpy()),
-               nfe_bwd_layer=int(block.nfe_backward.numpy()),
-               status=[int(x) for x in block.solver_status.numpy()])
+    rec.update(
+        grad_first_call_s=first,
+        fwd_grad_ms=med * 1e3,
+        fwd_grad_times_s=times,
+        nfe_fwd_layer_in_grad=int(block.nfe_forward.numpy()),
+        nfe_bwd_layer=int(block.nfe_backward.numpy()),
+        status=[int(x) for x in block.solver_status.numpy()],
+    )
     rec["rss_peak_mb"] = rss_mb()
     block.check_status()  # raises SolverError if either solve failed
     rec["nfe_fwd"], rec["nfe_bwd"] = rec["nfe_fwd_layer"], rec["nfe_bwd_layer"]
@@ -154,9 +166,13 @@ def run_torch(args, d):
     from torchdiffeq import odeint, odeint_adjoint
 
     torch.set_num_threads(args.torch_threads or os.cpu_count())
-    rec = dict(torch_version=torch.__version__, torchdiffeq_version=torchdiffeq.__version__,
-               torch_threads=torch.get_num_threads(), rss_after_import_mb=rss_mb(),
-               execution="eager (torch has no compile step here)")
+    rec = dict(
+        torch_version=torch.__version__,
+        torchdiffeq_version=torchdiffeq.__version__,
+        torch_threads=torch.get_num_threads(),
+        rss_after_import_mb=rss_mb(),
+        execution="eager (torch has no compile step here)",
+    )
 
     class Field(torch.nn.Module):
         def __init__(self):
@@ -183,7 +199,7 @@ def run_torch(args, d):
         for p in func.parameters():
             p.grad = None
         h = solve(func, h0, t, **kw)[-1]
-        (h ** 2).sum().backward()
+        (h**2).sum().backward()
         return h.detach(), [getattr(func, k).grad for k in PARAMS]
 
     def sync(out):
@@ -221,9 +237,14 @@ def run_jax(args, d):
     import jax
     import jax.numpy as jnp
 
-    rec = dict(jax_version=jax.__version__, diffrax_version=diffrax.__version__,
-               equinox_version=equinox.__version__, jax_devices=str(jax.devices()),
-               rss_after_import_mb=rss_mb(), execution="jax.jit (compiled ahead of the timed calls)")
+    rec = dict(
+        jax_version=jax.__version__,
+        diffrax_version=diffrax.__version__,
+        equinox_version=equinox.__version__,
+        jax_devices=str(jax.devices()),
+        rss_after_import_mb=rss_mb(),
+        execution="jax.jit (compiled ahead of the timed calls)",
+    )
     params, h0 = _jax_problem(d, jnp.float32)
     count = [0]
 
@@ -239,14 +260,23 @@ def run_jax(args, d):
     def make(fn):
         def solve(p, y0):
             sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(fn), diffrax.Dopri5(), t0=0.0, t1=1.0, dt0=None, y0=y0, args=p,
+                diffrax.ODETerm(fn),
+                diffrax.Dopri5(),
+                t0=0.0,
+                t1=1.0,
+                dt0=None,
+                y0=y0,
+                args=p,
                 stepsize_controller=diffrax.PIDController(rtol=args.tol, atol=args.tol),
-                saveat=diffrax.SaveAt(t1=True), adjoint=adjoint, max_steps=4096)
+                saveat=diffrax.SaveAt(t1=True),
+                adjoint=adjoint,
+                max_steps=4096,
+            )
             return sol.ys[-1]
 
         def loss(p, y0):
             h = solve(p, y0)
-            return jnp.sum(h ** 2), h
+            return jnp.sum(h**2), h
 
         return solve, jax.value_and_grad(loss, has_aux=True)
 
@@ -297,17 +327,28 @@ def run_reference(args, d):
 
     def loss(p):
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field), diffrax.Dopri8(), 0.0, 1.0, None, h0, args=p,
+            diffrax.ODETerm(field),
+            diffrax.Dopri8(),
+            0.0,
+            1.0,
+            None,
+            h0,
+            args=p,
             stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10),
-            saveat=diffrax.SaveAt(t1=True), max_steps=100000)
+            saveat=diffrax.SaveAt(t1=True),
+            max_steps=100000,
+        )
         h = sol.ys[-1]
-        return jnp.sum(h ** 2), h
+        return jnp.sum(h**2), h
 
     t0 = time.perf_counter()
     (_, h), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    rec = dict(method="diffrax Dopri8 float64 rtol=atol=1e-10, RecursiveCheckpointAdjoint",
-               seconds=time.perf_counter() - t0, jax_version=jax.__version__,
-               diffrax_version=diffrax.__version__)
+    rec = dict(
+        method="diffrax Dopri8 float64 rtol=atol=1e-10, RecursiveCheckpointAdjoint",
+        seconds=time.perf_counter() - t0,
+        jax_version=jax.__version__,
+        diffrax_version=diffrax.__version__,
+    )
     return rec, np.asarray(h), {k: np.asarray(v) for k, v in g.items()}
 
 
@@ -326,8 +367,11 @@ def serve_callables(args, d):
         class PeerField(keras.layers.Layer):
             def build(self, t_shape, y_shape):
                 for k in PARAMS:
-                    setattr(self, k, self.add_weight(name=k, shape=d[k].shape,
-                                                     initializer=keras.initializers.Constant(d[k])))
+                    setattr(
+                        self,
+                        k,
+                        self.add_weight(name=k, shape=d[k].shape, initializer=keras.initializers.Constant(d[k])),
+                    )
 
             def call(self, t, h):
                 return tf.tanh(h @ self.w1 + self.b1) @ self.w2 + self.b2
@@ -358,16 +402,26 @@ def serve_callables(args, d):
         for mode in args.modes.split(","):
             adjoint = diffrax.BacksolveAdjoint() if mode == "backsolve" else diffrax.RecursiveCheckpointAdjoint()
             for tol in tols:
+
                 def solve(p, y0, tol=tol, adjoint=adjoint):
                     sol = diffrax.diffeqsolve(
-                        diffrax.ODETerm(field), diffrax.Dopri5(), t0=0.0, t1=1.0, dt0=None, y0=y0, args=p,
+                        diffrax.ODETerm(field),
+                        diffrax.Dopri5(),
+                        t0=0.0,
+                        t1=1.0,
+                        dt0=None,
+                        y0=y0,
+                        args=p,
                         stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
-                        saveat=diffrax.SaveAt(t1=True), adjoint=adjoint, max_steps=4096)
+                        saveat=diffrax.SaveAt(t1=True),
+                        adjoint=adjoint,
+                        max_steps=4096,
+                    )
                     return sol.ys[-1]
 
                 def loss(p, y0, solve=solve):
                     h = solve(p, y0)
-                    return jnp.sum(h ** 2), h
+                    return jnp.sum(h**2), h
 
                 f1 = jax.jit(solve).lower(params, h0).compile()
                 f2 = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(params, h0).compile()
@@ -405,7 +459,7 @@ def serve_callables(args, d):
                     for p_ in func.parameters():
                         p_.grad = None
                     h = solve_(func, h0, t, **kw)[-1]
-                    (h ** 2).sum().backward()
+                    (h**2).sum().backward()
                     return [getattr(func, k).grad.numpy() for k in PARAMS]
 
                 out[f"{mode}@{tol:g}:fwd"] = fwd
@@ -440,8 +494,11 @@ def main():
     p.add_argument("--weights", required=True)
     p.add_argument("--outdir", default=None, help="required unless --serve")
     p.add_argument("--tag", default="", help="prefix of the output files (e.g. the pass)")
-    p.add_argument("--count", action="store_true", help="odezoo, jax: also count NFE inside the field "
-                   "(an extra, untimed compile; torch always counts)")
+    p.add_argument(
+        "--count",
+        action="store_true",
+        help="odezoo, jax: also count NFE inside the field (an extra, untimed compile; torch always counts)",
+    )
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: all cores)")
     p.add_argument("--serve", action="store_true", help="lockstep.py's mode: time one call per stdin line")
     args = p.parse_args()
@@ -457,13 +514,22 @@ def main():
         for mode in args.modes.split(","):
             args.mode, args.tol = mode, tol
             rec, h_final, grads = run(args, d)
-            rec.update(framework=args.framework, mode=mode, tol=tol, repeats=args.repeats,
-                       python=platform.python_version(), cpu_count=os.cpu_count(),
-                       date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
+            rec.update(
+                framework=args.framework,
+                mode=mode,
+                tol=tol,
+                repeats=args.repeats,
+                python=platform.python_version(),
+                cpu_count=os.cpu_count(),
+                date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            )
             dtype = np.float64 if args.framework == "ref" else np.float32
             out = os.path.join(args.outdir, f"{args.tag}{args.framework}_{mode}_{tol:g}")
-            np.savez(out + ".npz", h_final=np.asarray(h_final, dtype),
-                     **{f"grad_{k}": np.asarray(grads[k], dtype) for k in PARAMS})
+            np.savez(
+                out + ".npz",
+                h_final=np.asarray(h_final, dtype),
+                **{f"grad_{k}": np.asarray(grads[k], dtype) for k in PARAMS},
+            )
             with open(out + ".json", "w") as fh:
                 json.dump(rec, fh, indent=1)
             print(json.dumps({k: v for k, v in rec.items() if not k.endswith("_times_s")}), flush=True)

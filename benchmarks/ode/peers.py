@@ -17,6 +17,7 @@ passes is written (``peers.json``, ``peers.md``).
 
 Stdlib + numpy only here; peer_worker.py does the measuring.
 """
+
 import argparse
 import glob
 import json
@@ -56,15 +57,31 @@ def make_weights(path):
 
 
 def worker(py, framework, modes, tols, args, tag, log, count=False):
-    cmd = [py, os.path.join(HERE, "peer_worker.py"), "--framework", framework, "--modes", ",".join(modes),
-           "--tols", tols, "--repeats", str(args.repeats), "--weights", args.weights,
-           "--outdir", args.outdir, "--tag", tag, "--torch-threads", str(args.torch_threads)]
+    cmd = [
+        py,
+        os.path.join(HERE, "peer_worker.py"),
+        "--framework",
+        framework,
+        "--modes",
+        ",".join(modes),
+        "--tols",
+        tols,
+        "--repeats",
+        str(args.repeats),
+        "--weights",
+        args.weights,
+        "--outdir",
+        args.outdir,
+        "--tag",
+        tag,
+        "--torch-threads",
+        str(args.torch_threads),
+    ]
     if count:
         cmd.append("--count")
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     print(f"   {tag}{framework}: rc={rc} in {time.perf_counter() - t0:.0f} s", flush=True)
     if rc:
         with open(log) as fh:
@@ -90,8 +107,9 @@ def scipy_check(weights, ref_path):
 def rel_errors(arrays, ref):
     """max|x - ref| / max|ref| for h(1), and the max of that over the four gradients."""
     h = float(np.abs(arrays["h_final"] - ref["h_final"]).max() / np.abs(ref["h_final"]).max())
-    g = max(float(np.abs(arrays[f"grad_{k}"] - ref[f"grad_{k}"]).max() / np.abs(ref[f"grad_{k}"]).max())
-            for k in PARAMS)
+    g = max(
+        float(np.abs(arrays[f"grad_{k}"] - ref[f"grad_{k}"]).max() / np.abs(ref[f"grad_{k}"]).max()) for k in PARAMS
+    )
     return h, g
 
 
@@ -120,19 +138,32 @@ def summarise(outdir, passes, tols):
             med = lambda k: statistics.median(r[k] for r in recs)  # noqa: E731
             nfe = sorted({(r.get("nfe_fwd"), r.get("nfe_bwd")) for r in recs if "nfe_fwd" in r})
             counted = [r for r in recs if r.get("nfe_counted_in_field")]
-            rows.append(dict(
-                framework=fw, mode=mode, label=label, tol=tol, passes=len(recs),
-                fwd_ms=med("fwd_ms"), fwd_grad_ms=med("fwd_grad_ms"),
-                fwd_ms_passes=[r["fwd_ms"] for r in recs], fwd_grad_ms_passes=[r["fwd_grad_ms"] for r in recs],
-                # every timed call of every pass pooled: quartiles (the spread on a loaded machine)
-                fwd_ms_q=_quartiles([1e3 * x for r in recs for x in r.get("fwd_times_s", [])]),
-                fwd_grad_ms_q=_quartiles([1e3 * x for r in recs for x in r.get("fwd_grad_times_s", [])]),
-                nfe_fwd=counted[0]["nfe_fwd"] if counted else None,
-                nfe_bwd=counted[0]["nfe_bwd"] if counted else None, nfe_all_passes=nfe,
-                nfe_layer_counters=counted[0].get("nfe_layer_counters") if counted else None,
-                h_rel_err=max(e[0] for e in errs), grad_rel_err=max(e[1] for e in errs),
-                compile_s=[statistics.median(r["fwd_first_call_s"] - r["fwd_ms"] / 1e3 for r in recs),
-                           statistics.median(r["grad_first_call_s"] - r["fwd_grad_ms"] / 1e3 for r in recs)]))
+            rows.append(
+                dict(
+                    framework=fw,
+                    mode=mode,
+                    label=label,
+                    tol=tol,
+                    passes=len(recs),
+                    fwd_ms=med("fwd_ms"),
+                    fwd_grad_ms=med("fwd_grad_ms"),
+                    fwd_ms_passes=[r["fwd_ms"] for r in recs],
+                    fwd_grad_ms_passes=[r["fwd_grad_ms"] for r in recs],
+                    # every timed call of every pass pooled: quartiles (the spread on a loaded machine)
+                    fwd_ms_q=_quartiles([1e3 * x for r in recs for x in r.get("fwd_times_s", [])]),
+                    fwd_grad_ms_q=_quartiles([1e3 * x for r in recs for x in r.get("fwd_grad_times_s", [])]),
+                    nfe_fwd=counted[0]["nfe_fwd"] if counted else None,
+                    nfe_bwd=counted[0]["nfe_bwd"] if counted else None,
+                    nfe_all_passes=nfe,
+                    nfe_layer_counters=counted[0].get("nfe_layer_counters") if counted else None,
+                    h_rel_err=max(e[0] for e in errs),
+                    grad_rel_err=max(e[1] for e in errs),
+                    compile_s=[
+                        statistics.median(r["fwd_first_call_s"] - r["fwd_ms"] / 1e3 for r in recs),
+                        statistics.median(r["grad_first_call_s"] - r["fwd_grad_ms"] / 1e3 for r in recs),
+                    ],
+                )
+            )
     # within-pass ratios: peer fwd+grad time / odezoo dopri5 fwd+grad time, pass by pass
     for tol in tols:
         base = next((r for r in rows if r["tol"] == tol and r["mode"] == "dopri5"), None)
@@ -146,10 +177,12 @@ def summarise(outdir, passes, tols):
 
 
 def markdown(rows):
-    out = ["| configuration | tol | fwd ms | fwd+grad ms | fwd+grad IQR ms (all calls) | fwd+grad ms per pass "
-           "| x odezoo (within pass, median) "
-           "| NFE fwd | NFE bwd | rel. err h(1) | rel. err grad | compile s fwd / grad |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| configuration | tol | fwd ms | fwd+grad ms | fwd+grad IQR ms (all calls) | fwd+grad ms per pass "
+        "| x odezoo (within pass, median) "
+        "| NFE fwd | NFE bwd | rel. err h(1) | rel. err grad | compile s fwd / grad |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         per = " / ".join(f"{x:.1f}" for x in r["fwd_grad_ms_passes"])
         q = r.get("fwd_grad_ms_q")
@@ -158,7 +191,8 @@ def markdown(rows):
             f"| {r['label']} | {r['tol']:g} | {r['fwd_ms']:.1f} | **{r['fwd_grad_ms']:.1f}** | {iqr} | {per} "
             f"| {r.get('fwd_grad_vs_odezoo_median', float('nan')):.2f} | {r['nfe_fwd']} | {r['nfe_bwd']} "
             f"| {r['h_rel_err']:.1e} | {r['grad_rel_err']:.1e} "
-            f"| {r['compile_s'][0]:.1f} / {r['compile_s'][1]:.1f} |")
+            f"| {r['compile_s'][0]:.1f} / {r['compile_s'][1]:.1f} |"
+        )
     return "\n".join(out)
 
 
@@ -172,32 +206,51 @@ def main():
     p.add_argument("--tols", default="1e-3,1e-5")
     p.add_argument("--outdir", default="/tmp/odezoo_peers", help="per-configuration JSON/NPZ and logs")
     p.add_argument("--summarise-only", action="store_true")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch.set_num_threads; 1 by default: on a loaded 2-core machine two OpenMP "
-                   "threads spin at their barriers and made torchdiffeq ~60x slower (0: all cores)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads; 1 by default: on a loaded 2-core machine two OpenMP "
+        "threads spin at their barriers and made torchdiffeq ~60x slower (0: all cores)",
+    )
     args = p.parse_args()
     tols = [float(x) for x in args.tols.split(",")]
     os.makedirs(os.path.join(args.outdir, "logs"), exist_ok=True)
     args.weights = os.path.join(args.outdir, "weights.npz")
     t_start = time.time()
-    meta = dict(date_utc_start=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-                python=platform.python_version(), nproc=os.cpu_count(),
-                command=" ".join([os.path.basename(sys.executable)] + sys.argv),
-                uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    meta = dict(
+        date_utc_start=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        python=platform.python_version(),
+        nproc=os.cpu_count(),
+        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+        uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+    )
     if not args.summarise_only:
         make_weights(args.weights)
         pys = dict(odezoo=args.tf_py, torch=args.torch_py, jax=args.jax_py)
         for p_ in range(1, args.passes + 1):
-            print(f"== pass {p_}  ({subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()})",
-                  flush=True)
+            print(
+                f"== pass {p_}  ({subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()})",
+                flush=True,
+            )
             for fw in ("odezoo", "torch", "jax"):
                 modes = [m for f, m, _ in CONFIGS if f == fw]
-                worker(pys[fw], fw, modes, args.tols, args, f"p{p_}_",
-                       os.path.join(args.outdir, "logs", f"p{p_}_{fw}.log"), count=p_ == 1)
+                worker(
+                    pys[fw],
+                    fw,
+                    modes,
+                    args.tols,
+                    args,
+                    f"p{p_}_",
+                    os.path.join(args.outdir, "logs", f"p{p_}_{fw}.log"),
+                    count=p_ == 1,
+                )
         print("== reference", flush=True)
         worker(args.jax_py, "ref", ["f64"], "1e-10", args, "", os.path.join(args.outdir, "logs", "ref.log"))
     if not args.summarise_only:  # the reference against an independent f64 solve (scipy DOP853, h(1))
-        meta["reference_vs_scipy_dop853_h_rel"] = scipy_check(args.weights, os.path.join(args.outdir, "ref_f64_1e-10.npz"))
+        meta["reference_vs_scipy_dop853_h_rel"] = scipy_check(
+            args.weights, os.path.join(args.outdir, "ref_f64_1e-10.npz")
+        )
     meta["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     meta["wall_s"] = time.time() - t_start
     rows = summarise(args.outdir, args.passes, tols)

@@ -48,8 +48,13 @@ print("EPOCH_TIMES " + json.dumps(times))
 def one(tree, args):
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, PYTHONPATH=tree, CUDA_VISIBLE_DEVICES="")
-        done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(dict(args, out=out))], env=env,
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(dict(args, out=out))],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     line = next(x for x in done.stdout.splitlines() if x.startswith("EPOCH_TIMES "))
     return json.loads(line.split(" ", 1)[1])[1:]  # drop the compiling first epoch
 
@@ -73,10 +78,14 @@ def main():
         rows.append(dict(round=r, order=[n for n, _ in order], **got, ratio=got["new"] / got["old"]))
         print(json.dumps(rows[-1]), flush=True)
     ratios = np.array([row["ratio"] for row in rows])
-    summary = dict(args=args, rounds=rows, median_ratio=float(np.median(ratios)),
-                   iqr=[float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
-                   old_median_s=float(np.median([row["old"] for row in rows])),
-                   new_median_s=float(np.median([row["new"] for row in rows])))
+    summary = dict(
+        args=args,
+        rounds=rows,
+        median_ratio=float(np.median(ratios)),
+        iqr=[float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
+        old_median_s=float(np.median([row["old"] for row in rows])),
+        new_median_s=float(np.median([row["new"] for row in rows])),
+    )
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}))
     if a.out:
         with open(a.out, "w") as fh:

@@ -29,20 +29,41 @@ import importlib
 
 _EXPORTS = {
     "ODEBlock": "block",
-    "odeint": "dispatch", "solve": "dispatch",
+    "odeint": "dispatch",
+    "solve": "dispatch",
     "DormandPrince": "dormand_prince",
-    "SolverChecked": "status", "SolverStatus": "status", "SolverGuard": "status", "raise_for_status": "status",
-    "REASONS": "status", "Diagnostics": "status", "times_ordered": "status", "run_hook": "status",
-    "SOLVERS": "options", "ADAPTIVE": "options", "AdaptiveSolver": "options", "check_solver": "options",
-    "resolve_gradient": "options", "check_options": "options", "check_finite_positive": "options",
-    "ButcherTableau": "tableau", "DOPRI5": "tableau",
-    "Controller": "controllers", "PredictiveController": "controllers", "PIController": "controllers",
-    "StepMemory": "controllers", "CONTROLLERS": "controllers", "make_controller": "controllers",
+    "SolverChecked": "status",
+    "SolverStatus": "status",
+    "SolverGuard": "status",
+    "raise_for_status": "status",
+    "REASONS": "status",
+    "Diagnostics": "status",
+    "times_ordered": "status",
+    "run_hook": "status",
+    "SOLVERS": "options",
+    "ADAPTIVE": "options",
+    "AdaptiveSolver": "options",
+    "check_solver": "options",
+    "resolve_gradient": "options",
+    "check_options": "options",
+    "check_finite_positive": "options",
+    "ButcherTableau": "tableau",
+    "DOPRI5": "tableau",
+    "Controller": "controllers",
+    "PredictiveController": "controllers",
+    "PIController": "controllers",
+    "StepMemory": "controllers",
+    "CONTROLLERS": "controllers",
+    "make_controller": "controllers",
     "integrate": "integrator",
-    "adjoint_solve": "adjoint", "solve_flat": "adjoint",
-    "apply_if_solved": "gate", "GatedApply": "gate", "across_replicas": "gate",
+    "adjoint_solve": "adjoint",
+    "solve_flat": "adjoint",
+    "apply_if_solved": "gate",
+    "GatedApply": "gate",
+    "across_replicas": "gate",
     "TFPGuard": "tfp",
-    "Setting": "settings", "Settings": "settings",
+    "Setting": "settings",
+    "Settings": "settings",
 }
 _NEEDS_TF = {name for name, module in _EXPORTS.items() if module not in ("options", "tableau", "settings")}
 
@@ -68,6 +89,21 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(__all__) | {"status", "options", "tableau", "controllers", "integrator", "adjoint",
-                                  "fixed_grid", "tfp", "dispatch", "settings", "block", "gate",
-                                  "dormand_prince"})
+    return sorted(
+        set(__all__)
+        | {
+            "status",
+            "options",
+            "tableau",
+            "controllers",
+            "integrator",
+            "adjoint",
+            "fixed_grid",
+            "tfp",
+            "dispatch",
+            "settings",
+            "block",
+            "gate",
+            "dormand_prince",
+        }
+    )

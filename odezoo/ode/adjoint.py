@@ -77,7 +77,7 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
     def _solve(*args):
         ys, cs = list(args[:ny]), list(args[ny:])
         fine_outputs, info = integrate(lambda t, y: fn(t, y, cs), t0, ys, fine, **options)
-        outputs = [o[checkpoints::checkpoints + 1] for o in fine_outputs]
+        outputs = [o[checkpoints :: checkpoints + 1] for o in fine_outputs]
         extra = run_hook(on_forward, info)
         with tf.control_dependencies(extra):
             outputs = [tf.identity(o) for o in outputs]
@@ -90,14 +90,19 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
             opts = dict(options)
             opts["rtol"] = ADJOINT_TOL_FACTOR * options["rtol"] if adjoint_rtol is None else adjoint_rtol
             opts["atol"] = ADJOINT_TOL_FACTOR * options["atol"] if adjoint_atol is None else adjoint_atol
-            grads_y, grads_c, grads_v, binfo = _adjoint_backward(
-                fn, t0, fine, fine_outputs, dys, cs, variables, opts)
+            grads_y, grads_c, grads_v, binfo = _adjoint_backward(fn, t0, fine, fine_outputs, dys, cs, variables, opts)
             with tf.control_dependencies(run_hook(on_backward, binfo)):
                 grads_y = [tf.identity(g) for g in grads_y]
             if eager:
-                raise_for_status(binfo["reason"], rtol=opts["rtol"], atol=opts["atol"],
-                                 time_reached=binfo["t"], num_steps=binfo["steps"],
-                                 max_steps=options.get("max_steps"), what="adjoint (backward) solve")
+                raise_for_status(
+                    binfo["reason"],
+                    rtol=opts["rtol"],
+                    atol=opts["atol"],
+                    time_reached=binfo["t"],
+                    num_steps=binfo["steps"],
+                    max_steps=options.get("max_steps"),
+                    what="adjoint (backward) solve",
+                )
             return grads_y + grads_c, grads_v
 
         return outputs + info_flat, grad_fn
@@ -113,6 +118,7 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
 # re-integrating y from the *computed* y(t1): restarting y from one forward state in the
 # middle of each interval (free: dense output) cut it 5.6x at 1e-5. With that, the backward
 
+
 @tf.autograph.experimental.do_not_convert
 def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options):
     """Integrate (y, a, ∫a·∂f/∂θ, ∫a·∂f/∂c) backward from times[-1] to t0."""
@@ -125,15 +131,16 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options):
 
     def aug_fn(t, state, cs=consts):
         y = state[:ny]
-        a = state[ny:2 * ny]
+        a = state[ny : 2 * ny]
         with tf.GradientTape() as tape:
             tape.watch(y)
             tape.watch(cs)
             for v in v_values:
                 tape.watch(v)
             fy = [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y, cs)]
-        vjps = tape.gradient(fy, y + list(cs) + v_values, output_gradients=a,
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        vjps = tape.gradient(
+            fy, y + list(cs) + v_values, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
         vjps = [tf.convert_to_tensor(g) for g in vjps]
         return fy + [-g for g in vjps]
 
@@ -149,29 +156,62 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options):
     def body(j, y, adj, g_c, g_v, reason, nfe, steps, accepted, t_reached):
         t_start = times[j]
         t_stop = tf.where(j > 0, times[tf.maximum(j - 1, 0)], t0)
-        outs, info = integrate(aug_fn, t_start, list(y) + list(adj) + list(g_c) + list(g_v),
-                               tf.reshape(t_stop, [1]), **opts)
+        outs, info = integrate(
+            aug_fn, t_start, list(y) + list(adj) + list(g_c) + list(g_v), tf.reshape(t_stop, [1]), **opts
+        )
         state = [o[0] for o in outs]
         prev = tf.maximum(j - 1, 0)
         more = tf.cast(j > 0, dtype)
         # restart y from the forward solution (torchdiffeq does too); add that time's cotangent
         y = [tf.where(j > 0, tf.gather(o, prev), s) for o, s in zip(outputs, state[:ny])]
-        adj = [a + more * tf.gather(dy, prev) for a, dy in zip(state[ny:2 * ny], dys)]
+        adj = [a + more * tf.gather(dy, prev) for a, dy in zip(state[ny : 2 * ny], dys)]
         t_reached = tf.where(tf.equal(info["reason"], OK), t_stop, info["t"])
-        return (j - 1, y, adj, state[2 * ny:2 * ny + nc], state[2 * ny + nc:], info["reason"],
-                nfe + info["nfe"], steps + info["steps"], accepted + info["accepted"], t_reached)
+        return (
+            j - 1,
+            y,
+            adj,
+            state[2 * ny : 2 * ny + nc],
+            state[2 * ny + nc :],
+            info["reason"],
+            nfe + info["nfe"],
+            steps + info["steps"],
+            accepted + info["accepted"],
+            t_reached,
+        )
 
-    loop_vars = (tf.constant(n - 1, tf.int32), [o[n - 1] for o in outputs], [dy[n - 1] for dy in dys],
-                 [tf.zeros_like(c) for c in consts], [tf.zeros(v.shape, dtype) for v in v_values],
-                 tf.constant(OK, tf.int32), zero, zero, zero, times[n - 1])
+    loop_vars = (
+        tf.constant(n - 1, tf.int32),
+        [o[n - 1] for o in outputs],
+        [dy[n - 1] for dy in dys],
+        [tf.zeros_like(c) for c in consts],
+        [tf.zeros(v.shape, dtype) for v in v_values],
+        tf.constant(OK, tf.int32),
+        zero,
+        zero,
+        zero,
+        times[n - 1],
+    )
     (_, _, adj, g_c, g_v, reason, nfe, steps, accepted, t_reached) = tf.while_loop(
-        cond, body, loop_vars, maximum_iterations=n)
+        cond, body, loop_vars, maximum_iterations=n
+    )
     info = dict(reason=reason, nfe=nfe, steps=steps, accepted=accepted, t=t_reached)
     return adj, g_c, g_v, info
 
 
-def solve_flat(ode_fn, state_structure, constants_structure, t0, ys, ts, cs, *, options, gradient,
-               on_forward=None, on_backward=None):
+def solve_flat(
+    ode_fn,
+    state_structure,
+    constants_structure,
+    t0,
+    ys,
+    ts,
+    cs,
+    *,
+    options,
+    gradient,
+    on_forward=None,
+    on_backward=None,
+):
     """Solve with a tfp-style ``ode_fn(t, y, **constants)`` on flat lists; the shared core."""
 
     def fn(t, y, c):
@@ -180,8 +220,7 @@ def solve_flat(ode_fn, state_structure, constants_structure, t0, ys, ts, cs, *, 
         return tf.nest.flatten(ode_fn(t, state, **kwargs))
 
     if gradient == "adjoint":
-        return adjoint_solve(fn, t0, ys, ts, cs, options=options, on_forward=on_forward,
-                             on_backward=on_backward)
+        return adjoint_solve(fn, t0, ys, ts, cs, options=options, on_forward=on_forward, on_backward=on_backward)
     options = {k: v for k, v in options.items() if not k.startswith("adjoint_")}
     outputs, info = integrate(lambda t, y: fn(t, y, cs), t0, ys, ts, **options)
     extra = run_hook(on_forward, info)

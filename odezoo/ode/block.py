@@ -84,9 +84,24 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
     max_steps = Setting()
     gradient = Setting()  # all checked together by _validate_settings (they depend on each other)
 
-    def __init__(self, field, solver="dopri5", rtol=1e-3, atol=1e-6, t0=0.0, t1=1.0, solution_times=None,
-                 num_steps=None, step_size=None, first_step=None, max_steps=10000, gradient="auto",
-                 augment_dims=0, dtype=None, **kwargs):
+    def __init__(
+        self,
+        field,
+        solver="dopri5",
+        rtol=1e-3,
+        atol=1e-6,
+        t0=0.0,
+        t1=1.0,
+        solution_times=None,
+        num_steps=None,
+        step_size=None,
+        first_step=None,
+        max_steps=10000,
+        gradient="auto",
+        augment_dims=0,
+        dtype=None,
+        **kwargs,
+    ):
         if dtype is None and keras.config.dtype_policy().name.startswith("mixed_"):
             # Adaptive error control needs float32: under a mixed policy the block solves in float32
             # (its inputs are cast up, its output is float32). Give the field dtype="float32" too.
@@ -95,7 +110,9 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         if isinstance(field, dict):
             field = keras.saving.deserialize_keras_object(field)
         if not isinstance(field, keras.layers.Layer):
-            raise TypeError(f"ODEBlock's `field` must be a Keras layer called as field(t, y). Received: field={field!r}.")
+            raise TypeError(
+                f"ODEBlock's `field` must be a Keras layer called as field(t, y). Received: field={field!r}."
+            )
         self.field = field
         self.solver = solver
         self.rtol, self.atol = rtol, atol
@@ -114,11 +131,17 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
                 raise checks.bad_value("solution_times", solution_times, "None or a list of floats") from None
             sign = 1.0 if t1 > t0 else -1.0
             rel = [sign * (x - t0) for x in times]
-            if (not times or not all(map(math.isfinite, times)) or any(r < 0 for r in rel)
-                    or any(b <= a for a, b in zip(rel, rel[1:]))):
-                raise checks.bad_value("solution_times", solution_times,
-                                "a non-empty list of finite times from t0 onwards, strictly monotone in the "
-                                "direction t0 -> t1")
+            if (
+                not times
+                or not all(map(math.isfinite, times))
+                or any(r < 0 for r in rel)
+                or any(b <= a for a, b in zip(rel, rel[1:]))
+            ):
+                raise checks.bad_value(
+                    "solution_times",
+                    solution_times,
+                    "a non-empty list of finite times from t0 onwards, strictly monotone in the direction t0 -> t1",
+                )
             solution_times = times
         self.solution_times = solution_times
         checks.non_negative_int("augment_dims", augment_dims)
@@ -132,8 +155,15 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
 
     def _validate_settings(self):
         check_solver(self.solver)
-        check_options(self.solver, rtol=self.rtol, atol=self.atol, num_steps=self.num_steps,
-                      step_size=self.step_size, first_step=self.first_step, max_steps=self.max_steps)
+        check_options(
+            self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            num_steps=self.num_steps,
+            step_size=self.step_size,
+            first_step=self.first_step,
+            max_steps=self.max_steps,
+        )
         resolve_gradient(self.solver, self.gradient)
 
     # -- Keras plumbing -------------------------------------------------------------------
@@ -146,16 +176,27 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
     def build(self, input_shape):
         y_shape = self._state_shape(input_shape)
         if not self.field.built:
-            params = [p for p in inspect.signature(self.field.build).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            params = [
+                p
+                for p in inspect.signature(self.field.build).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
             if len(params) >= 2:
                 self.field.build((), y_shape)
             else:
-                self.field(keras.KerasTensor((), dtype=self.compute_dtype),
-                           keras.KerasTensor(y_shape, dtype=self.compute_dtype))
+                self.field(
+                    keras.KerasTensor((), dtype=self.compute_dtype),
+                    keras.KerasTensor(y_shape, dtype=self.compute_dtype),
+                )
         self.add_status_weights()  # nfe_forward, nfe_backward, solver_status, time_reached (in this order)
-        self._guard_state = self.add_weight(name="tfp_guard", shape=(3,), dtype="int32", trainable=False,
-                                            initializer="zeros", aggregation="only_first_replica")
+        self._guard_state = self.add_weight(
+            name="tfp_guard",
+            shape=(3,),
+            dtype="int32",
+            trainable=False,
+            initializer="zeros",
+            aggregation="only_first_replica",
+        )
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -177,11 +218,24 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         if recompute:  # backprop's recompute: its field calls are the backward's
             fwd, bwd = (lambda info: [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32))]), None
         guard = TFPGuard(self._guard_state, 0) if self.solver in TFP_SOLVERS else None
-        states, info = solve(field, y0, tf.constant(self.t0, dtype), times, solver=self.solver,
-                             rtol=self.rtol, atol=self.atol, first_step=self.first_step,
-                             max_steps=self.max_steps, num_steps=self.num_steps, step_size=self.step_size,
-                             gradient=self.gradient, guard=guard, batch_axis=0, on_forward=fwd,
-                             on_backward=bwd)
+        states, info = solve(
+            field,
+            y0,
+            tf.constant(self.t0, dtype),
+            times,
+            solver=self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            first_step=self.first_step,
+            max_steps=self.max_steps,
+            num_steps=self.num_steps,
+            step_size=self.step_size,
+            gradient=self.gradient,
+            guard=guard,
+            batch_axis=0,
+            on_forward=fwd,
+            on_backward=bwd,
+        )
         if self.augment_dims:
             states = states[..., : inputs.shape[-1]]
         if self.solution_times is None:
@@ -197,8 +251,9 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         training = bool(training) if isinstance(training, (bool, int, np.bool_)) else None
         fn = self._compiled.get(training)
         if fn is None:
-            fn = tf.function(lambda x: self._solve(x, training), jit_compile=True,
-                             autograph=False, reduce_retracing=True)
+            fn = tf.function(
+                lambda x: self._solve(x, training), jit_compile=True, autograph=False, reduce_retracing=True
+            )
             self._compiled[training] = fn
         if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
             # in a replica: the counters' ONLY_FIRST_REPLICA assignment is a merge_call, which a
@@ -224,12 +279,14 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         key = ("vjp", training)
         vjp = self._compiled.get(key)
         if vjp is None:
+
             def vjp_fn(x, dy, variables):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     y = self._solve(x, training, recompute=True)
-                gx, *gv = tape.gradient(y, [x] + list(variables), output_gradients=dy,
-                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                gx, *gv = tape.gradient(
+                    y, [x] + list(variables), output_gradients=dy, unconnected_gradients=tf.UnconnectedGradients.ZERO
+                )
                 return gx, gv
 
             vjp = tf.function(vjp_fn, jit_compile=True, autograph=False, reduce_retracing=True)
@@ -260,10 +317,20 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            field=keras.saving.serialize_keras_object(self.field), solver=self.solver, rtol=self.rtol,
-            atol=self.atol, t0=self.t0, t1=self.t1, solution_times=self.solution_times,
-            num_steps=self.num_steps, step_size=self.step_size, first_step=self.first_step,
-            max_steps=self.max_steps, gradient=self.gradient, augment_dims=self.augment_dims)
+            field=keras.saving.serialize_keras_object(self.field),
+            solver=self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            t0=self.t0,
+            t1=self.t1,
+            solution_times=self.solution_times,
+            num_steps=self.num_steps,
+            step_size=self.step_size,
+            first_step=self.first_step,
+            max_steps=self.max_steps,
+            gradient=self.gradient,
+            augment_dims=self.augment_dims,
+        )
         return config
 
     @classmethod

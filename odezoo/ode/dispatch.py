@@ -30,9 +30,25 @@ from odezoo.ode.status import NONFINITE, OK, raise_for_status, run_hook
 from odezoo.ode.tfp import TFPGuard, tfp_solve
 
 
-def solve(f, y0, t0, times, *, solver="dopri5", rtol=1e-3, atol=1e-6, first_step=None, max_steps=10000,
-          num_steps=None, step_size=None, gradient="auto", guard=None, batch_axis=None,
-          on_forward=None, on_backward=None):
+def solve(
+    f,
+    y0,
+    t0,
+    times,
+    *,
+    solver="dopri5",
+    rtol=1e-3,
+    atol=1e-6,
+    first_step=None,
+    max_steps=10000,
+    num_steps=None,
+    step_size=None,
+    gradient="auto",
+    guard=None,
+    batch_axis=None,
+    on_forward=None,
+    on_backward=None,
+):
     """Solve ``dy/dt = f(t, y)`` for a single tensor ``y0``; build ops only (call it compiled).
 
     Returns ``(states, info)``: ``states`` of shape (len(times), *y0.shape),
@@ -47,34 +63,53 @@ def solve(f, y0, t0, times, *, solver="dopri5", rtol=1e-3, atol=1e-6, first_step
             return [f(t, y[0])]
 
         if gradient == "adjoint":
-            outs, info = adjoint_solve(flat_fn, t0, [y0], times, [], options=options,
-                                               on_forward=on_forward, on_backward=on_backward)
+            outs, info = adjoint_solve(
+                flat_fn, t0, [y0], times, [], options=options, on_forward=on_forward, on_backward=on_backward
+            )
         else:
             outs, info = integrate(lambda t, y: flat_fn(t, y, []), t0, [y0], times, **options)
             info = dict(info)
             deps = run_hook(on_forward, info)
-            deps += run_hook(on_backward, dict(nfe=tf.constant(0), reason=tf.constant(0),
-                                                        steps=tf.constant(0), t=tf.cast(t0, dtype)))
+            deps += run_hook(
+                on_backward, dict(nfe=tf.constant(0), reason=tf.constant(0), steps=tf.constant(0), t=tf.cast(t0, dtype))
+            )
             with tf.control_dependencies(deps):
                 outs = [tf.identity(o) for o in outs]
         return outs[0], info
     if solver in TFP_SOLVERS:
         if guard is None:
             raise ValueError(f"solver={solver!r} needs a TFPGuard (internal).")
-        return tfp_solve(solver, f, y0, t0, times, rtol=rtol, atol=atol, first_step=first_step,
-                         max_steps=max_steps, guard=guard, batch_axis=batch_axis,
-                         on_forward=on_forward, on_backward=on_backward)
+        return tfp_solve(
+            solver,
+            f,
+            y0,
+            t0,
+            times,
+            rtol=rtol,
+            atol=atol,
+            first_step=first_step,
+            max_steps=max_steps,
+            guard=guard,
+            batch_axis=batch_axis,
+            on_forward=on_forward,
+            on_backward=on_backward,
+        )
     states, nfe, steps = fixed_grid_solve(solver, f, y0, t0, times, num_steps=num_steps, step_size=step_size)
     # the same status as dopri5's: a non-finite state anywhere on the grid fails the solve
     finite = tf.reduce_all(tf.math.is_finite(states))
     reason = tf.where(finite, OK, NONFINITE)
     states = tf.where(finite, states, tf.constant(np.nan, dtype))
     t_end = tf.cast(tf.reshape(times, [-1])[-1], dtype)
-    info = dict(reason=reason, nfe=tf.constant(nfe), steps=tf.constant(steps),
-                t=tf.where(finite, t_end, tf.constant(np.nan, dtype)))
+    info = dict(
+        reason=reason,
+        nfe=tf.constant(nfe),
+        steps=tf.constant(steps),
+        t=tf.where(finite, t_end, tf.constant(np.nan, dtype)),
+    )
     deps = run_hook(on_forward, info)
-    deps += run_hook(on_backward, dict(nfe=tf.constant(0), reason=tf.constant(0),
-                                                steps=tf.constant(0), t=tf.cast(t0, dtype)))
+    deps += run_hook(
+        on_backward, dict(nfe=tf.constant(0), reason=tf.constant(0), steps=tf.constant(0), t=tf.cast(t0, dtype))
+    )
     with tf.control_dependencies(deps):
         states = tf.identity(states)
     return states, info
@@ -88,8 +123,11 @@ def _check_static_grid(t):
         return
     d = np.diff(tv)
     if not np.all(np.isfinite(tv)) or not (np.all(d > 0) or np.all(d < 0)):
-        raise checks.bad_value("t", tv.tolist(), "finite times strictly increasing or strictly decreasing from t[0] "
-                        "(no repeated or out-of-order times)")
+        raise checks.bad_value(
+            "t",
+            tv.tolist(),
+            "finite times strictly increasing or strictly decreasing from t[0] (no repeated or out-of-order times)",
+        )
 
 
 _ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient")
@@ -120,8 +158,14 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     checks.check_keys("odeint()", options, _ODEINT_KEYS)
     solver = check_solver(solver)
     max_steps = options.get("max_steps", 10000)
-    opts = dict(rtol=rtol, atol=atol, first_step=options.get("first_step"), max_steps=max_steps,
-                num_steps=options.get("num_steps"), step_size=options.get("step_size"))
+    opts = dict(
+        rtol=rtol,
+        atol=atol,
+        first_step=options.get("first_step"),
+        max_steps=max_steps,
+        num_steps=options.get("num_steps"),
+        step_size=options.get("step_size"),
+    )
     check_options(solver, **opts)
     gradient = options.get("gradient", "auto")
     resolve_gradient(solver, gradient)
@@ -142,8 +186,16 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
         t0, ts = t[0], t[1:]
         if static_t is not None:
             t0, ts = tf.constant(static_t[0], y0.dtype), tf.constant(static_t[1:], y0.dtype)
-        return solve(lambda tt, yy: tf.convert_to_tensor(f(tt, yy)), y0, t0, ts, solver=solver,
-                     gradient=gradient, guard=guard, **opts)
+        return solve(
+            lambda tt, yy: tf.convert_to_tensor(f(tt, yy)),
+            y0,
+            t0,
+            ts,
+            solver=solver,
+            gradient=gradient,
+            guard=guard,
+            **opts,
+        )
 
     if t.shape[0] is None or t.shape[0] < 1:
         raise ValueError(f"odeint needs a 1-D `t` with a static length >= 1. Received shape {t.shape}.")
@@ -167,12 +219,19 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             if guard_state is None:
                 per_f[key] = compiled
         states, info = compiled(y0, t, guard_state)
-        raise_for_status(info["reason"], rtol=rtol, atol=atol, time_reached=info["t"],
-                                 num_steps=info["steps"], max_steps=max_steps, what="odeint", solver=solver)
+        raise_for_status(
+            info["reason"],
+            rtol=rtol,
+            atol=atol,
+            time_reached=info["t"],
+            num_steps=info["steps"],
+            max_steps=max_steps,
+            what="odeint",
+            solver=solver,
+        )
     else:
         states, info = run(y0, t, guard_state)
     return tf.concat([tf.expand_dims(y0, 0), states], 0)
-
 
 
 __all__ = ["solve", "odeint"]

@@ -47,19 +47,39 @@ class DormandPrince:
     closure each time: wrap your own loop in a compiled ``tf.function`` for speed).
     """
 
-    def __init__(self, rtol=1e-3, atol=1e-6, first_step_size=None, max_steps=10000, gradient="adjoint",
-                 controller="predictive", safety=0.9, ifactor=10.0, dfactor=0.2, beta=0.04,
-                 raise_on_failure=True, name="dopri5", adjoint_rtol=None, adjoint_atol=None,
-                 adjoint_checkpoints=ADJOINT_CHECKPOINTS):
+    def __init__(
+        self,
+        rtol=1e-3,
+        atol=1e-6,
+        first_step_size=None,
+        max_steps=10000,
+        gradient="adjoint",
+        controller="predictive",
+        safety=0.9,
+        ifactor=10.0,
+        dfactor=0.2,
+        beta=0.04,
+        raise_on_failure=True,
+        name="dopri5",
+        adjoint_rtol=None,
+        adjoint_atol=None,
+        adjoint_checkpoints=ADJOINT_CHECKPOINTS,
+    ):
         if gradient not in _GRADIENTS:
             raise checks.bad_value("gradient", gradient, ", ".join(map(repr, _GRADIENTS)))
-        for arg, value in (("rtol", rtol), ("atol", atol), ("adjoint_rtol", adjoint_rtol),
-                           ("adjoint_atol", adjoint_atol), ("first_step_size", first_step_size)):
+        for arg, value in (
+            ("rtol", rtol),
+            ("atol", atol),
+            ("adjoint_rtol", adjoint_rtol),
+            ("adjoint_atol", adjoint_atol),
+            ("first_step_size", first_step_size),
+        ):
             check_finite_positive(arg, value, allow_none=arg not in ("rtol", "atol"))
         self._check_controller(controller, safety, ifactor, dfactor, beta)
         checks.non_negative_int("adjoint_checkpoints", adjoint_checkpoints)
-        self.adjoint = dict(adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
-                            adjoint_checkpoints=adjoint_checkpoints)
+        self.adjoint = dict(
+            adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_checkpoints=adjoint_checkpoints
+        )
         checks.positive_int("max_steps", max_steps)
         self.rtol, self.atol = rtol, atol
         self.first_step_size = first_step_size
@@ -77,18 +97,31 @@ class DormandPrince:
         check_finite_positive("ifactor", ifactor, allowed="a finite float >= 1")
         check_finite_positive("dfactor", dfactor, allowed="a finite float in (0, 1]")
         if not (ifactor >= 1 and dfactor <= 1):
-            raise ValueError(f"Invalid value for `ifactor`/`dfactor`. Received: ifactor={ifactor!r}, "
-                             f"dfactor={dfactor!r}. Allowed: ifactor >= 1 and 0 < dfactor <= 1, both finite.")
+            raise ValueError(
+                f"Invalid value for `ifactor`/`dfactor`. Received: ifactor={ifactor!r}, "
+                f"dfactor={dfactor!r}. Allowed: ifactor >= 1 and 0 < dfactor <= 1, both finite."
+            )
         checks.non_negative("beta", beta)
         if not isinstance(controller, Controller):
             make_controller(controller)  # a ValueError naming CONTROLLERS for an unknown name
 
     def options(self):
-        return dict(rtol=self.rtol, atol=self.atol, first_step=self.first_step_size,
-                    max_steps=self.max_steps, **self.controller)
+        return dict(
+            rtol=self.rtol, atol=self.atol, first_step=self.first_step_size, max_steps=self.max_steps, **self.controller
+        )
 
-    def solve(self, ode_fn, initial_time, initial_state, solution_times, jacobian_fn=None,
-              jacobian_sparsity=None, batch_ndims=None, previous_results=None, constants=None):
+    def solve(
+        self,
+        ode_fn,
+        initial_time,
+        initial_state,
+        solution_times,
+        jacobian_fn=None,
+        jacobian_sparsity=None,
+        batch_ndims=None,
+        previous_results=None,
+        constants=None,
+    ):
         """Solve ``dy/dt = ode_fn(t, y, **constants)`` (tfp's signature).
 
         ``jacobian_fn``, ``jacobian_sparsity``, ``batch_ndims`` and
@@ -113,20 +146,43 @@ class DormandPrince:
         flat_c = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
 
         def run(t0, ys, ts, cs):
-            outputs, info = solve_flat(ode_fn, initial_state, constants, t0, ys, ts, cs,
-                                       options=dict(self.options(), **self.adjoint), gradient=self.gradient)
+            outputs, info = solve_flat(
+                ode_fn,
+                initial_state,
+                constants,
+                t0,
+                ys,
+                ts,
+                cs,
+                options=dict(self.options(), **self.adjoint),
+                gradient=self.gradient,
+            )
             return outputs, info
 
         if tf.executing_eagerly():
             run = tf.function(run, jit_compile=True, reduce_retracing=False)
         outputs, info = run(tf.cast(initial_time, dtype), flat_y, times, flat_c)
         if self.raise_on_failure:
-            raise_for_status(info["reason"], rtol=self.rtol, atol=self.atol, time_reached=info["t"],
-                             num_steps=info["steps"], max_steps=self.max_steps, solver=self.name)
+            raise_for_status(
+                info["reason"],
+                rtol=self.rtol,
+                atol=self.atol,
+                time_reached=info["t"],
+                num_steps=info["steps"],
+                max_steps=self.max_steps,
+                solver=self.name,
+            )
         states = tf.nest.pack_sequence_as(initial_state, outputs)
-        diag = Diagnostics(info["nfe"], tf.constant(0, tf.int32), tf.constant(0, tf.int32),
-                           tf.where(tf.equal(info["reason"], OK), 0, -1), info["reason"], info["steps"],
-                           info["accepted"], info["t"])
+        diag = Diagnostics(
+            info["nfe"],
+            tf.constant(0, tf.int32),
+            tf.constant(0, tf.int32),
+            tf.where(tf.equal(info["reason"], OK), 0, -1),
+            info["reason"],
+            info["steps"],
+            info["accepted"],
+            info["t"],
+        )
         return tfp.math.ode.Results(times=times, states=states, diagnostics=diag, solver_internal_state=None)
 
 

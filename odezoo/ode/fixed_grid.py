@@ -67,14 +67,12 @@ def fixed_grid_solve(scheme_name, f, y0, t0, times, *, num_steps=None, step_size
                 return i + 1, scheme.step(fields, ti, state, hh)
 
             before = calls[0]
-            _, state = tf.while_loop(lambda i, s, n=n: i < n, body, (tf.constant(0), state),
-                                     maximum_iterations=n)
+            _, state = tf.while_loop(lambda i, s, n=n: i < n, body, (tf.constant(0), state), maximum_iterations=n)
             per_step = calls[0] - before if per_step is None else per_step
             total_steps += n
             t = t + n * h
         outs.append(scheme.output(state))
     return tf.stack(outs, 0), (per_step or 0) * total_steps, total_steps
-
 
 
 __all__ = ["static_times", "plan_fixed_grid", "fixed_grid_solve"]

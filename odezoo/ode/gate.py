@@ -83,6 +83,7 @@ def apply_if_solved(read_reasons, grads, apply_fn, variables=()):
     ok = _all_succeeded(read_reasons, grads)
     ctx = tf.distribute.get_replica_context()
     if not tf.distribute.has_strategy() or ctx is None:
+
         def update():
             apply_fn()
             return tf.constant(True)
@@ -161,7 +162,11 @@ def _install(optimizer):
                 return real(grads_and_vars, *args, **kwargs)
             grads_and_vars = list(grads_and_vars)
             written = list(optimizer.variables) + [v for _, v in grads_and_vars] + list(gate.variables)
-            apply_if_solved(gate.read_reasons, [g for g, _ in grads_and_vars],
-                            lambda: real(grads_and_vars, *args, **kwargs), written)
+            apply_if_solved(
+                gate.read_reasons,
+                [g for g, _ in grads_and_vars],
+                lambda: real(grads_and_vars, *args, **kwargs),
+                written,
+            )
 
         optimizer.apply_gradients = apply_gradients

@@ -95,8 +95,11 @@ def initial_step(call, t0, y0, f0, *, rtol, atol, mask, span, direction, tiny, o
     f1 = call(t0 + direction * h0, y1)
     d2 = tf.stop_gradient(rms([(b - a) / s for a, b, s in zip(f0, f1, scale0)], mask)) / h0
     dmax = tf.maximum(d1, d2)
-    h1 = tf.where(dmax <= 1e-15, tf.maximum(tf.constant(1e-6, dtype), h0 * 1e-3),
-                  tf.pow(0.01 / tf.where(dmax <= 1e-15, tf.ones_like(dmax), dmax), 1.0 / order))
+    h1 = tf.where(
+        dmax <= 1e-15,
+        tf.maximum(tf.constant(1e-6, dtype), h0 * 1e-3),
+        tf.pow(0.01 / tf.where(dmax <= 1e-15, tf.ones_like(dmax), dmax), 1.0 / order),
+    )
     return tf.minimum(100.0 * h0, h1), all_finite(f1), 1
 
 
@@ -168,7 +171,8 @@ def step_reason(finite, accept, h_next, t, t_end, tiny):
     """The guards after a step: OK, NONFINITE, or UNDERFLOW (a rejected step whose successor is negligible)."""
     reason = tf.where(finite, OK, NONFINITE)
     underflow = tf.logical_and(
-        tf.logical_not(accept), tf.abs(h_next) <= 4.0 * tiny * tf.maximum(tf.abs(t), tf.abs(t_end)))
+        tf.logical_not(accept), tf.abs(h_next) <= 4.0 * tiny * tf.maximum(tf.abs(t), tf.abs(t_end))
+    )
     return tf.where(tf.logical_and(finite, underflow), UNDERFLOW, reason)
 
 
@@ -178,8 +182,9 @@ def _start(call, t0, y0, times, first_step, *, rtol, atol, mask, span, direction
     nfe = tf.constant(1, tf.int32)
     finite0 = tf.logical_and(all_finite(y0), all_finite(f0))
     if first_step is None:
-        h_abs, finite1, calls = initial_step(call, t0, y0, f0, rtol=rtol, atol=atol, mask=mask, span=span,
-                                             direction=direction, tiny=tiny, order=order)
+        h_abs, finite1, calls = initial_step(
+            call, t0, y0, f0, rtol=rtol, atol=atol, mask=mask, span=span, direction=direction, tiny=tiny, order=order
+        )
         nfe += calls
         finite0 = tf.logical_and(finite0, finite1)
     else:
@@ -193,6 +198,7 @@ def _start(call, t0, y0, times, first_step, *, rtol, atol, mask, span, direction
 
 def _finish(tas, idx, reason, y0, dtype, n):
     """Fill what was not reached with NaN, then blank everything on failure."""
+
     def body(i, tas):
         return i + 1, [ta.write(i, tf.fill(tf.shape(v), tf.constant(np.nan, dtype))) for ta, v in zip(tas, y0)]
 
@@ -203,9 +209,24 @@ def _finish(tas, idx, reason, y0, dtype, n):
 
 # --------------------------------------------------------------------------- the integrator
 @tf.autograph.experimental.do_not_convert
-def integrate(fn, t0, y0, times, *, rtol, atol, first_step=None, max_steps=10000, controller="predictive",
-              safety=0.9, ifactor=10.0, dfactor=0.2, beta=0.04, norm_mask=None,
-              tableau: ButcherTableau = DOPRI5):
+def integrate(
+    fn,
+    t0,
+    y0,
+    times,
+    *,
+    rtol,
+    atol,
+    first_step=None,
+    max_steps=10000,
+    controller="predictive",
+    safety=0.9,
+    ifactor=10.0,
+    dfactor=0.2,
+    beta=0.04,
+    norm_mask=None,
+    tableau: ButcherTableau = DOPRI5,
+):
     """Integrate ``dy/dt = fn(t, y)`` from ``t0`` and return the states at ``times``.
 
     Builds ops only (run it inside ``tf.function(jit_compile=True)``); the
@@ -252,8 +273,20 @@ def integrate(fn, t0, y0, times, *, rtol, atol, first_step=None, max_steps=10000
     def call(t, y):
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y)]
 
-    f0, h, nfe, reason = _start(call, t0, y0, times, first_step, rtol=rtol, atol=atol, mask=mask, span=span,
-                                direction=direction, tiny=tiny, order=tableau.order)
+    f0, h, nfe, reason = _start(
+        call,
+        t0,
+        y0,
+        times,
+        first_step,
+        rtol=rtol,
+        atol=atol,
+        mask=mask,
+        span=span,
+        direction=direction,
+        tiny=tiny,
+        order=tableau.order,
+    )
     tas = [tf.TensorArray(dtype, size=n, element_shape=y.shape) for y in y0]
     idx, tas = fill_until(times, t0, direction, tf.constant(0, tf.int32), tas, lambda i: y0)  # outputs at t0
     stretch = 1.0 / controller.safety  # the last step may be this much longer than proposed
@@ -269,27 +302,70 @@ def integrate(fn, t0, y0, times, *, rtol, atol, first_step=None, max_steps=10000
         y_new, ks, ratio, finite = attempt_step(tableau, call, t, y, k1, h, rtol=rtol, atol=atol, mask=mask)
         accept = tf.logical_and(finite, ratio <= 1.0)
         memory = StepMemory(h=h, h_prev=h_prev, err_prev=err_prev, streak=streak)
-        h_next, err_prev, h_prev = next_step(controller, exponent, ratio, finite, accept, rejected, memory,
-                                             direction)
+        h_next, err_prev, h_prev = next_step(controller, exponent, ratio, finite, accept, rejected, memory, direction)
         t_new = tf.where(last, t_end, t + h)
-        idx, tas = fill_until(times, t_new, direction, idx, tas, enabled=accept,
-                              values=lambda i: dense_output(tableau, t, h, y, y_new, ks, times[i], t_new))
+        idx, tas = fill_until(
+            times,
+            t_new,
+            direction,
+            idx,
+            tas,
+            enabled=accept,
+            values=lambda i: dense_output(tableau, t, h, y, y_new, ks, times[i], t_new),
+        )
         new_reason = step_reason(finite, accept, h_next, t, t_end, tiny)
         t = tf.where(accept, t_new, t)
         y = where(accept, y_new, y)
         k1 = where(accept, ks[-1], k1)
         streak = tf.where(accept, streak + 1, 0)
-        return (t, y, k1, h_next, h_prev, err_prev, streak, idx, tas, steps + 1,
-                accepted + tf.cast(accept, tf.int32), nfe + per_step, new_reason)
+        return (
+            t,
+            y,
+            k1,
+            h_next,
+            h_prev,
+            err_prev,
+            streak,
+            idx,
+            tas,
+            steps + 1,
+            accepted + tf.cast(accept, tf.int32),
+            nfe + per_step,
+            new_reason,
+        )
 
-    loop_vars = (t0, list(y0), f0, h, h, tf.constant(1e-4, dtype), tf.constant(0, tf.int32), idx, tas,
-                 tf.constant(0, tf.int32), tf.constant(0, tf.int32), nfe, reason)
+    loop_vars = (
+        t0,
+        list(y0),
+        f0,
+        h,
+        h,
+        tf.constant(1e-4, dtype),
+        tf.constant(0, tf.int32),
+        idx,
+        tas,
+        tf.constant(0, tf.int32),
+        tf.constant(0, tf.int32),
+        nfe,
+        reason,
+    )
     (t, y, _, _, _, _, _, idx, tas, steps, accepted, nfe, reason) = tf.while_loop(
-        cond, body, loop_vars, maximum_iterations=max_steps)
+        cond, body, loop_vars, maximum_iterations=max_steps
+    )
     reason = tf.where(tf.logical_and(tf.equal(reason, OK), idx < n), MAX_STEPS, reason)
     outputs = _finish(tas, idx, reason, y0, dtype, n)
     return outputs, dict(reason=reason, nfe=nfe, steps=steps, accepted=accepted, t=t)
 
 
-__all__ = ["integrate", "initial_step", "attempt_step", "next_step", "end_of_interval", "dense_output",
-           "step_reason", "fill_until", "check_dtypes", "all_finite"]
+__all__ = [
+    "integrate",
+    "initial_step",
+    "attempt_step",
+    "next_step",
+    "end_of_interval",
+    "dense_output",
+    "step_reason",
+    "fill_until",
+    "check_dtypes",
+    "all_finite",
+]

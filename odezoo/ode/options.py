@@ -31,11 +31,14 @@ class AdaptiveSolver:
     description: str
 
 
-SOLVERS = {s.name: s for s in (
-    AdaptiveSolver("dopri5", 5, ("adjoint", "backprop"), False, "odezoo's own Dormand-Prince 5(4)"),
-    AdaptiveSolver("tfp_dopri5", 5, ("adjoint",), True, "tfp.math.ode.DormandPrince behind odezoo's guards"),
-    AdaptiveSolver("bdf", None, ("adjoint",), True, "tfp.math.ode.BDF behind odezoo's guards, per sample"),
-)}
+SOLVERS = {
+    s.name: s
+    for s in (
+        AdaptiveSolver("dopri5", 5, ("adjoint", "backprop"), False, "odezoo's own Dormand-Prince 5(4)"),
+        AdaptiveSolver("tfp_dopri5", 5, ("adjoint",), True, "tfp.math.ode.DormandPrince behind odezoo's guards"),
+        AdaptiveSolver("bdf", None, ("adjoint",), True, "tfp.math.ode.BDF behind odezoo's guards, per sample"),
+    )
+}
 ADAPTIVE = tuple(SOLVERS)
 TFP_SOLVERS = tuple(name for name, s in SOLVERS.items() if s.tfp)
 GRADIENTS = ("auto", "adjoint", "backprop")
@@ -59,8 +62,12 @@ def check_solver(solver):
 
     if any(width != 4 for width in make_scheme(solver, {}).block_fields(4)):
         # e.g. "reversible": its fields act on halves of the state, a partitioned system
-        raise checks.bad_value("solver", solver, "an adaptive solver or a scheme whose fields take the whole "
-                               f"state (solver={solver!r} splits the state, so it cannot solve dy/dt = f(t, y))")
+        raise checks.bad_value(
+            "solver",
+            solver,
+            "an adaptive solver or a scheme whose fields take the whole "
+            f"state (solver={solver!r} splits the state, so it cannot solve dy/dt = f(t, y))",
+        )
     return solver
 
 
@@ -74,11 +81,13 @@ def resolve_gradient(solver, gradient):
     if gradient == "adjoint" and spec is None:
         raise ValueError(
             f"gradient='adjoint' is not offered for the fixed-grid solver {solver!r}: differentiate "
-            "through its steps with gradient='backprop' (or 'auto'), or use solver='dopri5'.")
+            "through its steps with gradient='backprop' (or 'auto'), or use solver='dopri5'."
+        )
     if gradient == "backprop" and spec is not None and "backprop" not in spec.gradients:
         raise ValueError(
             f"gradient='backprop' is not offered for {solver!r} (tfp's solvers only have the adjoint); "
-            "use solver='dopri5' for backprop through an adaptive solve.")
+            "use solver='dopri5' for backprop through an adaptive solve."
+        )
     return gradient
 
 
@@ -110,4 +119,5 @@ def check_options(solver, *, rtol, atol, num_steps, step_size, first_step, max_s
         if (num_steps is None) == (step_size is None):
             raise ValueError(
                 f"The fixed-grid solver {solver!r} needs exactly one of `num_steps` or `step_size`. "
-                f"Received: num_steps={num_steps!r}, step_size={step_size!r}.")
+                f"Received: num_steps={num_steps!r}, step_size={step_size!r}."
+            )

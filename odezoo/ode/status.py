@@ -53,10 +53,21 @@ def run_hook(hook, info):
     return [o for o in tf.nest.flatten(ops) if o is not None]
 
 
-class Diagnostics(collections.namedtuple(
+class Diagnostics(
+    collections.namedtuple(
         "Diagnostics",
-        ["num_ode_fn_evaluations", "num_jacobian_evaluations", "num_matrix_factorizations",
-         "status", "reason", "num_steps", "num_accepted_steps", "time_reached"])):
+        [
+            "num_ode_fn_evaluations",
+            "num_jacobian_evaluations",
+            "num_matrix_factorizations",
+            "status",
+            "reason",
+            "num_steps",
+            "num_accepted_steps",
+            "time_reached",
+        ],
+    )
+):
     """Diagnostics of one solve (tfp's four fields plus odezoo's).
 
     Attributes:
@@ -77,8 +88,7 @@ class Diagnostics(collections.namedtuple(
         return self.status >= 0
 
 
-def raise_for_status(reason, *, rtol, atol, time_reached, num_steps, max_steps=None,
-                     what="ODE solve", solver="dopri5"):
+def raise_for_status(reason, *, rtol, atol, time_reached, num_steps, max_steps=None, what="ODE solve", solver="dopri5"):
     """Raise :class:`SolverError` if a concrete ``reason`` is not OK (no-op on symbolic tensors)."""
     try:
         code = int(np.asarray(reason))
@@ -117,8 +127,9 @@ class SolverStatus:
         agg = dict(trainable=False, initializer="zeros", aggregation="only_first_replica")
         self.nfe_forward = self.add_weight(name="nfe_forward", shape=(), dtype="int32", **agg)
         self.nfe_backward = self.add_weight(name="nfe_backward", shape=(), dtype="int32", **agg)
-        self.solver_status = self.add_weight(name="solver_status", shape=(4 if track_steps else 2,),
-                                             dtype="int32", **agg)
+        self.solver_status = self.add_weight(
+            name="solver_status", shape=(4 if track_steps else 2,), dtype="int32", **agg
+        )
         if track_steps:
             self.time_reached = self.add_weight(name="time_reached", shape=(2,), dtype="float32", **agg)
 
@@ -175,11 +186,16 @@ class SolverStatus:
         checks = {"forward": [0], "backward": [1]}.get(direction, [0, 1])
         for i in checks:
             if status[i] != 0:
-                raise_for_status(int(status[i]), rtol=self.rtol, atol=self.atol,
-                                 time_reached=reached[i] if steps else None,
-                                 num_steps=status[2 + i] if steps else None,
-                                 max_steps=self.max_steps, solver=self.solver,
-                                 what=f"{self.status_label()} {('forward', 'backward')[i]} solve")
+                raise_for_status(
+                    int(status[i]),
+                    rtol=self.rtol,
+                    atol=self.atol,
+                    time_reached=reached[i] if steps else None,
+                    num_steps=status[2 + i] if steps else None,
+                    max_steps=self.max_steps,
+                    solver=self.solver,
+                    what=f"{self.status_label()} {('forward', 'backward')[i]} solve",
+                )
 
     def reset_status(self):
         self.solver_status.assign([0] * self.solver_status.shape[0])

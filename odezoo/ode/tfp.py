@@ -47,8 +47,9 @@ class TFPGuard:
             flat = tf.nest.flatten(dy)
             finite = all_finite([tf.convert_to_tensor(x) for x in flat])
             over = self.v[0] >= self.budget
-            upd = self.v.scatter_nd_add([[0], [1], [2]], tf.stack([
-                1, tf.cast(over, tf.int32), tf.cast(tf.logical_not(finite), tf.int32)]))
+            upd = self.v.scatter_nd_add(
+                [[0], [1], [2]], tf.stack([1, tf.cast(over, tf.int32), tf.cast(tf.logical_not(finite), tf.int32)])
+            )
             bad = tf.logical_or(over, tf.logical_not(finite))
             with tf.control_dependencies([upd]):  # keeps the count in graphs that prune unused ops
                 out = [tf.where(bad, tf.zeros_like(x), x) for x in flat]
@@ -114,15 +115,30 @@ def _no_gradient_through_map(x, fn):
                 "ODEBlock(solver='bdf') solves each sample as its own system (tf.map_fn) and has no "
                 "gradient: tfp's adjoint cannot be differentiated through tf.map_fn. Train with "
                 "solver='dopri5' (or 'tfp_dopri5') and switch to 'bdf' for inference, or use "
-                "odezoo.odeint(..., solver='bdf') on a single system.")
+                "odezoo.odeint(..., solver='bdf') on a single system."
+            )
 
         return y, grad
 
     return run(x)
 
 
-def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guard, batch_axis=None,
-              on_forward=None, on_backward=None):
+def tfp_solve(
+    kind,
+    f,
+    y0,
+    t0,
+    times,
+    *,
+    rtol,
+    atol,
+    first_step,
+    max_steps,
+    guard,
+    batch_axis=None,
+    on_forward=None,
+    on_backward=None,
+):
     """tfp's DormandPrince (``kind="tfp_dopri5"``) or BDF (``"bdf"``) behind :class:`TFPGuard`.
 
     For BDF with ``batch_axis=0`` every sample is solved as its own system
@@ -135,12 +151,14 @@ def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guar
     times = tf.cast(tf.reshape(times, [-1]), dtype)
     t0 = tf.cast(t0, dtype)
     if kind == "tfp_dopri5":
-        solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol, max_num_steps=max_steps,
-                                            **({"first_step_size": first_step} if first_step else {}))
+        solver = tfp.math.ode.DormandPrince(
+            rtol=rtol, atol=atol, max_num_steps=max_steps, **({"first_step_size": first_step} if first_step else {})
+        )
         budget = 6 * max_steps + 1
     else:
-        solver = tfp.math.ode.BDF(rtol=rtol, atol=atol, max_num_steps=max_steps,
-                                  **({"first_step_size": first_step} if first_step else {}))
+        solver = tfp.math.ode.BDF(
+            rtol=rtol, atol=atol, max_num_steps=max_steps, **({"first_step_size": first_step} if first_step else {})
+        )
         budget = 8 * max_steps + 1
     guard.budget = budget
     ordered = times_ordered(t0, times)
@@ -155,12 +173,14 @@ def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guar
         return res.states, tf.cast(tf.not_equal(res.diagnostics.status, 0), tf.int32)
 
     if kind == "bdf" and batch_axis == 0:
+
         def per_sample(y):
             states, failed = one(y[None])
             return states[:, 0], failed
 
         states, failed = _no_gradient_through_map(
-            y_in, lambda y_in: tf.map_fn(per_sample, y_in, fn_output_signature=(dtype, tf.int32)))
+            y_in, lambda y_in: tf.map_fn(per_sample, y_in, fn_output_signature=(dtype, tf.int32))
+        )
         failed = tf.reduce_max(failed)
         states = tf.transpose(states, [1, 0] + list(range(2, states.shape.rank)))
     else:
@@ -172,14 +192,18 @@ def tfp_solve(kind, f, y0, t0, times, *, rtol, atol, first_step, max_steps, guar
     finite = tf.reduce_all(tf.math.is_finite(states))
     reason = tf.where(tf.logical_and(tf.equal(reason, 0), tf.logical_not(finite)), NONFINITE, reason)
     reason = tf.where(ordered, reason, UNORDERED)
-    info = dict(reason=reason, nfe=calls, steps=tf.constant(-1), accepted=tf.constant(-1),
-                t=tf.where(tf.equal(reason, 0), times[-1], tf.constant(np.nan, dtype)))
+    info = dict(
+        reason=reason,
+        nfe=calls,
+        steps=tf.constant(-1),
+        accepted=tf.constant(-1),
+        t=tf.where(tf.equal(reason, 0), times[-1], tf.constant(np.nan, dtype)),
+    )
     deps = run_hook(on_forward, info)
     with tf.control_dependencies(deps):
         states = tf.where(tf.equal(reason, 0), states, tf.constant(np.nan, dtype))
     (states,) = guard.guard_cotangents([states])
     return states, info
-
 
 
 __all__ = ["TFPGuard", "tfp_solve"]

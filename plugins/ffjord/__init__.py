@@ -14,20 +14,40 @@ ODEZOO_PLUGIN_API = 1
 
 # Its Keras classes, so that a saved flow loads after only `import odezoo` (the Keras names are the
 # ones files saved before the move carry: "odezoo>FFJORDFlow", "odezoo>TimeMLPField").
-odezoo.register_keras_objects("odezoo.plugins.ffjord.flow:FFJORDFlow", "odezoo.plugins.ffjord.flow:TimeMLPField",
-                              package="odezoo", backend="tensorflow")
+odezoo.register_keras_objects(
+    "odezoo.plugins.ffjord.flow:FFJORDFlow",
+    "odezoo.plugins.ffjord.flow:TimeMLPField",
+    package="odezoo",
+    backend="tensorflow",
+)
 
 
 @odezoo.register_model(
-    "ffjord", kind="flow", family="ffjord",
+    "ffjord",
+    kind="flow",
+    family="ffjord",
     paper="Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud, FFJORD: Free-form Continuous Dynamics "
-          "for Scalable Reversible Generative Models, ICLR 2019",
+    "for Scalable Reversible Generative Models, ICLR 2019",
     ode_reading="dz/dt = f(t, z) with d log p/dt = −tr(∂f/∂z) (Hutchinson-estimated), solved by adaptive "
-                "Dormand-Prince 5(4) and trained with the adjoint.",
+    "Dormand-Prince 5(4) and trained with the adjoint.",
 )
-def ffjord(*, data_dim=2, hidden=(64, 64, 64), activation="tanh", trace="hutchinson", noise="rademacher",
-           solver="dopri5", rtol=1e-5, atol=1e-5, num_blocks=1, t1=1.0, max_steps=10000, data_log_scale=0.0,
-           eval_probes=4, seed=None):
+def ffjord(
+    *,
+    data_dim=2,
+    hidden=(64, 64, 64),
+    activation="tanh",
+    trace="hutchinson",
+    noise="rademacher",
+    solver="dopri5",
+    rtol=1e-5,
+    atol=1e-5,
+    num_blocks=1,
+    t1=1.0,
+    max_steps=10000,
+    data_log_scale=0.0,
+    eval_probes=4,
+    seed=None,
+):
     """A FFJORD density model on ``data_dim``-dimensional data (:class:`odezoo.plugins.ffjord.flow.FFJORDFlow`).
 
     Returns a Keras model with ``log_prob``, ``sample``, ``to_latent``, ``to_data``;
@@ -36,6 +56,20 @@ def ffjord(*, data_dim=2, hidden=(64, 64, 64), activation="tanh", trace="hutchin
     odezoo.ode.require_tensorflow("The FFJORD model")
     from odezoo.plugins.ffjord.flow import FFJORDFlow
 
-    return FFJORDFlow(data_dim=data_dim, hidden=hidden, activation=activation, trace=trace, noise=noise,
-                      solver=solver, rtol=rtol, atol=atol, num_blocks=num_blocks, t1=t1, max_steps=max_steps,
-                      data_log_scale=data_log_scale, eval_probes=eval_probes, seed=seed, name="ffjord")
+    return FFJORDFlow(
+        data_dim=data_dim,
+        hidden=hidden,
+        activation=activation,
+        trace=trace,
+        noise=noise,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        num_blocks=num_blocks,
+        t1=t1,
+        max_steps=max_steps,
+        data_log_scale=data_log_scale,
+        eval_probes=eval_probes,
+        seed=seed,
+        name="ffjord",
+    )

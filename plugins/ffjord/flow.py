@@ -55,8 +55,9 @@ class TimeMLPField(keras.layers.Layer):
         self.data_dim = int(data_dim)
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
-        self.layers_ = [keras.layers.Dense(w, activation=activation, name=f"dense{i}")
-                        for i, w in enumerate(self.hidden)]
+        self.layers_ = [
+            keras.layers.Dense(w, activation=activation, name=f"dense{i}") for i, w in enumerate(self.hidden)
+        ]
         self.layers_.append(keras.layers.Dense(self.data_dim, name=f"dense{len(self.hidden)}"))
 
     def build(self, t_shape=None, z_shape=None):
@@ -164,9 +165,24 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     rtol = Setting(checks.positive)
     atol = Setting(checks.positive)
 
-    def __init__(self, data_dim, hidden=(64, 64, 64), activation="tanh", trace="hutchinson",
-                 noise="rademacher", solver="dopri5", rtol=1e-5, atol=1e-5, num_blocks=1, t1=1.0,
-                 max_steps=10000, data_log_scale=0.0, eval_probes=4, seed=None, **kwargs):
+    def __init__(
+        self,
+        data_dim,
+        hidden=(64, 64, 64),
+        activation="tanh",
+        trace="hutchinson",
+        noise="rademacher",
+        solver="dopri5",
+        rtol=1e-5,
+        atol=1e-5,
+        num_blocks=1,
+        t1=1.0,
+        max_steps=10000,
+        data_log_scale=0.0,
+        eval_probes=4,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         checks.positive_int("data_dim", data_dim)
         checks.positive_int("num_blocks", num_blocks)
@@ -228,9 +244,19 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         flat = [tf.convert_to_tensor(s) for s in tf.nest.flatten(initial_state)]
         flat_c = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
         options = dict(rtol=self.rtol, atol=self.atol, first_step=None, max_steps=self.max_steps)
-        outputs, _ = solve_flat(ode_fn, initial_state, constants, tf.cast(initial_time, dtype), flat,
-                                 times, flat_c, options=options, gradient="adjoint",
-                                 on_forward=on_forward, on_backward=on_backward)
+        outputs, _ = solve_flat(
+            ode_fn,
+            initial_state,
+            constants,
+            tf.cast(initial_time, dtype),
+            flat,
+            times,
+            flat_c,
+            options=options,
+            gradient="adjoint",
+            on_forward=on_forward,
+            on_backward=on_backward,
+        )
         return _SolveResults(times, tf.nest.pack_sequence_as(initial_state, outputs))
 
     def _bijector(self, trace):
@@ -239,10 +265,16 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         trace_fn = exact_trace if trace == "exact" else hutchinson_trace(self._noise_fn)
         blocks = []
         for field in self.fields:
-            blocks.append(tfp.bijectors.FFJORD(
-                state_time_derivative_fn=lambda t, z, field=field: field(t, z),
-                ode_solve_fn=self._ode_solve_fn, trace_augmentation_fn=trace_fn,
-                initial_time=0.0, final_time=self.t1, dtype=tf.float32))
+            blocks.append(
+                tfp.bijectors.FFJORD(
+                    state_time_derivative_fn=lambda t, z, field=field: field(t, z),
+                    ode_solve_fn=self._ode_solve_fn,
+                    trace_augmentation_fn=trace_fn,
+                    initial_time=0.0,
+                    final_time=self.t1,
+                    dtype=tf.float32,
+                )
+            )
         # Chain applies its last bijector first; data = blocks[-1](...(blocks[0](z)))
         return tfp.bijectors.Chain(list(reversed(blocks)))
 
@@ -258,7 +290,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         if x.shape.rank != 2 or x.shape[-1] != self.data_dim:
             raise ValueError(
                 f"FFJORD model with data_dim={self.data_dim} expects {what} of shape (batch, {self.data_dim}). "
-                f"Received: {what}.shape={tuple(x.shape)}.")
+                f"Received: {what}.shape={tuple(x.shape)}."
+            )
         return x
 
     def _fn(self, key, builder):
@@ -279,9 +312,9 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         fields = list(reversed(self.fields)) if inverse else list(self.fields)
         for field in fields:
             if inverse:  # tfp's inverse dynamics: -f(t1 - s, z) from s = 0 to t1
-                fn = (lambda t, z, field=field: -field(self.t1 - t, z))
+                fn = lambda t, z, field=field: -field(self.t1 - t, z)
             else:
-                fn = (lambda t, z, field=field: field(t, z))
+                fn = lambda t, z, field=field: field(t, z)
             state = self._ode_solve_fn(fn, 0.0, state, [self.t1]).states[-1]
         return state
 
@@ -342,8 +375,12 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         return (nll / self.data_dim + self.data_log_scale) / math.log(2.0)
 
     def _logs(self):
-        return {"nll": self.nll_tracker.result(), "bits_per_dim": self.bpd_tracker.result(),
-                "nfe_forward": self.nfe_forward.value, "nfe_backward": self.nfe_backward.value}
+        return {
+            "nll": self.nll_tracker.result(),
+            "bits_per_dim": self.bpd_tracker.result(),
+            "nfe_forward": self.nfe_forward.value,
+            "nfe_backward": self.nfe_backward.value,
+        }
 
     def train_step(self, data):
         x = data[0] if isinstance(data, (tuple, list)) else data
@@ -356,9 +393,12 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         variables = self.trainable_variables
         grads = tape.gradient(nll, variables)
         # a failed solve applies no update, on one device or under a strategy (odezoo.ode.gate)
-        apply_if_solved(lambda: [self.solver_status.value], grads,
-                              lambda: self.optimizer.apply(grads, variables),
-                              list(self.optimizer.variables) + list(variables))
+        apply_if_solved(
+            lambda: [self.solver_status.value],
+            grads,
+            lambda: self.optimizer.apply(grads, variables),
+            list(self.optimizer.variables) + list(variables),
+        )
         self.nll_tracker.update_state(nll)
         self.bpd_tracker.update_state(self._bits_per_dim(nll))
         return self._logs()
@@ -389,10 +429,23 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         return [self]
 
     def get_config(self):
-        return dict(name=self.name, data_dim=self.data_dim, hidden=list(self.hidden), activation=self.activation,
-                    trace=self.trace, noise=self.noise, solver=self.solver, rtol=self.rtol, atol=self.atol,
-                    num_blocks=self.num_blocks, t1=self.t1, max_steps=self.max_steps,
-                    data_log_scale=self.data_log_scale, eval_probes=self.eval_probes, seed=self.seed)
+        return dict(
+            name=self.name,
+            data_dim=self.data_dim,
+            hidden=list(self.hidden),
+            activation=self.activation,
+            trace=self.trace,
+            noise=self.noise,
+            solver=self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            num_blocks=self.num_blocks,
+            t1=self.t1,
+            max_steps=self.max_steps,
+            data_log_scale=self.data_log_scale,
+            eval_probes=self.eval_probes,
+            seed=self.seed,
+        )
 
     @classmethod
     def from_config(cls, config):

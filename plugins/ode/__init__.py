@@ -18,8 +18,12 @@ ODEZOO_PLUGIN_API = 1
 
 # Its Keras classes, so that a saved ODE-Net loads after only `import odezoo` (the Keras
 # names are the ones files saved before the move carry: "odezoo>ODEConvField", ...).
-odezoo.register_keras_objects("odezoo.plugins.ode.model:ODEConvField", "odezoo.plugins.ode.model:ODEClassifier",
-                              package="odezoo", backend="tensorflow")
+odezoo.register_keras_objects(
+    "odezoo.plugins.ode.model:ODEConvField",
+    "odezoo.plugins.ode.model:ODEClassifier",
+    package="odezoo",
+    backend="tensorflow",
+)
 
 
 def ode_classifier(**config):
@@ -30,18 +34,32 @@ def ode_classifier(**config):
     return build(**config)
 
 
-_PAPER = ("Chen, Rubanova, Bettencourt & Duvenaud, Neural Ordinary Differential Equations, "
-          "NeurIPS 2018")
+_PAPER = "Chen, Rubanova, Bettencourt & Duvenaud, Neural Ordinary Differential Equations, NeurIPS 2018"
 
 
 @odezoo.register_model(
-    "odenet", kind="classifier", family="odenet", paper=_PAPER,
+    "odenet",
+    kind="classifier",
+    family="odenet",
+    paper=_PAPER,
     ode_reading="y(1) = y(0) + ∫₀¹ f(t, y) dt for one shared conv field, solved adaptively "
-                "(Dormand-Prince 5(4)) and differentiated with the continuous adjoint.",
+    "(Dormand-Prince 5(4)) and differentiated with the continuous adjoint.",
 )
-def odenet(*, input_shape=(28, 28, 1), num_classes=10, solver="dopri5", rtol=1e-3, atol=1e-3,
-           first_step=None, max_steps=1000, gradient="auto", channels=64, augment_dims=0,
-           normalization="auto", classifier_activation="softmax"):
+def odenet(
+    *,
+    input_shape=(28, 28, 1),
+    num_classes=10,
+    solver="dopri5",
+    rtol=1e-3,
+    atol=1e-3,
+    first_step=None,
+    max_steps=1000,
+    gradient="auto",
+    channels=64,
+    augment_dims=0,
+    normalization="auto",
+    classifier_activation="softmax",
+):
     """ODE-Net, the Neural ODE paper's MNIST classifier (about 0.21M parameters at (28, 28, 1)).
 
     Conv stem downsampling by 4, one :class:`odezoo.ODEBlock` whose
@@ -49,22 +67,56 @@ def odenet(*, input_shape=(28, 28, 1), num_classes=10, solver="dopri5", rtol=1e-
     average pooling, dense head. Scheme ``dopri5``, order 5 (adaptive).
     ``augment_dims`` > 0 gives ANODE (Dupont et al. 2019).
     """
-    return ode_classifier(name="odenet", input_shape=input_shape, num_classes=num_classes, solver=solver,
-                          rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps,
-                          gradient=gradient, channels=channels, augment_dims=augment_dims,
-                          normalization=normalization, classifier_activation=classifier_activation)
+    return ode_classifier(
+        name="odenet",
+        input_shape=input_shape,
+        num_classes=num_classes,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        first_step=first_step,
+        max_steps=max_steps,
+        gradient=gradient,
+        channels=channels,
+        augment_dims=augment_dims,
+        normalization=normalization,
+        classifier_activation=classifier_activation,
+    )
 
 
 @odezoo.register_model(
-    "rknet", kind="classifier", family="odenet", paper=_PAPER,
+    "rknet",
+    kind="classifier",
+    family="odenet",
+    paper=_PAPER,
     ode_reading="The same conv field, integrated on a fixed grid by a registered explicit scheme "
-                "(rk4, order 4, by default) and trained by backprop through its steps.",
+    "(rk4, order 4, by default) and trained by backprop through its steps.",
 )
-def rknet(*, input_shape=(28, 28, 1), num_classes=10, solver="rk4", num_steps=4, step_size=None,
-          channels=64, augment_dims=0, normalization="auto", classifier_activation="softmax"):
+def rknet(
+    *,
+    input_shape=(28, 28, 1),
+    num_classes=10,
+    solver="rk4",
+    num_steps=4,
+    step_size=None,
+    channels=64,
+    augment_dims=0,
+    normalization="auto",
+    classifier_activation="softmax",
+):
     """RK-Net (Chen et al. 2018): ODE-Net's architecture on a fixed grid; scheme ``rk4``, order 4."""
-    return ode_classifier(name="rknet", input_shape=input_shape, num_classes=num_classes, solver=solver,
-                          rtol=1e-3, atol=1e-6, num_steps=None if step_size is not None else num_steps,
-                          step_size=step_size, gradient="backprop", channels=channels,
-                          augment_dims=augment_dims, normalization=normalization,
-                          classifier_activation=classifier_activation)
+    return ode_classifier(
+        name="rknet",
+        input_shape=input_shape,
+        num_classes=num_classes,
+        solver=solver,
+        rtol=1e-3,
+        atol=1e-6,
+        num_steps=None if step_size is not None else num_steps,
+        step_size=step_size,
+        gradient="backprop",
+        channels=channels,
+        augment_dims=augment_dims,
+        normalization=normalization,
+        classifier_activation=classifier_activation,
+    )

@@ -77,7 +77,6 @@ class ODEConvField(keras.layers.Layer):
         return config
 
 
-
 @_serializable
 class ODEClassifier(SolverChecked, keras.Model):
     """A functional classifier with :class:`ODEBlock` layers (ODE-Net, RK-Net).
@@ -121,9 +120,25 @@ class ODEClassifier(SolverChecked, keras.Model):
         return self.ode_blocks()
 
 
-def ode_classifier(*, name, input_shape, num_classes, solver, rtol, atol, num_steps=None, step_size=None,
-                   first_step=None, max_steps=10000, gradient="auto", channels=64, augment_dims=0,
-                   normalization="auto", classifier_activation="softmax", t1=1.0):
+def ode_classifier(
+    *,
+    name,
+    input_shape,
+    num_classes,
+    solver,
+    rtol,
+    atol,
+    num_steps=None,
+    step_size=None,
+    first_step=None,
+    max_steps=10000,
+    gradient="auto",
+    channels=64,
+    augment_dims=0,
+    normalization="auto",
+    classifier_activation="softmax",
+    t1=1.0,
+):
     """ODE-Net / RK-Net (Chen et al. 2018, MNIST): conv stem, one ODE block, pooling, classifier.
 
     Stem: conv3x3(channels) -> GN-ReLU -> conv4x4/2 -> GN-ReLU -> conv4x4/2 (H/4 x W/4);
@@ -150,14 +165,24 @@ def ode_classifier(*, name, input_shape, num_classes, solver, rtol, atol, num_st
     x = keras.layers.Conv2D(channels, 4, strides=2, padding="same", name="stem_conv3")(x)
     field_groups = groups if width % groups == 0 else 1
     field = ODEConvField(width, groups=field_groups, name="field", dtype="float32")  # solved in float32
-    x = ODEBlock(field, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps, step_size=step_size,
-                 first_step=first_step, max_steps=max_steps, gradient=gradient, augment_dims=augment_dims,
-                 t1=t1, name="ode_block")(x)
+    x = ODEBlock(
+        field,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        num_steps=num_steps,
+        step_size=step_size,
+        first_step=first_step,
+        max_steps=max_steps,
+        gradient=gradient,
+        augment_dims=augment_dims,
+        t1=t1,
+        name="ode_block",
+    )(x)
     x = keras.layers.GroupNormalization(groups, epsilon=1e-5, name="head_norm")(x)
     x = keras.layers.ReLU(name="head_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier",
-                                 dtype="float32")(x)
+    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier", dtype="float32")(x)
     return ODEClassifier(inputs, outputs, name=name)
 
 
