@@ -94,7 +94,7 @@ def test_import_odezoo_does_not_import_keras_or_tensorflow():
 
 def test_any_registered_scheme_drives_a_family():
     model = odezoo.build("resnet", depth=8, input_shape=(8, 8, 1), scheme="rk4")
-    blocks = [l for l in model.layers if l.name.startswith("stage1")][0].blocks
+    blocks = [layer for layer in model.layers if layer.name.startswith("stage1")][0].blocks
     assert blocks[0].scheme_name == "rk4" and len(blocks[0].fields) == 4
     assert model(np.zeros((1, 8, 8, 1), "float32")).shape == (1, 10)
 
@@ -115,7 +115,7 @@ def test_third_party_scheme_drives_a_family():
 
 def test_scheme_options_pass_through_the_family():
     model = odezoo.build("polynet", depth=8, input_shape=(8, 8, 1), variant="way2")
-    stage = [l for l in model.layers if l.name == "stage1"][0]
+    stage = [layer for layer in model.layers if layer.name == "stage1"][0]
     assert stage.blocks[0].scheme.variant == "way2"
     with pytest.raises(TypeError, match="varient.*Valid keys"):
         odezoo.build("polynet", depth=8, varient="way2")

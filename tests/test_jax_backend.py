@@ -82,7 +82,7 @@ def test_tensorflow_only_parts_name_the_backend_they_need(default_run, what):
 @pytest.mark.parametrize("case", CASES)
 def test_family_fits_predicts_and_round_trips(default_run, case):
     r = ok(default_run["families"][case])
-    assert len(r["loss"]) == 2 and all(l == l and l < 10 for l in r["loss"]), r["loss"]
+    assert len(r["loss"]) == 2 and all(loss == loss and loss < 10 for loss in r["loss"]), r["loss"]
     assert r["weights_moved"] > 1e-4
     assert r["pred_shape"] == [8, 10] and r["pred_finite"]
     assert r["roundtrip_max_diff"] <= 1e-6

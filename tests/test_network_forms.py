@@ -63,7 +63,7 @@ def test_fractal_block_mean_join_and_global_columns():
     np.testing.assert_allclose(y, 0.5 * (d2 + shallow), rtol=1e-4, atol=1e-4)
     # global drop-path: column 0 is the shallow path alone, column 1 the deep one
     x_t = ops.convert_to_tensor(x)
-    for column, want in ((0, None), (1, None)):
+    for column in (0, 1):
         state = block.scheme.init(x_t)
         out = block.advance(state, training=True, column=ops.convert_to_tensor(column, "int32"))
         d1 = x + _fields_out(block, x, True)[0]

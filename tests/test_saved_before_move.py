@@ -2,8 +2,8 @@
 
 The fixtures in tests/fixtures/pre_move were saved at f106086 (the classes and registered
 names of fa30f4c, before the move) by a one-off script: each model trained one step, then
-saved, with its inputs and predictions (the flow's exact log-density) in io.npz. Loading after ``import odezoo`` must give
-the same predictions.
+saved, with its inputs and predictions (the flow's exact log-density) in io.npz. Loading
+after ``import odezoo`` must give the same predictions.
 """
 
 import os

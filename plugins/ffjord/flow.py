@@ -311,10 +311,11 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         """The flow map alone, without the log-determinant (no trace, no noise: deterministic)."""
         fields = list(reversed(self.fields)) if inverse else list(self.fields)
         for field in fields:
-            if inverse:  # tfp's inverse dynamics: -f(t1 - s, z) from s = 0 to t1
-                fn = lambda t, z, field=field: -field(self.t1 - t, z)
-            else:
-                fn = lambda t, z, field=field: field(t, z)
+
+            def fn(t, z, field=field):
+                # tfp's inverse dynamics: -f(t1 - s, z) from s = 0 to t1
+                return -field(self.t1 - t, z) if inverse else field(t, z)
+
             state = self._ode_solve_fn(fn, 0.0, state, [self.t1]).states[-1]
         return state
 
