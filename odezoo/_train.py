@@ -12,6 +12,7 @@ The shipped zoo changes only by commit. docs/reliability.md lists the guarantees
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -457,6 +458,164 @@ def _commit_weights(out, model, entry, chief) -> dict:
             os.unlink(tmp)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A checked run: what to build, on what data, with which arguments (``args``: the run's knobs)."""
+
+    spec: object
+    name: str
+    dataset: str
+    config: dict
+    tag: str
+    default: bool
+    build_config: dict
+    args: dict
+    fingerprint: dict
+    tensors: tuple
+    n: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec.name}.{self.tag}"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.args["batch_size"])
+
+
+def _plan(name, *, dataset, config, tag, default, **args) -> _Plan:
+    """Step 1, validate: every argument, the build config, the entry's parts and the data, before training."""
+    spec, _ = _registry.resolve_model(name)
+    config = dict(config or {})
+    epochs, batch_size, lr, seed = _check_arguments(spec, dataset, **args)
+    args = dict(args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    tag = tag or dataset
+    _registry._check_name("weight tag", tag)
+    build_options = config
+    if (
+        args["strategy"] != "default"
+        and "synchronized_bn" in _builder.defaults_of(spec)
+        and "synchronized_bn" not in config
+    ):
+        # BatchNorm statistics over the global batch, not per replica (recorded in the build config;
+        # the command's --strategy implies it)
+        build_options = {**config, "synchronized_bn": True}
+    build_config = full_config(spec, name, dataset, build_options)
+    _weights.check_entry_inputs(spec.name, tag, build_config)  # the entry's parts known now: refused now, not after
+    tensors, n = _training_data(spec, dataset, build_config)
+    return _Plan(
+        spec=spec,
+        name=name,
+        dataset=dataset,
+        config=config,
+        tag=tag,
+        default=bool(default),
+        build_config=build_config,
+        args=args,
+        fingerprint=_run_fingerprint(spec, dataset, build_config, **args),
+        tensors=tensors,
+        n=n,
+    )
+
+
+def _prepare_out(out) -> None:
+    """The chief's output folder exists and is writable (before anything is trained)."""
+    with _writing(out):
+        os.makedirs(out, exist_ok=True)
+    _weights.check_writable(out)
+
+
+def _build_or_resume(plan, ckpts, dist, *, resume, chief, verbose):
+    """Step 2: the compiled model, fresh or from this run's newest checkpoint; ``(model, initial_epoch)``."""
+    import keras
+
+    a = plan.args
+    jit = _distribute.can_jit(dist)
+    if not jit and verbose:
+        print(
+            f"strategy {a['strategy']!r} on CPU devices: the train step runs without XLA "
+            "(XLA refuses replicas' variables on other CPU devices)."
+        )
+    keras.utils.set_random_seed(a["seed"])
+    with _distribute.precision_policy(a["precision"]), dist.scope():
+        return _prepare_model(
+            plan.spec,
+            plan.name,
+            plan.build_config,
+            ckpts,
+            plan.fingerprint,
+            resume=resume,
+            chief=chief,
+            jit=jit,
+            optimizer=a["optimizer"],
+            lr=a["lr"],
+            lr_schedule=a["lr_schedule"],
+            epochs=a["epochs"],
+            steps_per_epoch=plan.steps_per_epoch,
+            verbose=verbose,
+        )
+
+
+def _fit(plan, model, ckpts, dist, *, initial_epoch, chief, verbose) -> None:
+    """Step 3: the remaining epochs, a checkpoint after each; a non-finite loss stops the run."""
+    a = plan.args
+    if initial_epoch >= a["epochs"]:
+        return
+    batches = _epoch_batches(
+        plan.spec,
+        plan.dataset,
+        plan.tensors,
+        plan.n,
+        initial_epoch=initial_epoch,
+        epochs=a["epochs"],
+        batch_size=a["batch_size"],
+        seed=a["seed"],
+    )
+    guard = _guard_callback(ckpts, plan.fingerprint, chief=chief)
+    with dist.scope(), _multiworker_keras_workaround(model, dist):
+        model.fit(
+            batches,
+            epochs=a["epochs"],
+            initial_epoch=initial_epoch,
+            steps_per_epoch=plan.steps_per_epoch,
+            callbacks=[guard],
+            shuffle=False,
+            verbose=verbose,
+        )
+
+
+def _measure(plan, model, ckpts) -> dict:
+    """Step 4: the test metrics, which must be finite, as must every weight."""
+    metrics = evaluate(model, plan.spec.kind, plan.dataset, plain_calls=plan.args["strategy"] == "multiworker")
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise TrainingError(f"training diverged: the test metrics are not finite ({bad}); {_kept(ckpts)}.")
+    _check_finite_weights(model, f"at the end; {_kept(ckpts)}")
+    return metrics
+
+
+def _manifest_entry(plan, metrics, dist) -> dict:
+    """Step 5: the manifest entry of the run (committed with the weights by :func:`_commit_weights`)."""
+    a = plan.args
+    command_args = dict(dataset=plan.dataset, config=plan.config, tag=plan.tag, default=plan.default, **a)
+    return {
+        "model": plan.spec.name,
+        "tag": plan.tag,
+        "dataset": plan.dataset,
+        "split": "test",
+        "metrics": metrics,
+        "config": plan.build_config,
+        "versions": _versions(),
+        "device": _device(),
+        "strategy": _distribute.describe(a["strategy"], dist),
+        "seed": a["seed"],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "default": plan.default,
+        "command": _command(plan.name, command_args),
+        **{k: a[k] for k in ("epochs", "batch_size", "lr", "lr_schedule", "optimizer", "precision")},
+    }
+
+
 def train(
     name,
     *,
@@ -496,13 +655,13 @@ def train(
     Returns the manifest entry (with the measured test metrics); with
     ``return_model`` the pair ``(entry, model)``.
     """
-    import keras
 
-    spec, _ = _registry.resolve_model(name)
-    config = dict(config or {})
-    epochs, batch_size, lr, seed = _check_arguments(
-        spec,
-        dataset,
+    plan = _plan(
+        name,
+        dataset=dataset,
+        config=config,
+        tag=tag,
+        default=default,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -512,103 +671,19 @@ def train(
         strategy=strategy,
         precision=precision,
     )
-    tag = tag or dataset
-    _registry._check_name("weight tag", tag)
-    key = f"{spec.name}.{tag}"
-    if strategy != "default" and "synchronized_bn" in _builder.defaults_of(spec) and "synchronized_bn" not in config:
-        # BatchNorm statistics over the global batch, not per replica (recorded in the build config;
-        # the command's --strategy implies it)
-        build_config = full_config(spec, name, dataset, {**config, "synchronized_bn": True})
-    else:
-        build_config = full_config(spec, name, dataset, config)
-    _weights.check_entry_inputs(spec.name, tag, build_config)  # the entry's parts known now: refused now, not after
-    tensors, n = _training_data(spec, dataset, build_config)
-    steps_per_epoch = -(-n // batch_size)
-    args = dict(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        lr_schedule=lr_schedule,
-        optimizer=optimizer,
-        strategy=strategy,
-        precision=precision,
-    )
-    run = _run_fingerprint(spec, dataset, build_config, **args)
-
     dist = _distribute.make_strategy(strategy)  # before any other TensorFlow work (multi-worker needs that)
     chief = _distribute.is_chief(dist)
     if chief:
-        with _writing(out):
-            os.makedirs(out, exist_ok=True)
-        _weights.check_writable(out)
-    jit = _distribute.can_jit(dist)
-    if not jit and verbose:
-        print(
-            f"strategy {strategy!r} on CPU devices: the train step runs without XLA "
-            "(XLA refuses replicas' variables on other CPU devices)."
-        )
-    ckpts = checkpoint_lib.Checkpoints(out, key)
-    with _run_lock(out, key) if chief else contextlib.nullcontext():
-        keras.utils.set_random_seed(seed)
-        with _distribute.precision_policy(precision), dist.scope():
-            model, initial_epoch = _prepare_model(
-                spec,
-                name,
-                build_config,
-                ckpts,
-                run,
-                resume=resume,
-                chief=chief,
-                jit=jit,
-                optimizer=optimizer,
-                lr=lr,
-                lr_schedule=lr_schedule,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                verbose=verbose,
-            )
-        _check_model_input(spec, model, dataset, tensors)
+        _prepare_out(out)
+    ckpts = checkpoint_lib.Checkpoints(out, plan.key)
+    with _run_lock(out, plan.key) if chief else contextlib.nullcontext():
+        model, initial_epoch = _build_or_resume(plan, ckpts, dist, resume=resume, chief=chief, verbose=verbose)
+        _check_model_input(plan.spec, model, dataset, plan.tensors)
         if chief:
             _check_space(out, model)
-        if initial_epoch < epochs:
-            batches = _epoch_batches(
-                spec, dataset, tensors, n, initial_epoch=initial_epoch, epochs=epochs, batch_size=batch_size, seed=seed
-            )
-            guard = _guard_callback(ckpts, run, chief=chief)
-            with dist.scope(), _multiworker_keras_workaround(model, dist):
-                model.fit(
-                    batches,
-                    epochs=epochs,
-                    initial_epoch=initial_epoch,
-                    steps_per_epoch=steps_per_epoch,
-                    callbacks=[guard],
-                    shuffle=False,
-                    verbose=verbose,
-                )
-
-        metrics = evaluate(model, spec.kind, dataset, plain_calls=strategy == "multiworker")
-        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-        if bad:
-            raise TrainingError(f"training diverged: the test metrics are not finite ({bad}); {_kept(ckpts)}.")
-        _check_finite_weights(model, f"at the end; {_kept(ckpts)}")
-        entry = {
-            "model": spec.name,
-            "tag": tag,
-            "dataset": dataset,
-            "split": "test",
-            "metrics": metrics,
-            "config": build_config,
-            "versions": _versions(),
-            "device": _device(),
-            "strategy": _distribute.describe(strategy, dist),
-            "seed": seed,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "default": bool(default),
-            "command": _command(name, dict(dataset=dataset, config=config, tag=tag, default=default, **args)),
-            **{k: args[k] for k in ("epochs", "batch_size", "lr", "lr_schedule", "optimizer", "precision")},
-        }
-        entry = _commit_weights(out, model, entry, chief)
+        _fit(plan, model, ckpts, dist, initial_epoch=initial_epoch, chief=chief, verbose=verbose)
+        metrics = _measure(plan, model, ckpts)
+        entry = _commit_weights(out, model, _manifest_entry(plan, metrics, dist), chief)
         if chief:
             ckpts.remove()
     return (entry, model) if return_model else entry
