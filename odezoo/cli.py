@@ -21,10 +21,13 @@ from collections.abc import Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import odezoo  # noqa: E402  (after the environment default above)
+from odezoo import _quiet  # noqa: E402
 from odezoo._distribute import PRECISIONS, STRATEGIES  # noqa: E402
 from odezoo._report import format_describe, format_plugins, format_table, schemes_table  # noqa: E402
 from odezoo._train import OPTIMIZERS  # noqa: E402
 
+# The commands that run models: Keras and TensorFlow start quietly before them (odezoo._quiet)
+FRAMEWORK_COMMANDS = ("train", "eval", "demo")
 # OSError: a file odezoo could not read or write (disk full, read-only, missing), as one line like the others
 USER_ERRORS = (odezoo.OdezooError, LookupError, ValueError, TypeError, OSError)
 
@@ -216,7 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
     try:
-        args.func(args)
+        with _quiet.no_retracing_warning():
+            if args.command in FRAMEWORK_COMMANDS and getattr(args, "strategy", "default") not in (
+                "multiworker",
+                "tpu",
+            ):
+                # TensorFlow's start-up banners left out (a multi-worker or TPU run sets its devices up first)
+                _quiet.framework_started()
+            args.func(args)
     except USER_ERRORS as exc:
         if args.debug:
             raise

@@ -108,11 +108,15 @@ def test_demo_end_to_end(tmp_path):
     """The README's main job, through the installed console script when there is one."""
     exe = shutil.which("odezoo")
     cmd = ([exe] if exe else [sys.executable, "-m", "odezoo"]) + ["demo", "--out", str(tmp_path)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ)
     env.pop("ODEZOO_WEIGHTS_DIR", None)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
+    # odezoo's output only: no TensorFlow start-up banner, no retracing warning between the tables
+    for noise in ("absl::InitializeLog", "oneDNN", "cuda drivers", "cuInit", "cpu_feature_guard", "retracing"):
+        assert noise not in proc.stderr and noise not in out, noise
     # the whole zoo is listed (names other tests registered in this process exist only here)
     for name in odezoo.list_models() + odezoo.list_schemes():
         assert name in out or name.startswith("test_")
@@ -153,3 +157,47 @@ def test_train_scale_flags_reject_bad_values_in_one_line(capsys, tmp_path):
         assert info.value.code == 2 and out == ""
         assert err.count("\n") == 1 and bad in err and choice in err
     assert not (tmp_path / "x").exists()
+
+
+def test_captured_start_up_output_keeps_every_line_that_is_not_a_known_banner():
+    # C++ writes straight to file descriptor 2; the capture must give back real warnings and errors
+    code = (
+        "import os, sys, warnings\n"
+        "from odezoo import _quiet\n"
+        "with _quiet.captured_stderr_lines():\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() '\n"
+        "             b'is called are written to STDERR\\n')\n"
+        "    os.write(2, b'I0000 00:00:1796235999.947925    2430 port.cc:153] oneDNN custom operations are on. x\\n')\n"
+        "    os.write(2, b'E0000 00:00:1796236480.192348    5017 cuda_platform.cc:52] failed call to cuInit: x\\n')\n"
+        "    os.write(2, b'E0000 00:00:1796236480.192348    5017 some_kernel.cc:7] a real error\\n')\n"
+        "    warnings.warn('a plugin warning')\n"
+        "    print('on stdout')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "on stdout\n"
+    lines = proc.stderr.splitlines()
+    assert any("some_kernel.cc:7] a real error" in line for line in lines)
+    assert any("UserWarning: a plugin warning" in line for line in lines)
+    assert not [line for line in lines if "absl::InitializeLog" in line or "oneDNN" in line or "cuInit" in line]
+
+
+def test_only_the_retracing_warning_is_dropped_and_only_inside_the_command():
+    import logging
+
+    from odezoo import _quiet
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    retrace = "5 out of the last 5 calls to <function f> triggered tf.function retracing. Tracing is expensive"
+    try:
+        with _quiet.no_retracing_warning():
+            logger.warning(retrace)
+            logger.warning("a real TensorFlow warning")
+        logger.warning(retrace)
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["a real TensorFlow warning", retrace]
