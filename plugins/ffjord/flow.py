@@ -9,7 +9,7 @@ tfp ships the bijector; this module supplies what a Keras user needs around it:
 
 * trace functions that compile under XLA once: Hutchinson's estimator as one
   ``tape.gradient(f, z, output_gradients=ε)`` (tfp's own uses ``vectorized_map``,
-  with which the XLA gradient recompiles every step: docs/flows.md), and the exact trace as ``d`` such products with
+  with which the XLA gradient recompiles every step; see docs/flows.md), and the exact trace as ``d`` such products with
   the unit vectors (tfp's ``trace_jacobian_exact`` does not compile under XLA);
 * odezoo's Dormand-Prince (adjoint with seminorm, step budget, NaN guard) as
   ``ode_solve_fn``;
