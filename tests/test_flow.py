@@ -22,7 +22,13 @@ def _grid(lo=-6.0, hi=6.0, n=121):
 
 @pytest.fixture(scope="module")
 def flow():
-    """One untrained flow shared by the tests that only read it (compiled functions are cached)."""
+    """One untrained flow shared by the tests that only read it (compiled functions are cached).
+
+    Its initial weights are seeded: unseeded, they depended on what earlier tests drew, and some
+    draws (e.g. keras.utils.set_random_seed(3)) give a map so close to volume-preserving
+    (max |log det| 0.025) that the log-det test's own guard refused it (seen in a full run).
+    """
+    keras.utils.set_random_seed(0)  # max |log det| at the test points: 0.48
     return odezoo.build("ffjord", **SMALL)
 
 
