@@ -134,6 +134,20 @@ _ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient")
 _odeint_cache = weakref.WeakKeyDictionary()
 
 
+def _odeint_compiled(f, key, run, *, cacheable):
+    """The compiled ``run`` of an eager :func:`odeint` call, cached per field and options when ``cacheable``."""
+    try:
+        per_f = _odeint_cache.setdefault(f, {})
+    except TypeError:  # a field that cannot be weakly referenced: compiled per call
+        per_f = {}
+    compiled = per_f.get(key) if cacheable else None
+    if compiled is None:
+        compiled = tf.function(run, jit_compile=True, autograph=False)
+        if cacheable:
+            per_f[key] = compiled
+    return compiled
+
+
 def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     """Solve ``dy/dt = f(t, y)`` at the times ``t`` (torchdiffeq's form).
 
@@ -205,30 +219,12 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
         with tf.init_scope():
             guard_state = tf.Variable([0, 0, 0], dtype=tf.int32, trainable=False)
     if t.shape[0] == 1:
-        states, info = tf.expand_dims(y0, 0), dict(reason=tf.constant(0), t=t[0], steps=tf.constant(0))
-        return states
+        return tf.expand_dims(y0, 0)
     if eager:
         key = (solver, gradient, tuple(sorted(opts.items())), static_t)
-        try:
-            per_f = _odeint_cache.setdefault(f, {})
-        except TypeError:
-            per_f = {}
-        compiled = per_f.get(key) if guard_state is None else None
-        if compiled is None:
-            compiled = tf.function(run, jit_compile=True, autograph=False)
-            if guard_state is None:
-                per_f[key] = compiled
-        states, info = compiled(y0, t, guard_state)
-        raise_for_status(
-            info["reason"],
-            rtol=rtol,
-            atol=atol,
-            time_reached=info["t"],
-            num_steps=info["steps"],
-            max_steps=max_steps,
-            what="odeint",
-            solver=solver,
-        )
+        states, info = _odeint_compiled(f, key, run, cacheable=guard_state is None)(y0, t, guard_state)
+        status = dict(rtol=rtol, atol=atol, time_reached=info["t"], num_steps=info["steps"], max_steps=max_steps)
+        raise_for_status(info["reason"], what="odeint", solver=solver, **status)
     else:
         states, info = run(y0, t, guard_state)
     return tf.concat([tf.expand_dims(y0, 0), states], 0)

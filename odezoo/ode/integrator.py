@@ -22,6 +22,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -176,24 +178,28 @@ def step_reason(finite, accept, h_next, t, t_end, tiny):
     return tf.where(tf.logical_and(finite, underflow), UNDERFLOW, reason)
 
 
-def _start(call, t0, y0, times, first_step, *, rtol, atol, mask, span, direction, tiny, order):
-    """f(t0), the first step (signed), the calls so far and the starting reason (NaN/Inf, times out of order)."""
-    f0 = call(t0, y0)
+def _start(p, t0, y0, first_step):
+    """The loop's first state: f(t0), the first step (signed), the outputs at t0 and the starting reason."""
+    f0 = p.call(t0, y0)
     nfe = tf.constant(1, tf.int32)
     finite0 = tf.logical_and(all_finite(y0), all_finite(f0))
+    span = tf.abs(p.t_end - t0)
     if first_step is None:
-        h_abs, finite1, calls = initial_step(
-            call, t0, y0, f0, rtol=rtol, atol=atol, mask=mask, span=span, direction=direction, tiny=tiny, order=order
-        )
+        options = dict(rtol=p.rtol, atol=p.atol, mask=p.mask, direction=p.direction, tiny=p.tiny)
+        h_abs, finite1, calls = initial_step(p.call, t0, y0, f0, span=span, order=p.tableau.order, **options)
         nfe += calls
         finite0 = tf.logical_and(finite0, finite1)
     else:
         h_abs = tf.cast(first_step, f0[0].dtype)
-    h_abs = tf.minimum(tf.where(tf.math.is_finite(h_abs), h_abs, span), tf.maximum(span, tiny))
-    h = tf.stop_gradient(direction * h_abs)
+    h_abs = tf.minimum(tf.where(tf.math.is_finite(h_abs), h_abs, span), tf.maximum(span, p.tiny))
+    h = tf.stop_gradient(p.direction * h_abs)
     reason = tf.where(finite0, OK, NONFINITE)
-    reason = tf.where(times_ordered(t0, times), reason, UNORDERED)
-    return f0, h, nfe, reason
+    reason = tf.where(times_ordered(t0, p.times), reason, UNORDERED)
+    tas = [tf.TensorArray(y.dtype, size=p.n, element_shape=y.shape) for y in y0]
+    idx, tas = fill_until(p.times, t0, p.direction, tf.constant(0, tf.int32), tas, lambda i: y0)  # outputs at t0
+    zero = tf.constant(0, tf.int32)
+    state = dict(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=tf.constant(1e-4, h.dtype), streak=zero)
+    return _Loop(**state, idx=idx, tas=tas, steps=zero, accepted=zero, nfe=nfe, reason=reason)
 
 
 def _finish(tas, idx, reason, y0, dtype, n):
@@ -209,6 +215,65 @@ def _finish(tas, idx, reason, y0, dtype, n):
 
 # --------------------------------------------------------------------------- the integrator
 @tf.autograph.experimental.do_not_convert
+class _Problem(NamedTuple):
+    """What stays fixed during one :func:`integrate` solve."""
+
+    call: object
+    tableau: ButcherTableau
+    controller: object
+    times: tf.Tensor
+    n: int
+    t_end: tf.Tensor
+    direction: tf.Tensor
+    rtol: tf.Tensor
+    atol: tf.Tensor
+    mask: list
+    tiny: tf.Tensor
+    stretch: float
+
+
+class _Loop(NamedTuple):
+    """The ``tf.while_loop`` state of :func:`integrate`."""
+
+    t: tf.Tensor
+    y: list
+    k1: list
+    h: tf.Tensor
+    h_prev: tf.Tensor
+    err_prev: tf.Tensor
+    streak: tf.Tensor
+    idx: tf.Tensor
+    tas: list
+    steps: tf.Tensor
+    accepted: tf.Tensor
+    nfe: tf.Tensor
+    reason: tf.Tensor
+
+
+def _advance(p: _Problem, s: _Loop) -> _Loop:
+    """One attempted step: the loop's body (accepted or not; outputs filled by dense output)."""
+    rejected = tf.logical_and(tf.equal(s.streak, 0), s.steps > 0)
+    h, last = end_of_interval(s.t, s.h, p.t_end, p.direction, p.stretch)
+    y_new, ks, ratio, finite = attempt_step(p.tableau, p.call, s.t, s.y, s.k1, h, rtol=p.rtol, atol=p.atol, mask=p.mask)
+    accept = tf.logical_and(finite, ratio <= 1.0)
+    memory = StepMemory(h=h, h_prev=s.h_prev, err_prev=s.err_prev, streak=s.streak)
+    exponent = p.tableau.error_exponent
+    h_next, err_prev, h_prev = next_step(p.controller, exponent, ratio, finite, accept, rejected, memory, p.direction)
+    t_new = tf.where(last, p.t_end, s.t + h)
+
+    def at(i):
+        return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new)
+
+    idx, tas = fill_until(p.times, t_new, p.direction, s.idx, s.tas, enabled=accept, values=at)
+    reason = step_reason(finite, accept, h_next, s.t, p.t_end, p.tiny)
+    return _Loop(
+        t=tf.where(accept, t_new, s.t), y=where(accept, y_new, s.y), k1=where(accept, ks[-1], s.k1), h=h_next,
+        h_prev=h_prev, err_prev=err_prev, streak=tf.where(accept, s.streak + 1, 0), idx=idx, tas=tas,
+        steps=s.steps + 1, accepted=s.accepted + tf.cast(accept, tf.int32),
+        nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason,
+    )  # fmt: skip
+
+
 def integrate(
     fn,
     t0,
@@ -257,115 +322,28 @@ def integrate(
     if not tableau.fsal:
         raise ValueError(f"The integrator needs an FSAL tableau. Received: tableau={tableau.name!r}.")
     controller = make_controller(controller, safety=safety, ifactor=ifactor, dfactor=dfactor, beta=beta)
-    mask = [True] * len(y0) if norm_mask is None else list(norm_mask)
     t0 = tf.cast(t0, dtype)
     times = tf.cast(tf.reshape(times, [-1]), dtype)
-    n = times.shape[0]
-    if n is None:
+    if times.shape[0] is None:
         raise ValueError("dopri5 needs a static number of solution times.")
-    rtol, atol = tf.cast(rtol, dtype), tf.cast(atol, dtype)
     t_end = times[-1]
-    direction = tf.where(t_end >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
-    span = tf.abs(t_end - t0)
-    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
-    max_steps = int(max_steps)
 
     def call(t, y):
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y)]
 
-    f0, h, nfe, reason = _start(
-        call,
-        t0,
-        y0,
-        times,
-        first_step,
-        rtol=rtol,
-        atol=atol,
-        mask=mask,
-        span=span,
-        direction=direction,
-        tiny=tiny,
-        order=tableau.order,
-    )
-    tas = [tf.TensorArray(dtype, size=n, element_shape=y.shape) for y in y0]
-    idx, tas = fill_until(times, t0, direction, tf.constant(0, tf.int32), tas, lambda i: y0)  # outputs at t0
+    direction = tf.where(t_end >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
+    mask = [True] * len(y0) if norm_mask is None else list(norm_mask)
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
     stretch = 1.0 / controller.safety  # the last step may be this much longer than proposed
-    exponent = tableau.error_exponent
-    per_step = tableau.evaluations_per_step
+    p = _Problem(call, tableau, controller, times, times.shape[0], t_end, direction, tf.cast(rtol, dtype),
+                 tf.cast(atol, dtype), mask, tiny, stretch)  # fmt: skip
+    start = _start(p, t0, y0, first_step)
+    max_steps = int(max_steps)
 
-    def cond(t, y, k1, h, h_prev, err_prev, streak, idx, tas, steps, accepted, nfe, reason):
-        return tf.logical_and(tf.equal(reason, OK), tf.logical_and(idx < n, steps < max_steps))
+    def running(s):
+        return tf.logical_and(tf.equal(s.reason, OK), tf.logical_and(s.idx < p.n, s.steps < max_steps))
 
-    def body(t, y, k1, h, h_prev, err_prev, streak, idx, tas, steps, accepted, nfe, reason):
-        rejected = tf.logical_and(tf.equal(streak, 0), steps > 0)
-        h, last = end_of_interval(t, h, t_end, direction, stretch)
-        y_new, ks, ratio, finite = attempt_step(tableau, call, t, y, k1, h, rtol=rtol, atol=atol, mask=mask)
-        accept = tf.logical_and(finite, ratio <= 1.0)
-        memory = StepMemory(h=h, h_prev=h_prev, err_prev=err_prev, streak=streak)
-        h_next, err_prev, h_prev = next_step(controller, exponent, ratio, finite, accept, rejected, memory, direction)
-        t_new = tf.where(last, t_end, t + h)
-        idx, tas = fill_until(
-            times,
-            t_new,
-            direction,
-            idx,
-            tas,
-            enabled=accept,
-            values=lambda i: dense_output(tableau, t, h, y, y_new, ks, times[i], t_new),
-        )
-        new_reason = step_reason(finite, accept, h_next, t, t_end, tiny)
-        t = tf.where(accept, t_new, t)
-        y = where(accept, y_new, y)
-        k1 = where(accept, ks[-1], k1)
-        streak = tf.where(accept, streak + 1, 0)
-        return (
-            t,
-            y,
-            k1,
-            h_next,
-            h_prev,
-            err_prev,
-            streak,
-            idx,
-            tas,
-            steps + 1,
-            accepted + tf.cast(accept, tf.int32),
-            nfe + per_step,
-            new_reason,
-        )
-
-    loop_vars = (
-        t0,
-        list(y0),
-        f0,
-        h,
-        h,
-        tf.constant(1e-4, dtype),
-        tf.constant(0, tf.int32),
-        idx,
-        tas,
-        tf.constant(0, tf.int32),
-        tf.constant(0, tf.int32),
-        nfe,
-        reason,
-    )
-    (t, y, _, _, _, _, _, idx, tas, steps, accepted, nfe, reason) = tf.while_loop(
-        cond, body, loop_vars, maximum_iterations=max_steps
-    )
-    reason = tf.where(tf.logical_and(tf.equal(reason, OK), idx < n), MAX_STEPS, reason)
-    outputs = _finish(tas, idx, reason, y0, dtype, n)
-    return outputs, dict(reason=reason, nfe=nfe, steps=steps, accepted=accepted, t=t)
-
-
-__all__ = [
-    "integrate",
-    "initial_step",
-    "attempt_step",
-    "next_step",
-    "end_of_interval",
-    "dense_output",
-    "step_reason",
-    "fill_until",
-    "check_dtypes",
-    "all_finite",
-]
+    (s,) = tf.while_loop(running, lambda s: (_advance(p, s),), (start,), maximum_iterations=max_steps)
+    reason = tf.where(tf.logical_and(tf.equal(s.reason, OK), s.idx < p.n), MAX_STEPS, s.reason)
+    outputs = _finish(s.tas, s.idx, reason, y0, dtype, p.n)
+    return outputs, dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t)
