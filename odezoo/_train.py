@@ -425,6 +425,9 @@ def _prepare_model(
     if resume and verbose:
         print(f"No checkpoint for {ckpts.key} in {os.path.dirname(ckpts.folder)}; starting from scratch.")
     model = _builder.build(name, **build_config)
+    # a layer that says it does not support XLA (an ODEBlock whose solve runs in the graph
+    # executor: odezoo.ode.compilation) keeps the whole step out of XLA
+    jit = jit and all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
     opt = _optimizer(optimizer, _learning_rate(lr, lr_schedule, epochs, steps_per_epoch))
     if spec.kind == "classifier":
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from odezoo import checks
+from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, resolve_gradient
 from odezoo.ode.dispatch import solve
 from odezoo.ode.settings import Setting, Settings
@@ -56,6 +57,10 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             grids), "adjoint" or "backprop" (dopri5 and fixed grids).
         augment_dims: ANODE (Dupont, Doucet & Teh 2019): zeros appended to the
             last axis of the state, dropped from the output.
+        compile: how the solve is compiled (:mod:`odezoo.ode.compilation`): "auto"
+            (default: TensorFlow's graph executor when the field contains a
+            convolution and no GPU/TPU is visible, XLA otherwise), "xla" or "graph".
+            :attr:`compiled_by` says which one "auto" chose.
 
     Attributes:
         nfe_forward, nfe_backward: non-trainable int32 variables: field
@@ -66,7 +71,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         time_reached: float32 variable ``[forward, backward]``.
 
     ``solver``, ``rtol``, ``atol``, ``num_steps`` (and ``step_size``,
-    ``first_step``, ``max_steps``, ``gradient``) can be set on a built or
+    ``first_step``, ``max_steps``, ``gradient``, ``compile``) can be set on a built or
     loaded block; the next call retraces (re-``compile()`` a Keras model so that
     its cached train/predict functions pick the change up).
 
@@ -83,6 +88,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
     first_step = Setting()
     max_steps = Setting()
     gradient = Setting()  # all checked together by _validate_settings (they depend on each other)
+    compile = Setting(check_compile)
 
     def __init__(
         self,
@@ -99,6 +105,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         max_steps=10000,
         gradient="auto",
         augment_dims=0,
+        compile="auto",
         dtype=None,
         **kwargs,
     ):
@@ -119,6 +126,9 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         self.num_steps, self.step_size, self.first_step = num_steps, step_size, first_step
         self.max_steps = max_steps
         self.gradient = gradient
+        self.compile = compile
+        self._y_shape = None  # the state's shape, known once built
+        self._resolved_compile = None
         checks.finite("t0", t0)
         checks.finite("t1", t1)
         if t1 == t0:
@@ -152,6 +162,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
     # -- settable solver options (odezoo.ode.settings) ---------------------------------------
     def _settings_changed(self, name):
         self._compiled = {}
+        self._resolved_compile = None
 
     def _validate_settings(self):
         check_solver(self.solver)
@@ -175,6 +186,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
 
     def build(self, input_shape):
         y_shape = self._state_shape(input_shape)
+        self._y_shape = y_shape
         if not self.field.built:
             params = [
                 p
@@ -197,6 +209,32 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             initializer="zeros",
             aggregation="only_first_replica",
         )
+
+    # -- compilation (odezoo.ode.compilation) -------------------------------------------------
+    @property
+    def compiled_by(self):
+        """``"xla"`` or ``"graph"``: what compiles this block's solve (``compile="auto"`` resolved)."""
+        if self._resolved_compile is None:
+            self._resolved_compile = resolve_compile(self.compile, self._field_uses_convolution)
+        return self._resolved_compile
+
+    def _field_uses_convolution(self):
+        if self._y_shape is None:
+            raise RuntimeError(f"ODEBlock {self.name!r} is not built: compile='auto' looks at the field's ops.")
+        dtype = self.compute_dtype
+        field = _Field(self.field, None, dtype, None, None)
+        return uses_convolution(field, tf.TensorSpec((), dtype), tf.TensorSpec(self._y_shape, dtype))
+
+    @property
+    def supports_jit(self):
+        """False when the solve runs in the graph executor: Keras's own XLA would compile it anyway."""
+        if self._y_shape is None and self.compile == "auto":
+            return True  # not built yet: decided at build
+        return self.compiled_by == "xla"
+
+    @supports_jit.setter
+    def supports_jit(self, value):
+        pass  # keras.layers.Layer.__init__ sets True; here it follows `compile`
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -251,9 +289,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         training = bool(training) if isinstance(training, (bool, int, np.bool_)) else None
         fn = self._compiled.get(training)
         if fn is None:
-            fn = tf.function(
-                lambda x: self._solve(x, training), jit_compile=True, autograph=False, reduce_retracing=True
-            )
+            fn = compiled_function(lambda x: self._solve(x, training), self.compiled_by, reduce_retracing=True)
             self._compiled[training] = fn
         if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
             # in a replica: the counters' ONLY_FIRST_REPLICA assignment is a merge_call, which a
@@ -272,9 +308,9 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
 
         Differentiating a nested ``jit_compile`` function whose while_loop keeps
         its intermediates fails outside XLA ("TensorList crossing the XLA/TF
-        boundary"), so the gradient is a second compiled function that recomputes
-        the solve under a tape and returns the VJP (the recompute's field calls
-        are counted in ``nfe_backward``).
+        boundary"), so the gradient is a second compiled function (compiled as the
+        solve is, by :attr:`compiled_by`) that recomputes the solve under a tape and
+        returns the VJP (the recompute's field calls are counted in ``nfe_backward``).
         """
         key = ("vjp", training)
         vjp = self._compiled.get(key)
@@ -289,7 +325,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
                 )
                 return gx, gv
 
-            vjp = tf.function(vjp_fn, jit_compile=True, autograph=False, reduce_retracing=True)
+            vjp = compiled_function(vjp_fn, self.compiled_by, reduce_retracing=True)
             self._compiled[key] = vjp
 
         @tf.custom_gradient
@@ -330,6 +366,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             max_steps=self.max_steps,
             gradient=self.gradient,
             augment_dims=self.augment_dims,
+            compile=self.compile,
         )
         return config
 

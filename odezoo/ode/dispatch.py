@@ -5,8 +5,9 @@
 ``DormandPrince`` behind guards (``"tfp_dopri5"``), tfp's ``BDF`` per sample
 (``"bdf"``) (:mod:`odezoo.ode.tfp`) and every registered fixed-grid scheme
 (``"euler"``, ``"rk4"``, a third party's; :mod:`odezoo.ode.fixed_grid`), run with
-the same field for all of its ``num_fields``. Every solve runs under
-``tf.function(jit_compile=True)`` (eager adaptive solving is ~16x slower).
+the same field for all of its ``num_fields``. Every solve runs compiled (eager adaptive
+solving is ~16x slower), by XLA or by TensorFlow's graph executor
+(:mod:`odezoo.ode.compilation`).
 
 Failures never hang and never return silent numbers: every solver (the fixed
 grids too) returns NaN states and a status (:data:`odezoo.ode.REASONS`);
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 from odezoo import checks
 from odezoo.ode.adjoint import adjoint_solve
+from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.fixed_grid import fixed_grid_solve, static_times
 from odezoo.ode.integrator import integrate
 from odezoo.ode.options import ADAPTIVE, TFP_SOLVERS, check_options, check_solver, resolve_gradient
@@ -130,11 +132,11 @@ def _check_static_grid(t):
         )
 
 
-_ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient")
+_ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient", "compile")
 _odeint_cache = weakref.WeakKeyDictionary()
 
 
-def _odeint_compiled(f, key, run, *, cacheable):
+def _odeint_compiled(f, key, run, *, cacheable, mode):
     """The compiled ``run`` of an eager :func:`odeint` call, cached per field and options when ``cacheable``."""
     try:
         per_f = _odeint_cache.setdefault(f, {})
@@ -142,7 +144,7 @@ def _odeint_compiled(f, key, run, *, cacheable):
         per_f = {}
     compiled = per_f.get(key) if cacheable else None
     if compiled is None:
-        compiled = tf.function(run, jit_compile=True, autograph=False)
+        compiled = compiled_function(run, mode)
         if cacheable:
             per_f[key] = compiled
     return compiled
@@ -160,7 +162,9 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             registered fixed-grid scheme ("euler", "rk4", ...).
         rtol, atol: tolerances of the adaptive solvers.
         **options: ``first_step``, ``max_steps`` (default 10000), ``num_steps``
-            or ``step_size`` (fixed grids), ``gradient`` ("auto", "adjoint", "backprop").
+            or ``step_size`` (fixed grids), ``gradient`` ("auto", "adjoint", "backprop"),
+            ``compile`` ("auto", "xla", "graph": how an eager call compiles the solve,
+            :mod:`odezoo.ode.compilation`; inside your own ``tf.function`` yours decides).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape); ``[0]`` is ``y0``.
@@ -183,6 +187,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     check_options(solver, **opts)
     gradient = options.get("gradient", "auto")
     resolve_gradient(solver, gradient)
+    compile_mode = check_compile("compile", options.get("compile", "auto"))
     y0 = tf.convert_to_tensor(y0)
     if not y0.dtype.is_floating:
         y0 = tf.cast(y0, keras.config.floatx())
@@ -221,8 +226,15 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     if t.shape[0] == 1:
         return tf.expand_dims(y0, 0)
     if eager:
-        key = (solver, gradient, tuple(sorted(opts.items())), static_t)
-        states, info = _odeint_compiled(f, key, run, cacheable=guard_state is None)(y0, t, guard_state)
+
+        def convolution():
+            spec = tf.TensorSpec(y0.shape, y0.dtype)
+            return uses_convolution(lambda tt, yy: f(tt, yy), tf.TensorSpec((), y0.dtype), spec)
+
+        mode = resolve_compile(compile_mode, convolution)
+        key = (solver, gradient, tuple(sorted(opts.items())), static_t, mode)
+        compiled = _odeint_compiled(f, key, run, cacheable=guard_state is None, mode=mode)
+        states, info = compiled(y0, t, guard_state)
         status = dict(rtol=rtol, atol=atol, time_reached=info["t"], num_steps=info["steps"], max_steps=max_steps)
         raise_for_status(info["reason"], what="odeint", solver=solver, **status)
     else:

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from odezoo import checks
 from odezoo.ode import Setting, Settings, SolverChecked, SolverStatus, apply_if_solved, solve_flat
+from odezoo.ode.compilation import COMPILE_MODES, compiled_function, resolve_compile, uses_convolution
 
 # The Keras package "odezoo": files saved before the flow became a plugin name "odezoo>FFJORDFlow".
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
@@ -150,6 +151,10 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             ``bits_per_dim`` refers to the raw values (digits scaled by 1/17: log 17).
         eval_probes: Hutchinson probes averaged by ``evaluate`` when data_dim > 8.
         seed: seed of the Hutchinson noise and of unseeded sampling.
+        solver_compile: how ``log_prob``/``sample``/``to_latent``/``to_data`` compile their solves
+            (:mod:`odezoo.ode.compilation`): "auto" (XLA for these MLP fields on any device;
+            the graph executor on CPU for a field with convolutions), "xla" or "graph"; the
+            ``compile=`` of :class:`odezoo.ODEBlock` (a Keras model's ``compile`` is taken).
 
     Methods: ``log_prob(x)``, ``sample(n, seed=None)``, ``to_latent(x)``,
     ``to_data(z)``; ``call``/``predict`` return log-densities; ``fit(x)``
@@ -164,6 +169,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     solver = Setting(lambda name, v: checks.choice(name, v, SOLVERS))
     rtol = Setting(checks.positive)
     atol = Setting(checks.positive)
+    solver_compile = Setting(lambda name, v: checks.choice(name, v, COMPILE_MODES))
 
     def __init__(
         self,
@@ -181,6 +187,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         data_log_scale=0.0,
         eval_probes=4,
         seed=None,
+        solver_compile="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -202,6 +209,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         self.eval_probes = eval_probes
         self.seed = seed
         self.trace, self.noise, self.solver, self.rtol, self.atol = trace, noise, solver, rtol, atol
+        self.solver_compile = solver_compile
         self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
         self._noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self._compiled = {}
@@ -299,13 +307,36 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         # the same input always runs the same executable: seeded sampling is bit-reproducible.
         # Settings are read while tracing, so they are part of the key: switching back and forth
         # reuses what was compiled before.
-        key = (key, self.trace, self.noise, self.solver, self.rtol, self.atol)
+        key = (key, self.trace, self.noise, self.solver, self.rtol, self.atol, self.compiled_by)
         fn = self._compiled.get(key)
         if fn is None:
             spec = tf.TensorSpec([None, self.data_dim], tf.float32)
-            fn = tf.function(builder, jit_compile=True, input_signature=[spec])
+            fn = compiled_function(builder, self.compiled_by, input_signature=[spec])
             self._compiled[key] = fn
         return fn
+
+    @property
+    def compiled_by(self):
+        """``"xla"`` or ``"graph"``: what compiles the flow's solves (``solver_compile="auto"`` resolved)."""
+
+        def convolution():
+            spec = tf.TensorSpec([None, self.data_dim], tf.float32)
+            t = tf.TensorSpec((), tf.float32)
+            return any(uses_convolution(lambda tt, z, f=f: f(tt, z), t, spec) for f in self.fields)
+
+        if self.__dict__.get("_compiled_by_key") != self.solver_compile:
+            self.__dict__["_compiled_by"] = resolve_compile(self.solver_compile, convolution)
+            self.__dict__["_compiled_by_key"] = self.solver_compile
+        return self.__dict__["_compiled_by"]
+
+    @property
+    def supports_jit(self):
+        """False when the solves run in the graph executor (Keras's own XLA would compile them anyway)."""
+        return "fields" not in self.__dict__ or self.compiled_by == "xla"
+
+    @supports_jit.setter
+    def supports_jit(self, value):
+        pass  # keras.Model's __init__ sets True; here it follows `solver_compile`
 
     def _transport(self, state, inverse):
         """The flow map alone, without the log-determinant (no trace, no noise: deterministic)."""
@@ -446,6 +477,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             data_log_scale=self.data_log_scale,
             eval_probes=self.eval_probes,
             seed=self.seed,
+            solver_compile=self.solver_compile,
         )
 
     @classmethod
