@@ -25,6 +25,13 @@ from odezoo.ode.status import OK, raise_for_status, run_hook
 # gradient still 3x more accurate than without the restart.
 ADJOINT_CHECKPOINTS = 1
 ADJOINT_TOL_FACTOR = 10.0
+# Where each backward solve (one per interval between restarts) takes its first step:
+# "forward", the step the forward solve's controller proposed at that time (no probe, and
+# no ramp-up from a cautious start: benchmarks/ode/README.md, "Issue 14"), or "select",
+# Hairer's initial step selection at every restart (one more evaluation each, and a small
+# first step).
+ADJOINT_FIRST_STEPS = ("forward", "select")
+ADJOINT_FIRST_STEP = "forward"
 
 
 def _refine(t0, times, k):
@@ -57,7 +64,9 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
             ``adjoint_rtol`` / ``adjoint_atol`` (None: ``ADJOINT_TOL_FACTOR`` times the
             forward ones) and ``adjoint_checkpoints`` (default ``ADJOINT_CHECKPOINTS``):
             the number of evenly spaced forward states, per interval between solution
-            times, from which the backward solve restarts y (0: only at solution times).
+            times, from which the backward solve restarts y (0: only at solution times);
+            ``adjoint_first_step``, one of :data:`ADJOINT_FIRST_STEPS` (default
+            :data:`ADJOINT_FIRST_STEP`, "forward").
         on_forward / on_backward: optional ``callable(info)`` run on the forward /
             backward info dict (the Keras layer assigns its NFE and status variables);
             whatever ops it returns are made control dependencies of the results.
@@ -69,6 +78,9 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
     adjoint_rtol = options.pop("adjoint_rtol", None)
     adjoint_atol = options.pop("adjoint_atol", None)
     checkpoints = int(options.pop("adjoint_checkpoints", ADJOINT_CHECKPOINTS))
+    first_steps = options.pop("adjoint_first_step", ADJOINT_FIRST_STEP)
+    if first_steps not in ADJOINT_FIRST_STEPS:
+        raise ValueError(f"adjoint_first_step must be one of {ADJOINT_FIRST_STEPS}. Received: {first_steps!r}.")
     times = tf.convert_to_tensor(times)
     eager = tf.executing_eagerly()
     fine = _refine(t0, times, checkpoints)
@@ -82,6 +94,7 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
         with tf.control_dependencies(extra):
             outputs = [tf.identity(o) for o in outputs]
         info_flat = [info[k] for k in ("reason", "nfe", "steps", "accepted", "t")]
+        starts = tf.stop_gradient(info["step_sizes"]) if first_steps == "forward" else None
 
         def grad_fn(*dys, variables=None):
             variables = list(variables or [])
@@ -90,7 +103,9 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
             opts = dict(options)
             opts["rtol"] = ADJOINT_TOL_FACTOR * options["rtol"] if adjoint_rtol is None else adjoint_rtol
             opts["atol"] = ADJOINT_TOL_FACTOR * options["atol"] if adjoint_atol is None else adjoint_atol
-            grads_y, grads_c, grads_v, binfo = _adjoint_backward(fn, t0, fine, fine_outputs, dys, cs, variables, opts)
+            grads_y, grads_c, grads_v, binfo = _adjoint_backward(
+                fn, t0, fine, fine_outputs, dys, cs, variables, opts, starts
+            )
             with tf.control_dependencies(run_hook(on_backward, binfo)):
                 grads_y = [tf.identity(g) for g in grads_y]
             if eager:
@@ -113,15 +128,13 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
     return outputs, info
 
 
-# The backward solve's defaults (measured on the peer problem, benchmarks/ode/README.md,
-# "The adjoint's gradient error"). The gradient's error is dominated by the backward solve
-# re-integrating y from the *computed* y(t1): restarting y from one forward state in the
-# middle of each interval (free: dense output) cut it 5.6x at 1e-5. With that, the backward
-
-
 @tf.autograph.experimental.do_not_convert
-def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options):
-    """Integrate (y, a, ∫a·∂f/∂θ, ∫a·∂f/∂c) backward from times[-1] to t0."""
+def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, starts=None):
+    """Integrate (y, a, ∫a·∂f/∂θ, ∫a·∂f/∂c) backward from times[-1] to t0.
+
+    ``starts``: None (Hairer's selection at every restart) or the first step of the backward
+    solve that starts at each of ``times`` (the forward solve's ``step_sizes``).
+    """
     ny, nc, nv = len(outputs), len(consts), len(variables)
     dtype = outputs[0].dtype
     n = times.shape[0]
@@ -156,8 +169,13 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options):
     def body(j, y, adj, g_c, g_v, reason, nfe, steps, accepted, t_reached):
         t_start = times[j]
         t_stop = tf.where(j > 0, times[tf.maximum(j - 1, 0)], t0)
+        first = None if starts is None else tf.gather(starts, j)
         outs, info = integrate(
-            aug_fn, t_start, list(y) + list(adj) + list(g_c) + list(g_v), tf.reshape(t_stop, [1]), **opts
+            aug_fn,
+            t_start,
+            list(y) + list(adj) + list(g_c) + list(g_v),
+            tf.reshape(t_stop, [1]),
+            **dict(opts, first_step=first if first is not None else opts.get("first_step")),
         )
         state = [o[0] for o in outs]
         prev = tf.maximum(j - 1, 0)
@@ -230,4 +248,4 @@ def solve_flat(
     return outputs, info
 
 
-__all__ = ["adjoint_solve", "solve_flat", "ADJOINT_CHECKPOINTS", "ADJOINT_TOL_FACTOR"]
+__all__ = ["adjoint_solve", "solve_flat", "ADJOINT_CHECKPOINTS", "ADJOINT_TOL_FACTOR", "ADJOINT_FIRST_STEPS"]

@@ -191,12 +191,14 @@ def _start(p, t0, y0, first_step):
         finite0 = tf.logical_and(finite0, finite1)
     else:
         h_abs = tf.cast(first_step, f0[0].dtype)
-    h_abs = tf.minimum(tf.where(tf.math.is_finite(h_abs), h_abs, span), tf.maximum(span, p.tiny))
+    usable = tf.logical_and(tf.math.is_finite(h_abs), h_abs > 0.0)
+    h_abs = tf.minimum(tf.where(usable, h_abs, span), tf.maximum(span, p.tiny))
     h = tf.stop_gradient(p.direction * h_abs)
     reason = tf.where(finite0, OK, NONFINITE)
     reason = tf.where(times_ordered(t0, p.times), reason, UNORDERED)
     tas = [tf.TensorArray(y.dtype, size=p.n, element_shape=y.shape) for y in y0]
-    idx, tas = fill_until(p.times, t0, p.direction, tf.constant(0, tf.int32), tas, lambda i: y0)  # outputs at t0
+    tas.append(tf.TensorArray(h.dtype, size=p.n, element_shape=()))  # the step size in use at each time
+    idx, tas = fill_until(p.times, t0, p.direction, tf.constant(0, tf.int32), tas, lambda i: y0 + [h_abs])  # at t0
     zero = tf.constant(0, tf.int32)
     state = dict(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=tf.constant(1e-4, h.dtype), streak=zero)
     return _Loop(**state, idx=idx, tas=tas, steps=zero, accepted=zero, nfe=nfe, reason=reason)
@@ -261,8 +263,8 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
     h_next, err_prev, h_prev = next_step(p.controller, exponent, ratio, finite, accept, rejected, memory, p.direction)
     t_new = tf.where(last, p.t_end, s.t + h)
 
-    def at(i):
-        return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new)
+    def at(i):  # the state there, and the step in use there (before it was shortened to end the interval)
+        return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new) + [tf.abs(s.h)]
 
     idx, tas = fill_until(p.times, t_new, p.direction, s.idx, s.tas, enabled=accept, values=at)
     reason = step_reason(finite, accept, h_next, s.t, p.t_end, p.tiny)
@@ -303,7 +305,8 @@ def integrate(
         times: 1-D tensor of output times, monotone in the direction of integration,
             none before ``t0``. Its length must be static.
         rtol, atol: floats (atol may be a tensor broadcastable to each component).
-        first_step: None for Hairer's selection, else the magnitude of the first step.
+        first_step: None for Hairer's selection, else the magnitude of the first step (a
+            float or a scalar tensor; a non-finite or non-positive one: the whole span).
         max_steps: attempted-step budget; the loop never runs more iterations.
         controller: a name in :data:`odezoo.ode.controllers.CONTROLLERS` ("predictive",
             the default, or "pi") or a :class:`~odezoo.ode.controllers.Controller` object.
@@ -316,7 +319,11 @@ def integrate(
     Returns:
         ``(outputs, info)``: ``outputs`` a list of (len(times), *shape) tensors
         (NaN where the solve failed), ``info`` a dict of scalar tensors:
-        ``reason``, ``nfe``, ``steps``, ``accepted``, ``t``.
+        ``reason``, ``nfe``, ``steps``, ``accepted``, ``t``, and ``step_sizes``, of shape
+        (len(times),): at each solution time, the magnitude of the step in use when the
+        solve passed it (the controller's proposal for the accepted step that reached it,
+        before :func:`end_of_interval` shortened it; the first step at ``t0``). The
+        adjoint starts its backward solves from these.
     """
     dtype = check_dtypes(y0)
     if not tableau.fsal:
@@ -345,5 +352,6 @@ def integrate(
 
     (s,) = tf.while_loop(running, lambda s: (_advance(p, s),), (start,), maximum_iterations=max_steps)
     reason = tf.where(tf.logical_and(tf.equal(s.reason, OK), s.idx < p.n), MAX_STEPS, s.reason)
-    outputs = _finish(s.tas, s.idx, reason, y0, dtype, p.n)
-    return outputs, dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t)
+    *outputs, step_sizes = _finish(s.tas, s.idx, reason, list(y0) + [start.h], dtype, p.n)
+    info = dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t)
+    return outputs, dict(info, step_sizes=step_sizes)
