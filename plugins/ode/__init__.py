@@ -21,6 +21,7 @@ ODEZOO_PLUGIN_API = 1
 odezoo.register_keras_objects(
     "odezoo.plugins.ode.model:ODEConvField",
     "odezoo.plugins.ode.model:ODEClassifier",
+    "odezoo.plugins.ode.model:FastGroupNorm",
     package="odezoo",
     backend="tensorflow",
 )
@@ -59,13 +60,18 @@ def odenet(
     augment_dims=0,
     normalization="auto",
     classifier_activation="softmax",
+    stem="same",
+    compile="auto",
 ):
     """ODE-Net, the Neural ODE paper's MNIST classifier (about 0.21M parameters at (28, 28, 1)).
 
     Conv stem downsampling by 4, one :class:`odezoo.ODEBlock` whose
     GroupNorm conv field sees t (a concatenated channel), GN-ReLU, global
     average pooling, dense head. Scheme ``dopri5``, order 5 (adaptive).
-    ``augment_dims`` > 0 gives ANODE (Dupont et al. 2019).
+    ``augment_dims`` > 0 gives ANODE (Dupont et al. 2019). ``stem="reference"`` follows
+    torchdiffeq's example exactly (a 6x6 state at 28x28 instead of 7x7; see
+    :func:`odezoo.plugins.ode.model._stem`); ``compile`` is the ODEBlock's
+    (:mod:`odezoo.ode.compilation`).
     """
     return ode_classifier(
         name="odenet",
@@ -81,6 +87,8 @@ def odenet(
         augment_dims=augment_dims,
         normalization=normalization,
         classifier_activation=classifier_activation,
+        stem=stem,
+        compile=compile,
     )
 
 
@@ -103,6 +111,8 @@ def rknet(
     augment_dims=0,
     normalization="auto",
     classifier_activation="softmax",
+    stem="same",
+    compile="auto",
 ):
     """RK-Net (Chen et al. 2018): ODE-Net's architecture on a fixed grid; scheme ``rk4``, order 4."""
     return ode_classifier(
@@ -119,4 +129,6 @@ def rknet(
         augment_dims=augment_dims,
         normalization=normalization,
         classifier_activation=classifier_activation,
+        stem=stem,
+        compile=compile,
     )
