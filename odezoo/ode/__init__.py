@@ -14,6 +14,7 @@ One concern per module:
 ``tfp``                 tfp's solvers behind guards
 ``dispatch``            the :func:`solve` dispatcher and :func:`odeint`
 ``settings``            :class:`Setting`: solver options settable on a built or loaded layer
+``compilation``         ``compile=``: a solve compiled by XLA or by TensorFlow's graph executor
 ``block``               :class:`ODEBlock`
 ``gate``                a failed solve applies no optimizer update (also under tf.distribute)
 ``dormand_prince``      :class:`DormandPrince`, tfp's ``Solver.solve`` interface
@@ -64,6 +65,10 @@ _EXPORTS = {
     "TFPGuard": "tfp",
     "Setting": "settings",
     "Settings": "settings",
+    "COMPILE_MODES": "compilation",
+    "compiled_function": "compilation",
+    "resolve_compile": "compilation",
+    "uses_convolution": "compilation",
 }
 _NEEDS_TF = {name for name, module in _EXPORTS.items() if module not in ("options", "tableau", "settings")}
 
@@ -102,6 +107,7 @@ def __dir__():
             "tfp",
             "dispatch",
             "settings",
+            "compilation",
             "block",
             "gate",
             "dormand_prince",

@@ -26,7 +26,7 @@ from odezoo.ode.status import OK, raise_for_status, run_hook
 ADJOINT_CHECKPOINTS = 1
 ADJOINT_TOL_FACTOR = 10.0
 # Where each backward solve (one per interval between restarts) takes its first step:
-# "forward", the step the forward solve's controller proposed at that time (no probe, and
+# "forward", the step the forward solve was using at that time (no probe, and
 # no ramp-up from a cautious start: benchmarks/ode/README.md, "Issue 14"), or "select",
 # Hairer's initial step selection at every restart (one more evaluation each, and a small
 # first step).
@@ -169,14 +169,9 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, s
     def body(j, y, adj, g_c, g_v, reason, nfe, steps, accepted, t_reached):
         t_start = times[j]
         t_stop = tf.where(j > 0, times[tf.maximum(j - 1, 0)], t0)
-        first = None if starts is None else tf.gather(starts, j)
-        outs, info = integrate(
-            aug_fn,
-            t_start,
-            list(y) + list(adj) + list(g_c) + list(g_v),
-            tf.reshape(t_stop, [1]),
-            **dict(opts, first_step=first if first is not None else opts.get("first_step")),
-        )
+        first = opts.get("first_step") if starts is None else tf.gather(starts, j)
+        aug0 = list(y) + list(adj) + list(g_c) + list(g_v)
+        outs, info = integrate(aug_fn, t_start, aug0, tf.reshape(t_stop, [1]), **dict(opts, first_step=first))
         state = [o[0] for o in outs]
         prev = tf.maximum(j - 1, 0)
         more = tf.cast(j > 0, dtype)
@@ -248,4 +243,11 @@ def solve_flat(
     return outputs, info
 
 
-__all__ = ["adjoint_solve", "solve_flat", "ADJOINT_CHECKPOINTS", "ADJOINT_TOL_FACTOR", "ADJOINT_FIRST_STEPS"]
+__all__ = [
+    "adjoint_solve",
+    "solve_flat",
+    "ADJOINT_CHECKPOINTS",
+    "ADJOINT_TOL_FACTOR",
+    "ADJOINT_FIRST_STEPS",
+    "ADJOINT_FIRST_STEP",
+]
