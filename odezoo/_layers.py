@@ -211,6 +211,21 @@ class SchemeStage(keras.layers.Layer):
         for block in self.blocks:
             if not block.built:
                 block.build(inputs_shape)
+        self._inputs_shape = tuple(inputs_shape)
+
+    @property
+    def supports_jit(self):
+        """The scheme's :meth:`odezoo.Scheme.stage_supports_jit` once built (True before; asked once)."""
+        shape = getattr(self, "_inputs_shape", None)
+        if shape is None:
+            return True
+        if getattr(self, "_stage_supports_jit", None) is None:
+            self._stage_supports_jit = bool(self.scheme.stage_supports_jit(self.blocks, shape))
+        return self._stage_supports_jit
+
+    @supports_jit.setter
+    def supports_jit(self, value):  # keras.layers.Layer.__init__ assigns the class default
+        pass
 
     def call(self, inputs, column=None, training=None):
         state = self.scheme.init(inputs)

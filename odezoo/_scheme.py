@@ -105,6 +105,20 @@ class Scheme:
             state = block.advance(state, training=training, column=column)
         return state
 
+    def stage_supports_jit(self, blocks, input_shape) -> bool:
+        """Whether a training step holding this stage may be compiled by XLA.
+
+        :class:`odezoo.SchemeStage` reports the answer as its ``supports_jit``,
+        so Keras's ``jit_compile`` and ``odezoo train`` leave the step to
+        TensorFlow's graph executor when it is False (Keras warns when
+        ``jit_compile=True`` was asked for). ``input_shape`` is the stage's
+        built input shape. The default, True, suits a stage that runs its
+        blocks in straight-line code; RevNet's ``backward="loop"`` answers False
+        on CPU, where XLA's code for a convolution's gradient inside a
+        ``while_loop`` is an order of magnitude slower (docs/ode.md, "Compilation").
+        """
+        return True
+
     def test_problem(self):
         """An order-test problem for schemes that y' = Ay + b·cos t does not fit.
 

@@ -61,16 +61,42 @@ class Reversible(odezoo.Scheme):
       after the gradient of the block above and, under XLA, stops fusion from
       carrying the running gradient sums across blocks.
     - ``"loop"``: one ``tf.while_loop`` over the blocks (their fields must share
-      one structure; otherwise plain backprop). Also flat, but much slower under
-      XLA on CPU; kept as an option, no longer needed for memory.
+      one structure; otherwise plain backprop). Also flat; kept as an option, no
+      longer needed for memory. On CPU, XLA compiles the convolutions' gradients
+      inside the loop into code 9-16× slower than the graph executor runs
+      them (benchmarks/README.md, "RevNet's loop under the compile policy"), the
+      same cause as the ODE layer's; so ``compile`` decides, as for
+      :class:`odezoo.ode.ODEBlock`: ``"auto"`` (default) keeps a training step
+      holding a loop stage out of XLA when its fields convolve and no GPU or TPU
+      is visible (:meth:`stage_supports_jit`), ``"xla"`` and ``"graph"`` force
+      the choice. ``compile`` has no effect on ``"unrolled"``, which XLA runs at
+      the speed of plain Keras.
     """
 
     order, num_fields, state_size = 1, 2, 2
 
-    def __init__(self, backward="unrolled"):
+    def __init__(self, backward="unrolled", compile="auto"):
         if backward not in ("unrolled", "loop"):
             raise checks.bad_value("backward", backward, "'unrolled', 'loop'")
+        from odezoo.ode import compilation
+
         self.backward = backward
+        self.compile = compilation.check_compile("compile", compile)
+
+    def stage_supports_jit(self, blocks, input_shape):
+        if self.backward != "loop" or keras.backend.backend() != "tensorflow" or not _uniform_fields(blocks):
+            return True  # straight-line code (unlike fields fall back to plain backprop)
+        from odezoo.ode import compilation
+
+        def convolution():
+            import tensorflow as tf
+
+            field = blocks[0].fields_for_training(False)[0]
+            dtype = blocks[0].fields[0].compute_dtype
+            spec = tf.TensorSpec((None, *input_shape[1:-1], input_shape[-1] // 2), dtype)
+            return compilation.uses_convolution(lambda y: field(blocks[0].t, y), spec)
+
+        return compilation.resolve_compile(self.compile, convolution) == "xla"
 
     def init(self, y0):
         c = y0.shape[-1]

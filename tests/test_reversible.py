@@ -1,5 +1,7 @@
 """RevNet: exact inverse, and the memory-saving stage gradient against plain autodiff."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from odezoo.plugins import reversible  # noqa: E402
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF-backend gradient")
 
 
-def _stage(n=3, channels=8, h=1.0, backward="unrolled"):
+def _stage(n=3, channels=8, h=1.0, backward="unrolled", **options):
     blocks = [
         SchemeBlock(
             "reversible",
@@ -27,6 +29,7 @@ def _stage(n=3, channels=8, h=1.0, backward="unrolled"):
             backward=backward,
             context=BlockContext(block=i, stage_length=n, global_block=i, total_blocks=n),
             name=f"b{i}",
+            **options,
         )
         for i in range(n)
     ]
@@ -159,3 +162,128 @@ def test_loop_over_unlike_fields_falls_back_to_plain_autodiff():
         loss = tf.reduce_sum(tf.sin(stage(x, training=True)))
     grads = tape.gradient(loss, variables)
     assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+# --- backward="loop" under the compile policy (docs/ode.md, "Compilation") -------------------
+
+
+def _dense_stage(n=2, channels=4, **options):
+    blocks = [
+        SchemeBlock(
+            "reversible",
+            fields=[_DenseField(channels // 2, name=f"f{i}"), _DenseField(channels // 2, name=f"g{i}")],
+            context=BlockContext(block=i, stage_length=n, global_block=i, total_blocks=n),
+            name=f"b{i}",
+            **options,
+        )
+        for i in range(n)
+    ]
+    stage = SchemeStage(blocks)
+    stage.build((4, channels))
+    return stage
+
+
+@pytest.mark.skipif(
+    bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")), reason="the CPU rule"
+)
+def test_loop_stage_keeps_a_convolving_step_out_of_xla_on_cpu():
+    # RevNet's loop backward: XLA on CPU runs it 9-16x slower than the graph executor
+    # (benchmarks/README.md), so a stage with convolving fields tells Keras not to jit its step
+    def supports(backward, **options):
+        return _stage(n=2, backward=backward, **options)[0].supports_jit
+
+    assert supports("loop") is False
+    assert supports("loop", compile="graph") is False
+    assert supports("loop", compile="xla") is True
+    assert supports("unrolled") is True and supports("unrolled", compile="graph") is True  # no loop to keep out
+    assert _dense_stage(backward="loop").supports_jit is True  # no convolution: XLA fuses the dense ops
+    assert _dense_stage(backward="loop", compile="graph").supports_jit is False
+
+    with pytest.raises(ValueError, match=r"compile='fast'.*'auto', 'xla', 'graph'"):
+        odezoo.build("revnet", depth=8, input_shape=(8, 8, 1), backward="loop", compile="fast")
+
+    def jit_used(**options):
+        model = odezoo.build("revnet", depth=8, input_shape=(8, 8, 1), **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
+        # Keras says so when it drops the jit_compile=True it was asked for
+        assert any("jit_compile" in str(w.message) for w in caught) == (not model.jit_compile)
+        return model.jit_compile
+
+    assert jit_used(backward="loop") is False
+    assert jit_used(backward="loop", compile="xla") is True
+    block = (
+        odezoo.build("revnet", depth=8, input_shape=(8, 8, 1), backward="loop", compile="graph")
+        .get_layer("stage1")
+        .blocks[0]
+    )
+    restored = SchemeBlock.from_config(block.get_config())
+    assert (restored.scheme.backward, restored.scheme.compile) == ("loop", "graph")
+
+
+def test_loop_gradients_in_the_graph_executor_match_xla_autodiff_and_finite_differences():
+    stage, blocks = _stage(n=3, h=0.5, backward="loop")
+    scheme = blocks[0].scheme
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(4, 8, 8, 8)).astype("float32"))
+    variables = [v.value for v in stage.trainable_variables]
+    moving = list(stage.non_trainable_variables)
+    start = [v.numpy().copy() for v in moving]
+
+    def loss_of(run, x):
+        return tf.reduce_sum(tf.sin(run(x)))
+
+    def custom_run(x):
+        return stage(x, training=True)
+
+    def plain_run(x):
+        return scheme.output(odezoo.Scheme.run_stage(scheme, blocks, scheme.init(x), training=True, ctx=None))
+
+    def gradients(run):
+        def fn(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = loss_of(run, x)
+            return tape.gradient(loss, [x] + variables)
+
+        return fn
+
+    results = {}
+    for name, run, jit in (("graph", custom_run, False), ("xla", custom_run, True), ("plain", plain_run, False)):
+        for v, s in zip(moving, start):
+            v.assign(s)
+        graph = tf.function(gradients(run), jit_compile=jit, autograph=False)
+        if name == "graph":  # the loop really runs in the graph executor here, as a while op
+            ops_ = {op.type for op in graph.get_concrete_function(x).graph.get_operations()}
+            assert ops_ & {"While", "StatelessWhile"}
+        results[name] = [g.numpy() for g in graph(x)]
+    for a, b, c in zip(results["graph"], results["xla"], results["plain"]):
+        assert np.max(np.abs(c)) > 0
+        scale = np.max(np.abs(c))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4 * scale)
+    # ConvField has ReLU kinks, which make finite differences noisy; the loop's arithmetic is
+    # checked against a central difference on smooth (dense) fields, in the graph executor too
+    dense = _dense_stage(n=3, channels=4, backward="loop")
+    xd = tf.constant(rng.normal(size=(4, 4)).astype("float32"))
+    direction = tf.constant(rng.normal(size=(4, 4)).astype("float32"))
+    graph = tf.function(lambda x: _input_gradient(dense, x), jit_compile=False, autograph=False)
+    analytic = float(tf.reduce_sum(graph(xd) * direction))
+
+    def central(eps):
+        return (_smooth_loss(dense, xd + eps * direction) - _smooth_loss(dense, xd - eps * direction)) / (2 * eps)
+
+    fd = (4 * central(5e-3) - central(1e-2)) / 3  # Richardson: the eps² term cancels (float32 forward)
+    assert analytic == pytest.approx(fd, rel=1e-3, abs=1e-3)
+
+
+def _smooth_loss(stage, x):
+    return float(tf.reduce_sum(tf.sin(stage(x, training=True))))
+
+
+def _input_gradient(stage, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.sin(stage(x, training=True)))
+    return tape.gradient(loss, x)

@@ -10,6 +10,7 @@ interquartile range, plus each model's median step time.
 
     python benchmarks/families/step_time.py                      # XLA (default)
     python benchmarks/families/step_time.py --jit both           # XLA and plain tf.function
+    python benchmarks/families/step_time.py --families revnet --revnet-backward loop   # --revnet-compile xla
 
 Checks that the two do identical work: the odezoo ``resnet`` and the plain
 model have the same parameter count, and with the plain model's weights set
@@ -98,6 +99,12 @@ def main():
     p.add_argument("--steps", type=int, default=30, help="paired steps measured per family")
     p.add_argument("--warmup", type=int, default=3, help="steps of each model before measuring")
     p.add_argument("--jit", choices=("on", "off", "both"), default="on")
+    p.add_argument(
+        "--revnet-backward", choices=("unrolled", "loop"), default="unrolled", help="RevNet's stage gradient"
+    )
+    p.add_argument(
+        "--revnet-compile", choices=("auto", "xla", "graph"), default="auto", help="RevNet's compile policy (loop)"
+    )
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
 
@@ -109,24 +116,29 @@ def main():
         keras.utils.set_random_seed(0)
         plain = compiled(plain_resnet(args.depth), jit)
         for family in args.families:
-            ode = compiled(odezoo.build(family, depth=args.depth, input_shape=(32, 32, 3)), jit)
-            row = dict(family=family, jit=jit, params=ode.count_params(), plain_params=plain.count_params())
+            options = {}
+            if family == "revnet":  # only what differs from the defaults (an older odezoo lacks `compile`)
+                options = {k: v for k, v in (("backward", args.revnet_backward), ("compile", args.revnet_compile))
+                           if v != {"backward": "unrolled", "compile": "auto"}[k]}  # fmt: skip
+            ode = compiled(odezoo.build(family, depth=args.depth, input_shape=(32, 32, 3), **options), jit)
+            row = dict(family=family, jit=jit, params=ode.count_params(), plain_params=plain.count_params(), **options)
+            row["jit_used"] = bool(ode.jit_compile)
             if family == "resnet":
                 row["max_output_diff"] = check_same_network(ode, plain, x)
             row.update(pair(ode, plain, x, y, args.steps, args.warmup))
             results.append(row)
             print(
-                f"jit={jit!s:5} {family:10} params {row['params']:>7}  ratio {row['ratio_median']:.3f} "
+                f"jit={jit!s:5} (used {row['jit_used']!s:5}) {family:10} params {row['params']:>7}  ratio {row['ratio_median']:.3f} "
                 f"[IQR {row['ratio_q25']:.3f}-{row['ratio_q75']:.3f}]  odezoo {row['odezoo_ms']:.0f} ms  "
                 f"plain {row['plain_ms']:.0f} ms  loss {row['last_loss']:.3f}",
                 flush=True,
             )
             del ode
-    print("\n| family | jit_compile | params | odezoo/plain (median) | IQR | odezoo ms | plain ms |")
+    print("\n| family | jit_compile (asked / used) | params | odezoo/plain (median) | IQR | odezoo ms | plain ms |")
     print("|---|---|---:|---:|---|---:|---:|")
     for r in results:
         print(
-            f"| {r['family']} | {r['jit']} | {r['params']:,} | {r['ratio_median']:.3f} | "
+            f"| {r['family']} | {r['jit']} / {r['jit_used']} | {r['params']:,} | {r['ratio_median']:.3f} | "
             f"{r['ratio_q25']:.3f}–{r['ratio_q75']:.3f} | {r['odezoo_ms']:.0f} | {r['plain_ms']:.0f} |"
         )
     if args.json:
