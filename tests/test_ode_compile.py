@@ -164,6 +164,53 @@ def test_conv_field_gradients_match_finite_differences_and_the_xla_path(options)
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
 
 
+class CountingConvField(ConvField):
+    """ConvField that counts how often its Python body runs (once per trace of a call site)."""
+
+    traces = 0
+
+    def call(self, t, y):
+        CountingConvField.traces += 1
+        return super().call(t, y)
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_the_field_traced_once_solves_and_differentiates_as_per_call_site_tracing(monkeypatch, mode, gradient):
+    # the integrator traces the field once and calls that function at every stage (issue 14's
+    # first step); the previous path traced it at each call site. Same solve, same gradients.
+    import odezoo.ode.integrator as integrator
+
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(size=(2, 4, 4, 3)))
+    w = tf.constant(rng.normal(size=(2, 4, 4, 3)))
+    results = {}
+    for once in (False, True):
+        monkeypatch.setattr(integrator, "FIELD_TRACED_ONCE", once)
+        keras.utils.set_random_seed(1)
+        block = odezoo.ODEBlock(
+            CountingConvField(3, dtype="float64"),
+            compile=mode,
+            dtype="float64",
+            rtol=1e-6,
+            atol=1e-6,
+            gradient=gradient,
+        )
+        block.build((2, 4, 4, 3))
+        CountingConvField.traces = 0
+        loss, gx, gv = _loss_and_grads(block, x, w)
+        results[once] = dict(loss=loss, gx=gx, gv=gv, nfe=(int(block.nfe_forward), int(block.nfe_backward)))
+        results[once]["traces"] = CountingConvField.traces
+    before, after = results[False], results[True]
+    assert after["nfe"] == before["nfe"] and after["nfe"][0] > 7
+    np.testing.assert_allclose(after["loss"], before["loss"], rtol=1e-12)
+    np.testing.assert_allclose(after["gx"], before["gx"], rtol=1e-9, atol=1e-12)
+    for a, b in zip(after["gv"], before["gv"]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # each integrate traces the field once instead of at its 7-8 call sites
+    assert after["traces"] * 3 <= before["traces"], (after["traces"], before["traces"])
+
+
 def test_a_graph_compiled_block_trains_in_keras_without_xla_and_with_the_same_step_as_xla():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 4, 4, 3)).astype("float32")

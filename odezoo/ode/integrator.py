@@ -216,6 +216,9 @@ def _finish(tas, idx, reason, y0, dtype, n):
 
 
 # --------------------------------------------------------------------------- the integrator
+FIELD_TRACED_ONCE = True  # a measurement switch (benchmarks/ode/odenet_first_step.py): False traces per call site
+
+
 @tf.autograph.experimental.do_not_convert
 class _Problem(NamedTuple):
     """What stays fixed during one :func:`integrate` solve."""
@@ -335,8 +338,16 @@ def integrate(
         raise ValueError("dopri5 needs a static number of solution times.")
     t_end = times[-1]
 
-    def call(t, y):
+    def evaluate(t, y):
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y)]
+
+    # The field is traced once as a function of its own and called at every stage, instead of
+    # being traced again at each of the 7-8 call sites (the start, the initial-step probe, six
+    # stages): that re-tracing was over a third of ODE-Net's first training step
+    # (benchmarks/ode/README.md, "first step"). TensorFlow inlines the calls before running or
+    # compiling: the same computation (float64 results identical; float32 to rounding, as the
+    # graph optimiser may order ops differently) at the same step time.
+    call = tf.function(evaluate, autograph=False) if FIELD_TRACED_ONCE else evaluate
 
     direction = tf.where(t_end >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
     mask = [True] * len(y0) if norm_mask is None else list(norm_mask)
