@@ -115,7 +115,8 @@ class Scheme:
         built input shape. The default, True, suits a stage that runs its
         blocks in straight-line code; RevNet's ``backward="loop"`` answers False
         on CPU, where XLA's code for a convolution's gradient inside a
-        ``while_loop`` is an order of magnitude slower (docs/ode.md, "Compilation").
+        ``while_loop`` is an order of magnitude slower (docs/ode.md, "Everything
+        solves compiled").
         """
         return True
 

@@ -78,10 +78,10 @@ class Reversible(odezoo.Scheme):
     def __init__(self, backward="unrolled", compile="auto"):
         if backward not in ("unrolled", "loop"):
             raise checks.bad_value("backward", backward, "'unrolled', 'loop'")
-        from odezoo.ode import compilation
-
         self.backward = backward
-        self.compile = compilation.check_compile("compile", compile)
+        # odezoo.ode.compilation.COMPILE_MODES, named here so that the JAX backend, which never
+        # consults it, does not import TensorFlow
+        self.compile = checks.choice("compile", compile, ("auto", "xla", "graph"))
 
     def stage_supports_jit(self, blocks, input_shape):
         if self.backward != "loop" or keras.backend.backend() != "tensorflow" or not _uniform_fields(blocks):
