@@ -168,11 +168,35 @@ class ExplicitRungeKutta(Scheme):
 
     The tableau is checked when the class is created (explicit, consistent
     lengths, weights summing to 1).
+
+    **Embedded pairs.** A tableau that also sets ``b_hat`` (the s weights of an
+    embedded solution of order ``error_order``) is an adaptive solver besides:
+    ``ODEBlock(field, solver=name)`` and ``odeint(..., solver=name)`` without
+    ``num_steps``/``step_size`` solve with odezoo's adaptive integrator on this
+    pair (error estimate h·Σ (b_i - b_hat_i) k_i), and with either of them on a
+    fixed grid as before. Optional dense output for solution times inside a step:
+
+    * ``dense``: s rows of polynomial coefficients, the continuous weights
+      b_i(θ) = Σ_k dense[i][k]·θ^(k+1), so y(t + θh) = y + h·Σ b_i(θ) k_i
+      (b_i(1) must equal b_i);
+    * ``dense_shampine``: for a 5(4) pair, the s weights of Shampine's
+      continuous extension as ``dopri5.f`` writes it (``contd5``);
+    * neither: the cubic Hermite interpolant through (y, f) at both ends of
+      the step (order 3: exact for the pair's order when that is at most 3;
+      for higher orders it limits the accuracy at times inside a step, not
+      at the steps themselves).
+
+    Entries may be ``fractions.Fraction``: the error weights b - b_hat are then
+    formed exactly before rounding.
     """
 
     A: Sequence[Sequence[float]] = None
     b: Sequence[float] = None
     c: Sequence[float] | None = None
+    b_hat: Sequence[float] | None = None
+    error_order: int | None = None
+    dense: Sequence[Sequence[float]] | None = None
+    dense_shampine: Sequence[float] | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -201,15 +225,73 @@ class ExplicitRungeKutta(Scheme):
                 "(the method would be inconsistent)."
             )
         cls._A, cls._b, cls._c = rows, [float(v) for v in cls.b], c
+        cls._check_embedded(s)
+        # the stages a step uses: an embedded FSAL pair's last stage has b = 0 and only serves
+        # the adaptive solver's error estimate, so a network block does not get a field for it
+        cls._step_stages = max(i for i, v in enumerate(cls._b) if v != 0.0) + 1 if cls.b_hat is not None else s
         if "num_fields" not in cls.__dict__:
-            cls.num_fields = s
+            cls.num_fields = cls._step_stages
 
-    @property
-    def stages(self) -> int:
-        return len(self._b)
+    @classmethod
+    def _check_embedded(cls, s):
+        name = cls.__qualname__
+        extras = ("error_order", "dense", "dense_shampine")
+        if cls.b_hat is None:
+            given = [k for k in extras if getattr(cls, k) is not None]
+            if given:
+                raise PluginError(f"{name}: {', '.join(given)} without `b_hat` (the embedded weights).")
+            return
+        if len(cls.b_hat) != s:
+            raise PluginError(f"{name}: b_hat has {len(cls.b_hat)} weights, expected {s}.")
+        if abs(sum(float(v) for v in cls.b_hat) - 1.0) > 1e-12:
+            raise PluginError(f"{name}: the embedded weights b_hat sum to {sum(map(float, cls.b_hat))!r}, not 1.")
+        order = getattr(cls, "order", None)
+        if not (isinstance(cls.error_order, int) and isinstance(order, int) and 1 <= cls.error_order < order + 1):
+            raise PluginError(
+                f"{name}: an embedded pair needs integer `order` and `error_order` with "
+                f"1 <= error_order <= order; got order={order!r}, error_order={cls.error_order!r}."
+            )
+        if cls.dense is not None and cls.dense_shampine is not None:
+            raise PluginError(f"{name}: give `dense` or `dense_shampine`, not both.")
+        if cls.dense is not None:
+            if len(cls.dense) != s or len({len(r) for r in cls.dense}) != 1:
+                raise PluginError(f"{name}: dense needs {s} rows of one length (polynomial coefficients).")
+            for i, (row, bi) in enumerate(zip(cls.dense, cls._b)):
+                if abs(sum(float(v) for v in row) - bi) > 1e-10:
+                    total = sum(map(float, row))
+                    raise PluginError(f"{name}: dense row {i} gives b_{i}(1) = {total!r}, not b_{i} = {bi!r}.")
+        if cls.dense_shampine is not None and len(cls.dense_shampine) != s:
+            raise PluginError(f"{name}: dense_shampine has {len(cls.dense_shampine)} weights, expected {s}.")
+
+    @classmethod
+    def is_embedded(cls) -> bool:
+        """True when the tableau carries embedded weights (an adaptive solver besides)."""
+        return cls.b_hat is not None
+
+    @classmethod
+    def coefficients(cls) -> dict:
+        """The tableau as floats: ``A`` (s padded rows), ``b``, ``c``, and for an embedded pair
+        ``b_hat``, ``error`` (b - b_hat, formed exactly), ``dense``, ``dense_shampine``,
+        ``order``, ``error_order`` and ``fsal`` (the last row of A is b, c_s = 1, b_s = 0).
+        :func:`odezoo.ode.tableau.tableau_of` turns it into the integrator's data."""
+        from fractions import Fraction
+
+        s = len(cls._b)
+        out = dict(name=getattr(cls, "name", None) or cls.__name__, A=[list(r) for r in cls._A], b=list(cls._b),
+                   c=list(cls._c), order=getattr(cls, "order", None))  # fmt: skip
+        if cls.is_embedded():
+            out.update(
+                b_hat=[float(v) for v in cls.b_hat],
+                error=[float(Fraction(b) - Fraction(bh)) for b, bh in zip(cls.b, cls.b_hat)],
+                dense=None if cls.dense is None else [[float(v) for v in r] for r in cls.dense],
+                dense_shampine=None if cls.dense_shampine is None else [float(v) for v in cls.dense_shampine],
+                error_order=cls.error_order,
+                fsal=cls._c[-1] == 1.0 and cls._A[-1][: s - 1] == cls._b[: s - 1] and cls._b[-1] == 0.0,
+            )
+        return out
 
     def step(self, fields, t, y, h):
-        s = self.stages
+        s = self._step_stages
         per_stage = [fields[i % len(fields)] for i in range(s)] if len(fields) != s else fields
         ks = []
         for i in range(s):

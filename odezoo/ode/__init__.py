@@ -5,8 +5,8 @@ One concern per module:
 ======================  ================================================================
 ``status``              reason codes, :class:`Diagnostics`, :func:`raise_for_status`,
                         the :class:`SolverStatus` mixin, :class:`SolverChecked`
-``options``             the solver table (:data:`SOLVERS`) and the option checks
-``tableau``             :class:`ButcherTableau` and :data:`DOPRI5`
+``options``             the solver table (:data:`SOLVERS`), embedded pairs, the option checks
+``tableau``             :class:`ButcherTableau`, :data:`DOPRI5`, :func:`tableau_of` (a pair's data)
 ``controllers``         step-size controllers (:class:`PredictiveController`, :class:`PIController`)
 ``integrator``          the adaptive integrator over a tableau
 ``adjoint``             the continuous adjoint and :func:`solve_flat`
@@ -48,8 +48,11 @@ _EXPORTS = {
     "resolve_gradient": "options",
     "check_options": "options",
     "check_finite_positive": "options",
+    "embedded_pair": "options",
+    "is_adaptive": "options",
     "ButcherTableau": "tableau",
     "DOPRI5": "tableau",
+    "tableau_of": "tableau",
     "Controller": "controllers",
     "PredictiveController": "controllers",
     "PIController": "controllers",

@@ -175,7 +175,10 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             first_step=self.first_step,
             max_steps=self.max_steps,
         )
-        resolve_gradient(self.solver, self.gradient)
+        self._gradient_used()
+
+    def _gradient_used(self):
+        return resolve_gradient(self.solver, self.gradient, num_steps=self.num_steps, step_size=self.step_size)
 
     # -- Keras plumbing -------------------------------------------------------------------
     def _state_shape(self, input_shape):
@@ -295,7 +298,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             # in a replica: the counters' ONLY_FIRST_REPLICA assignment is a merge_call, which a
             # nested tf.function cannot hold; the replica step is the compiled function here
             out = self._solve(inputs, training)
-        elif resolve_gradient(self.solver, self.gradient) == "backprop":
+        elif self._gradient_used() == "backprop":
             out = self._backprop_call(fn, inputs, training)
         else:
             out = fn(inputs)

@@ -27,7 +27,15 @@ from odezoo.ode.adjoint import adjoint_solve
 from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.fixed_grid import fixed_grid_solve, static_times
 from odezoo.ode.integrator import integrate
-from odezoo.ode.options import ADAPTIVE, TFP_SOLVERS, check_options, check_solver, resolve_gradient
+from odezoo.ode.options import (
+    TFP_SOLVERS,
+    check_options,
+    check_solver,
+    embedded_pair,
+    is_adaptive,
+    resolve_gradient,
+)
+from odezoo.ode.tableau import tableau_of
 from odezoo.ode.status import NONFINITE, OK, raise_for_status, run_hook
 from odezoo.ode.tfp import TFPGuard, tfp_solve
 
@@ -56,10 +64,12 @@ def solve(
     Returns ``(states, info)``: ``states`` of shape (len(times), *y0.shape),
     ``info`` a dict of scalar tensors (``reason``, ``nfe``, ``steps``, ``t``).
     """
-    gradient = resolve_gradient(solver, gradient)
+    gradient = resolve_gradient(solver, gradient, num_steps=num_steps, step_size=step_size)
     dtype = y0.dtype
-    if solver == "dopri5":
+    if solver not in TFP_SOLVERS and is_adaptive(solver, num_steps, step_size):
         options = dict(rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
+        if solver != "dopri5":  # a registered embedded pair, on odezoo's integrator
+            options["tableau"] = tableau_of(embedded_pair(solver))
 
         def flat_fn(t, y, cs):
             return [f(t, y[0])]
@@ -186,7 +196,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     )
     check_options(solver, **opts)
     gradient = options.get("gradient", "auto")
-    resolve_gradient(solver, gradient)
+    resolve_gradient(solver, gradient, num_steps=opts["num_steps"], step_size=opts["step_size"])
     compile_mode = check_compile("compile", options.get("compile", "auto"))
     y0 = tf.convert_to_tensor(y0)
     if not y0.dtype.is_floating:
@@ -194,7 +204,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     t = tf.cast(tf.reshape(tf.convert_to_tensor(t), [-1]), y0.dtype)
     _check_static_grid(t)
 
-    fixed = solver not in ADAPTIVE
+    fixed = not is_adaptive(solver, opts["num_steps"], opts["step_size"])
     static_t = None
     if fixed:  # a fixed grid is planned in Python: the times must be known while tracing
         _, static_t = static_times(0.0, t)

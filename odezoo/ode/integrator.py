@@ -12,8 +12,10 @@
   1/safety proposed steps long (the error model then predicts ``err <= 1``), in two
   equal steps when at most twice that, so no sliver of a step is left at the end
   (:func:`end_of_interval`).
-* Dense output (Shampine's continuous extension, ``dopri5.f``'s ``contd5``) for
-  the solution times: steps are never shortened to hit them (:func:`dense_output`).
+* Dense output for the solution times, by the pair's form (Shampine's continuous
+  extension for dopri5, ``dopri5.f``'s ``contd5``; a pair's polynomial weights; else
+  the cubic Hermite interpolant): steps are never shortened to hit them
+  (:func:`dense_output`).
 * Guards that end the ``tf.while_loop`` inside the compiled graph: a hard budget
   of ``max_steps`` attempted steps, NaN/Inf in the state or the field, and
   step-size underflow (:func:`step_reason`). The solve then returns NaN states
@@ -119,8 +121,33 @@ def fill_until(times, t_stop, direction, idx, tas, values, *, enabled=True):
     return tf.while_loop(cond, body, (idx, tas), maximum_iterations=n)
 
 
-def dense_output(tableau, t, h, y, y_new, ks, t_i, t_new):
-    """Shampine's continuous extension at ``t_i`` in the step [t, t + h] (``dopri5.f``'s ``contd5``)."""
+def dense_output(tableau, t, h, y, y_new, ks, t_i, t_new, f_new=None):
+    """The state at ``t_i`` in the step [t, t + h], by the pair's :attr:`~ButcherTableau.dense_kind`.
+
+    "shampine": Shampine's continuous extension (``dopri5.f``'s ``contd5``);
+    "polynomial": y + h·Σ b_i(θ) k_i; "hermite": the cubic through y, f(t, y) = k_1,
+    y_new and ``f_new`` = f(t + h, y_new).
+    """
+    kind = tableau.dense_kind
+    if kind == "polynomial":
+        th = (t_i - t) / h
+        weights = [sum(c * th ** (k + 1) for k, c in enumerate(row)) for row in tableau.dense_poly]
+        vals = []
+        for i, yi in enumerate(y):
+            acc = None
+            for w, k in zip(weights, ks):
+                term = w * k[i]
+                acc = term if acc is None else acc + term
+            vals.append(yi + h * acc)
+        return where(tf.equal(t_i, t_new), y_new, vals)
+    if kind == "hermite":
+        th = (t_i - t) / h
+        h00 = (1.0 + 2.0 * th) * (1.0 - th) ** 2
+        h10 = th * (1.0 - th) ** 2
+        h01 = th**2 * (3.0 - 2.0 * th)
+        h11 = th**2 * (th - 1.0)
+        vals = [h00 * a + h01 * b + h * (h10 * fa + h11 * fb) for a, b, fa, fb in zip(y, y_new, ks[0], f_new)]
+        return where(tf.equal(t_i, t_new), y_new, vals)
     ydiff = [b - a for a, b in zip(y, y_new)]
     bspl = [h * k - d for k, d in zip(ks[0], ydiff)]
     rc4 = [d - h * k - b for d, k, b in zip(ydiff, ks[-1], bspl)]
@@ -140,18 +167,22 @@ def end_of_interval(t, h, t_end, direction, stretch):
 
 
 def attempt_step(tableau, call, t, y, k1, h, *, rtol, atol, mask):
-    """One step of the pair: ``(y_new, ks, error ratio, finite)``."""
+    """One step of the pair: ``(y_new, ks, f_new, error ratio, finite)``; ``f_new`` = f(t + h, y_new)."""
     ks = [k1]
     for i in range(1, tableau.stages):
         yi = lincomb(y, h, tableau.a[i], ks)
         ks.append(call(t + tableau.c[i] * h, yi))
-    y_new = yi  # FSAL: the last stage is evaluated at the propagated solution
+    if tableau.fsal:
+        y_new, f_new = yi, ks[-1]  # the last stage is evaluated at the propagated solution
+    else:
+        y_new = lincomb(y, h, tableau.b, ks)
+        f_new = call(t + h, y_new)  # the next step's first stage (and the Hermite end slope)
     err = lincomb([tf.zeros_like(v) for v in y], h, tableau.error, ks)
     scale = [atol + rtol * tf.maximum(tf.abs(a), tf.abs(b)) for a, b in zip(y, y_new)]
     ratio = tf.stop_gradient(rms([e / s for e, s in zip(err, scale)], mask))
-    finite = tf.logical_and(tf.math.is_finite(ratio), all_finite(ks[-1]))
+    finite = tf.logical_and(tf.math.is_finite(ratio), all_finite(f_new))
     finite = tf.logical_and(finite, all_finite(y_new))
-    return y_new, ks, ratio, finite
+    return y_new, ks, f_new, ratio, finite
 
 
 def next_step(controller, exponent, ratio, finite, accept, rejected, memory, direction):
@@ -259,7 +290,9 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
     """One attempted step: the loop's body (accepted or not; outputs filled by dense output)."""
     rejected = tf.logical_and(tf.equal(s.streak, 0), s.steps > 0)
     h, last = end_of_interval(s.t, s.h, p.t_end, p.direction, p.stretch)
-    y_new, ks, ratio, finite = attempt_step(p.tableau, p.call, s.t, s.y, s.k1, h, rtol=p.rtol, atol=p.atol, mask=p.mask)
+    y_new, ks, f_new, ratio, finite = attempt_step(
+        p.tableau, p.call, s.t, s.y, s.k1, h, rtol=p.rtol, atol=p.atol, mask=p.mask
+    )
     accept = tf.logical_and(finite, ratio <= 1.0)
     memory = StepMemory(h=h, h_prev=s.h_prev, err_prev=s.err_prev, streak=s.streak)
     exponent = p.tableau.error_exponent
@@ -267,12 +300,12 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
     t_new = tf.where(last, p.t_end, s.t + h)
 
     def at(i):  # the state there, and the step in use there (before it was shortened to end the interval)
-        return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new) + [tf.abs(s.h)]
+        return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new, f_new) + [tf.abs(s.h)]
 
     idx, tas = fill_until(p.times, t_new, p.direction, s.idx, s.tas, enabled=accept, values=at)
     reason = step_reason(finite, accept, h_next, s.t, p.t_end, p.tiny)
     return _Loop(
-        t=tf.where(accept, t_new, s.t), y=where(accept, y_new, s.y), k1=where(accept, ks[-1], s.k1), h=h_next,
+        t=tf.where(accept, t_new, s.t), y=where(accept, y_new, s.y), k1=where(accept, f_new, s.k1), h=h_next,
         h_prev=h_prev, err_prev=err_prev, streak=tf.where(accept, s.streak + 1, 0), idx=idx, tas=tas,
         steps=s.steps + 1, accepted=s.accepted + tf.cast(accept, tf.int32),
         nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason,
@@ -317,7 +350,8 @@ def integrate(
             0.2; ``beta`` 0.04, "pi" only); ignored for a controller object.
         norm_mask: per-component booleans; False components are integrated but
             left out of the error norm (the adjoint's seminorm).
-        tableau: the embedded pair (FSAL), :data:`odezoo.ode.tableau.DOPRI5` by default.
+        tableau: the embedded pair, :data:`odezoo.ode.tableau.DOPRI5` by default (a registered
+            pair's :func:`odezoo.ode.tableau.tableau_of`; FSAL or not).
 
     Returns:
         ``(outputs, info)``: ``outputs`` a list of (len(times), *shape) tensors
@@ -329,8 +363,6 @@ def integrate(
         adjoint starts its backward solves from these.
     """
     dtype = check_dtypes(y0)
-    if not tableau.fsal:
-        raise ValueError(f"The integrator needs an FSAL tableau. Received: tableau={tableau.name!r}.")
     controller = make_controller(controller, safety=safety, ifactor=ifactor, dfactor=dfactor, beta=beta)
     t0 = tf.cast(t0, dtype)
     times = tf.cast(tf.reshape(times, [-1]), dtype)

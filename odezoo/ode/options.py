@@ -71,11 +71,49 @@ def check_solver(solver):
     return solver
 
 
-def resolve_gradient(solver, gradient):
+def embedded_pair(solver):
+    """The registered :class:`odezoo.ExplicitRungeKutta` with embedded weights named ``solver``, or None."""
+    if not isinstance(solver, str) or solver in TFP_SOLVERS:
+        return None
+    from odezoo import _registry
+
+    try:
+        scheme = _registry.get_scheme(solver)
+    except LookupError:
+        return None
+    is_embedded = getattr(scheme, "is_embedded", None)
+    return scheme if is_embedded is not None and is_embedded() else None
+
+
+def is_adaptive(solver, num_steps=None, step_size=None):
+    """Whether ``solver`` solves adaptively: tfp's solvers always; an embedded pair given no grid.
+
+    An embedded pair (``"dopri5"`` too, once its plugin is loaded) given ``num_steps`` or
+    ``step_size`` runs on that fixed grid instead.
+    """
+    grid = num_steps is not None or step_size is not None
+    if solver in TFP_SOLVERS:
+        return True
+    if solver in SOLVERS:
+        return not (grid and embedded_pair(solver) is not None)
+    return not grid and embedded_pair(solver) is not None
+
+
+def _spec(solver, num_steps, step_size):
+    if not is_adaptive(solver, num_steps, step_size):
+        return None  # a fixed grid
+    spec = SOLVERS.get(solver)
+    if spec is None:
+        pair = embedded_pair(solver)
+        spec = AdaptiveSolver(solver, pair.order, ("adjoint", "backprop"), False, f"the embedded pair {solver!r}")
+    return spec
+
+
+def resolve_gradient(solver, gradient, *, num_steps=None, step_size=None):
     """The gradient method actually used; a clear ValueError for unsupported combinations."""
     if gradient not in GRADIENTS:
         raise checks.bad_value("gradient", gradient, ", ".join(map(repr, GRADIENTS)))
-    spec = SOLVERS.get(solver)
+    spec = _spec(solver, num_steps, step_size)
     if gradient == "auto":
         return "adjoint" if spec is not None else "backprop"
     if gradient == "adjoint" and spec is None:
@@ -115,9 +153,13 @@ def check_options(solver, *, rtol, atol, num_steps, step_size, first_step, max_s
     checks.positive("step_size", step_size, allow_none=True)
     checks.positive("first_step", first_step, allow_none=True)
     checks.positive_int("max_steps", max_steps)
-    if solver not in ADAPTIVE:
-        if (num_steps is None) == (step_size is None):
-            raise ValueError(
-                f"The fixed-grid solver {solver!r} needs exactly one of `num_steps` or `step_size`. "
-                f"Received: num_steps={num_steps!r}, step_size={step_size!r}."
+    pair = embedded_pair(solver) is not None
+    if solver not in ADAPTIVE or pair:
+        if (num_steps is None) == (step_size is None) and not (pair and num_steps is None):
+            what = (
+                f"The embedded pair {solver!r} solves adaptively (rtol, atol) without a grid, or on a fixed grid "
+                "with one of `num_steps` or `step_size`, not both"
+                if pair
+                else f"The fixed-grid solver {solver!r} needs exactly one of `num_steps` or `step_size`"
             )
+            raise ValueError(f"{what}. Received: num_steps={num_steps!r}, step_size={step_size!r}.")

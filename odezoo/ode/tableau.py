@@ -1,8 +1,10 @@
 """Butcher tableaus of embedded Runge-Kutta pairs, as data the adaptive integrator reads.
 
-A pair is registered by making a :class:`ButcherTableau`; the integrator
-(:func:`odezoo.ode.integrator.integrate`) takes one and needs no change for another
-FSAL pair with the same dense-output form.
+A pair is declared as an :class:`odezoo.ExplicitRungeKutta` scheme with embedded weights
+``b_hat``, registered by a plugin like any scheme; :func:`tableau_of` turns it into the
+:class:`ButcherTableau` that the integrator (:func:`odezoo.ode.integrator.integrate`)
+reads. FSAL or not; dense output in Shampine's form (``dense``), as polynomial weights
+(``dense_poly``), or, with neither, the cubic Hermite interpolant.
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ class ButcherTableau:
         error: error weights e = b - b_hat (the embedded estimate is h·Σ e_i k_i).
         dense: weights of the 5th continuous term of Shampine's dense output
             (``dopri5.f``'s ``contd5``); the other terms come from y, y_new, k1 and k_s.
+            None when the pair has none.
         order: order of ``b``; embedded_order: order of ``b_hat``.
         fsal: first same as last: the last row of A equals b and c[-1] = 1, so the
-            last stage is f at the new point, reused as the next step's first.
+            last stage is f at the new point, reused as the next step's first. Without
+            it the integrator evaluates f at the new point after each step (that is the
+            next step's first stage: s evaluations per step either way).
+        dense_poly: continuous weights b_i(θ) = Σ_k dense_poly[i][k]·θ^(k+1) (s rows), or None.
+            With neither ``dense`` nor ``dense_poly``: the cubic Hermite interpolant.
     """
 
     name: str
@@ -32,10 +39,18 @@ class ButcherTableau:
     a: tuple[tuple[float, ...], ...]
     b: tuple[float, ...]
     error: tuple[float, ...]
-    dense: tuple[float, ...]
+    dense: tuple[float, ...] | None
     order: int
     embedded_order: int
     fsal: bool = True
+    dense_poly: tuple[tuple[float, ...], ...] | None = None
+
+    @property
+    def dense_kind(self) -> str:
+        """ "shampine", "polynomial" or "hermite": how solution times inside a step are filled."""
+        if self.dense is not None:
+            return "shampine"
+        return "polynomial" if self.dense_poly is not None else "hermite"
 
     @property
     def stages(self) -> int:
@@ -87,3 +102,23 @@ DOPRI5 = ButcherTableau(
     order=5,
     embedded_order=4,
 )
+
+
+def tableau_of(scheme) -> ButcherTableau:
+    """The integrator's data for a registered embedded pair (an :class:`odezoo.ExplicitRungeKutta`
+    class or instance with ``b_hat``); a ValueError for a scheme without one."""
+    if not getattr(scheme, "is_embedded", lambda: False)():
+        raise ValueError(f"{scheme!r} has no embedded weights `b_hat`: it is a fixed-grid scheme only.")
+    k = scheme.coefficients()
+    return ButcherTableau(
+        name=k["name"],
+        c=tuple(k["c"]),
+        a=tuple(tuple(row[:i]) for i, row in enumerate(k["A"])),
+        b=tuple(k["b"]),
+        error=tuple(k["error"]),
+        dense=None if k["dense_shampine"] is None else tuple(k["dense_shampine"]),
+        dense_poly=None if k["dense"] is None else tuple(tuple(r) for r in k["dense"]),
+        order=int(k["order"]),
+        embedded_order=int(k["error_order"]),
+        fsal=bool(k["fsal"]),
+    )

@@ -31,14 +31,26 @@ import tensorflow as tf
 from odezoo import checks
 from odezoo.ode import Setting, Settings, SolverChecked, SolverStatus, apply_if_solved, solve_flat
 from odezoo.ode.compilation import COMPILE_MODES, compiled_function, resolve_compile, uses_convolution
+from odezoo.ode.options import embedded_pair
+from odezoo.ode.tableau import tableau_of
 
 # The Keras package "odezoo": files saved before the flow became a plugin name "odezoo>FFJORDFlow".
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
 
 TRACES = ("hutchinson", "exact")
 NOISES = ("rademacher", "gaussian")
-# The flow's choice among odezoo.ode.SOLVERS: the two Dormand-Prince solvers (tfp's BDF solves per sample)
+# The flow's choice among odezoo.ode.SOLVERS: the two Dormand-Prince solvers (tfp's BDF solves per
+# sample); besides them, any registered embedded pair ("tsit5", "bosh3", ...) on odezoo's integrator
 SOLVERS = ("dopri5", "tfp_dopri5")
+
+
+def _check_solver(name, value):
+    if value not in SOLVERS and embedded_pair(value) is not None:
+        return value
+    import odezoo
+
+    pairs = [n for n in odezoo.list_schemes() if n not in SOLVERS and embedded_pair(n) is not None]
+    return checks.choice(name, value, SOLVERS + tuple(pairs))
 
 
 @_serializable
@@ -142,7 +154,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         hidden, activation: the field's MLP (on concat(z, t)).
         trace: "hutchinson" (training default) or "exact".
         noise: Hutchinson probe distribution, "rademacher" or "gaussian".
-        solver: "dopri5" (odezoo's; default) or "tfp_dopri5" (tfp's, the reference).
+        solver: "dopri5" (odezoo's; default), "tfp_dopri5" (tfp's, the reference), or a registered
+            embedded pair ("tsit5", "bosh3", "heun_euler", a plugin's) on odezoo's integrator.
         rtol, atol: solver tolerances (default 1e-5).
         num_blocks: FFJORD blocks chained, each with its own field.
         t1: integration time of each block.
@@ -166,7 +179,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     # Keras trace fit/evaluate/predict again (odezoo's own compiled functions are keyed by them)
     trace = Setting(lambda name, v: checks.choice(name, v, TRACES))
     noise = Setting(lambda name, v: checks.choice(name, v, NOISES))
-    solver = Setting(lambda name, v: checks.choice(name, v, SOLVERS))
+    solver = Setting(_check_solver)
     rtol = Setting(checks.positive)
     atol = Setting(checks.positive)
     solver_compile = Setting(lambda name, v: checks.choice(name, v, COMPILE_MODES))
@@ -252,6 +265,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         flat = [tf.convert_to_tensor(s) for s in tf.nest.flatten(initial_state)]
         flat_c = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
         options = dict(rtol=self.rtol, atol=self.atol, first_step=None, max_steps=self.max_steps)
+        if self.solver != "dopri5":  # a registered embedded pair
+            options["tableau"] = tableau_of(embedded_pair(self.solver))
         outputs, _ = solve_flat(
             ode_fn,
             initial_state,

@@ -1,0 +1,266 @@
+"""Issue 15, first part: embedded Runge-Kutta pairs as schemes (dopri5, tsit5, bosh3, heun_euler).
+
+References are independent of the integrator: the tableaux's orders measured in numpy from
+their coefficients alone, adaptive solves against scipy's DOP853 at 1e-13, the dense output
+against the closed-form solution, gradients against central finite differences.
+"""
+
+import keras
+import numpy as np
+import pytest
+import scipy.integrate
+import tensorflow as tf
+
+import odezoo
+from odezoo import _registry
+from odezoo._errors import PluginError
+from odezoo.ode import integrator
+from odezoo.ode.tableau import DOPRI5, tableau_of
+
+PAIRS = ["dopri5", "tsit5", "bosh3", "heun_euler"]
+ORDERS = {"dopri5": (5, 4), "tsit5": (5, 4), "bosh3": (3, 2), "heun_euler": (2, 1)}
+A = np.array([[-0.5, 2.0], [-2.0, -0.5]])
+
+
+def _f_np(t, y):
+    return A @ y + np.array([np.cos(t), 0.0])
+
+
+def _f_tf(t, y):
+    return tf.linalg.matvec(tf.constant(A, y.dtype), y) + tf.stack([tf.cos(t), tf.zeros((), y.dtype)])
+
+
+def _rk_numpy(k, y, t, h, weights):
+    """One step of the tableau ``k`` (coefficients()) in numpy, with the given weights."""
+    stages = []
+    for i, row in enumerate(k["A"]):
+        yi = y + h * sum(a * s for a, s in zip(row[:i], stages))
+        stages.append(_f_np(t + k["c"][i] * h, yi))
+    return y + h * sum(w * s for w, s in zip(weights, stages))
+
+
+def _global_error(k, weights, n):
+    y, t, h = np.array([1.0, 0.0]), 0.0, 2.0 / n
+    for _ in range(n):
+        y, t = _rk_numpy(k, y, t, h, weights), t + h
+    exact = scipy.integrate.solve_ivp(_f_np, (0, 2), [1.0, 0.0], rtol=1e-13, atol=1e-13, method="DOP853").y[:, -1]
+    return np.max(np.abs(y - exact))
+
+
+def test_the_dopri5_scheme_is_the_integrators_tableau_to_the_bit():
+    assert tableau_of(_registry.get_scheme("dopri5")) == DOPRI5
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_the_main_and_embedded_weights_have_their_stated_orders(name):
+    scheme = _registry.get_scheme(name)
+    k = scheme.coefficients()
+    assert (k["order"], k["error_order"]) == ORDERS[name]
+    for weights, order in ((k["b"], k["order"]), (k["b_hat"], k["error_order"])):
+        e1, e2 = _global_error(k, weights, 32), _global_error(k, weights, 64)
+        measured = np.log2(e1 / e2)
+        assert abs(measured - order) < 0.4, (name, order, measured)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_adaptive_solves_match_scipy_and_the_error_falls_with_the_tolerance(name):
+    t = np.linspace(0.0, 5.0, 12)  # most of these fall inside steps: the dense output serves them
+    ref = scipy.integrate.solve_ivp(_f_np, (0, 5), [1.0, 0.0], t_eval=t, rtol=1e-13, atol=1e-13, method="DOP853").y.T
+    tols = (1e-4, 1e-6) if name == "heun_euler" else (1e-5, 1e-8)
+    errors = []
+    for tol in tols:
+        out = odezoo.odeint(
+            _f_tf, tf.constant([1.0, 0.0], tf.float64), tf.constant(t), solver=name, rtol=tol, atol=tol, max_steps=50000
+        )
+        errors.append(np.max(np.abs(out.numpy() - ref)))
+        assert errors[-1] < 30 * tol, (name, tol, errors[-1])
+    assert errors[1] / errors[0] < 3 * tols[1] / tols[0], errors  # proportional to the tolerance
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_dense_output_inside_one_step_has_the_order_of_its_form(name):
+    # dopri5: Shampine's extension (order 4); tsit5: its polynomial weights (order 4);
+    # bosh3, heun_euler: the cubic Hermite interpolant (order 3, capped by the method's order)
+    tableau = tableau_of(_registry.get_scheme(name))
+    expected = min({"shampine": 4, "polynomial": 4, "hermite": 3}[tableau.dense_kind], tableau.order) + 1
+    lam = -1.3
+
+    def exact(t):
+        return np.exp(lam * t)
+
+    def call(t, y):
+        return [lam * y[0]]
+
+    errors = []
+    for h in (0.4, 0.2, 0.1):
+        y = [tf.constant([1.0], tf.float64)]
+        t0, hh = tf.constant(0.0, tf.float64), tf.constant(h, tf.float64)
+        y_new, ks, f_new, _, _ = integrator.attempt_step(
+            tableau, call, t0, y, call(t0, y), hh, rtol=1e-6, atol=1e-6, mask=[True]
+        )
+        t_i = tf.constant(0.37 * h, tf.float64)
+        (value,) = integrator.dense_output(tableau, t0, hh, y, y_new, ks, t_i, t0 + hh, f_new)
+        errors.append(abs(float(value[0]) - exact(0.37 * h)))
+    slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(slopes > expected - 0.4), (name, expected, slopes)
+
+
+# tolerance of the solve, and of the comparison: the finite difference of an adaptive solve
+# carries about tol / eps of noise (its step sequence moves), and heun_euler cannot go as tight
+FD_TOLERANCES = {"tsit5": (1e-10, 1e-5), "bosh3": (1e-10, 1e-5), "heun_euler": (1e-8, 2e-3)}
+
+
+@pytest.mark.parametrize("name", ["tsit5", "bosh3", "heun_euler"])
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_odeblock_gradients_with_a_pair_match_finite_differences(name, gradient):
+    tol, rtol = FD_TOLERANCES[name]
+
+    class Field(keras.layers.Layer):
+        def build(self, t_shape, y_shape):
+            self.w = self.add_weight(shape=(y_shape[-1], y_shape[-1]), initializer="orthogonal", dtype="float64")
+
+        def call(self, t, y):
+            return tf.tanh(tf.matmul(y, self.w)) * tf.cos(t)
+
+    keras.utils.set_random_seed(0)
+    block = odezoo.ODEBlock(
+        Field(dtype="float64"), solver=name, rtol=tol, atol=tol, gradient=gradient, dtype="float64", max_steps=100000
+    )
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, 2)))
+    block.build(x.shape)
+
+    def loss():
+        return tf.reduce_sum(tf.sin(block(x)))
+
+    with tf.GradientTape() as tape:
+        value = loss()
+    (g,) = tape.gradient(value, block.trainable_variables)
+    w = block.field.w
+    eps = 1e-6
+    for index in [(0, 0), (1, 0), (0, 1)]:
+        old = w.numpy()
+        out = []
+        for sign in (1, -1):
+            moved = old.copy()
+            moved[index] += sign * eps
+            w.assign(moved)
+            out.append(float(loss()))
+        w.assign(old)
+        np.testing.assert_allclose(g.numpy()[index], (out[0] - out[1]) / (2 * eps), rtol=rtol, atol=1e-9)
+    assert int(block.nfe_forward) > 0 and (int(block.nfe_backward) > 0) == (gradient == "adjoint")
+
+
+@pytest.mark.parametrize("name,per_step", [("dopri5", 6), ("tsit5", 6), ("bosh3", 3), ("heun_euler", 2)])
+def test_a_pair_given_a_grid_runs_its_fixed_grid(name, per_step):
+    # dopri5 included: with num_steps it is the fixed-grid scheme, no longer the adaptive solve
+    out = odezoo.odeint(
+        lambda t, y: -y, tf.constant([1.0], tf.float64), tf.constant([0.0, 1.0], tf.float64), solver=name, num_steps=4
+    )
+    k = _registry.get_scheme(name).coefficients()
+    y = 1.0
+    for _ in range(4):  # the same grid in numpy: b only, the b = 0 last stage never needed
+        stages = []
+        for i, row in enumerate(k["A"][: len(k["b"])]):
+            stages.append(-(y + 0.25 * sum(a * s for a, s in zip(row[:i], stages))))
+        y = y + 0.25 * sum(b * s for b, s in zip(k["b"], stages))
+    np.testing.assert_allclose(out.numpy()[-1, 0], y, rtol=1e-13)
+    assert _registry.get_scheme(name).num_fields == per_step
+    with pytest.raises(ValueError, match=r"num_steps=4, step_size=0.1"):
+        odezoo.odeint(
+            lambda t, y: -y, tf.constant([1.0]), tf.constant([0.0, 1.0]), solver=name, num_steps=4, step_size=0.1
+        )
+
+
+def test_a_pair_is_a_network_block_with_one_field_per_used_stage():
+    model = odezoo.build("resnet", scheme="bosh3", depth=8, input_shape=(8, 8, 1))
+    blocks = [layer for layer in model._flatten_layers() if isinstance(layer, odezoo.layers.SchemeBlock)]
+    assert blocks and all(len(b.fields) == 3 for b in blocks)  # bosh3's 4th stage (b = 0) has no field
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype("float32"), np.arange(8) % 10
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.train_on_batch(x, y)
+    assert all(not np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_weights))
+
+
+def test_a_malformed_pair_is_refused_at_class_creation():
+    with pytest.raises(PluginError, match="b_hat has 1 weights, expected 2"):
+
+        class Short(odezoo.ExplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[], [1]]
+            b = [0.5, 0.5]
+            b_hat = [1]
+
+    with pytest.raises(PluginError, match="error_order=None"):
+
+        class NoOrder(odezoo.ExplicitRungeKutta):
+            order = 2
+            A = [[], [1]]
+            b = [0.5, 0.5]
+            b_hat = [1, 0]
+
+    with pytest.raises(PluginError, match=r"dense row 0 gives b_0\(1\)"):
+
+        class BadDense(odezoo.ExplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[], [1]]
+            b = [0.5, 0.5]
+            b_hat = [1, 0]
+            dense = [[1.0, -0.25], [0.0, 0.5]]
+
+    with pytest.raises(PluginError, match="without `b_hat`"):
+
+        class Orphan(odezoo.ExplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[], [1]]
+            b = [0.5, 0.5]
+
+
+@keras.saving.register_keras_serializable(package="test_embedded_pairs")
+class TanhField(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(3)
+
+    def build(self, t_shape, y_shape):
+        self.dense.build(y_shape)
+
+    def call(self, t, y):
+        return tf.tanh(self.dense(y))
+
+
+def test_an_odeblock_with_a_pair_survives_a_keras_round_trip(tmp_path):
+    inputs = keras.Input((3,))
+    block = odezoo.ODEBlock(TanhField(), solver="tsit5", rtol=1e-5, atol=1e-5)
+    model = keras.Model(inputs, block(inputs))
+    x = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.layers[-1].solver == "tsit5"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tsit5", "bosh3"])
+def test_the_flow_solves_with_a_pair_and_agrees_with_dopri5(name):
+    from odezoo import data
+
+    x = data.toy_density("8gaussians", 64, seed=3)
+    logp = {}
+    for solver in ("dopri5", name):
+        keras.utils.set_random_seed(0)
+        flow = odezoo.build("ffjord", data_dim=2, hidden=[8, 8], solver=solver, rtol=1e-7, atol=1e-7)
+        logp[solver] = flow.log_prob(x, trace="exact").numpy()
+    assert np.all(np.isfinite(logp[name]))
+    np.testing.assert_allclose(logp[name], logp["dopri5"], atol=2e-4)
+    # and it trains: one step moves every weight, the loss finite
+    flow.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = [w.numpy().copy() for w in flow.trainable_weights]
+    loss = flow.train_on_batch(x, return_dict=True)
+    assert np.isfinite(list(loss.values())[0])
+    assert all(not np.array_equal(a, b.numpy()) for a, b in zip(before, flow.trainable_weights))
+
+
+def test_the_flow_refuses_an_unknown_solver_and_lists_the_pairs():
+    with pytest.raises(ValueError, match=r"solver='rk45'.*'dopri5', 'tfp_dopri5'.*'tsit5'"):
+        odezoo.build("ffjord", data_dim=2, solver="rk45")
