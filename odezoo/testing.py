@@ -1,4 +1,4 @@
-"""Conformance kit for scheme authors: ``odezoo.testing.check_scheme(scheme)``."""
+"""Conformance kits: ``odezoo.testing.check_scheme(scheme)`` and, for embedded pairs, ``check_solver(name)``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from odezoo import _registry
 from odezoo._scheme import Scheme
 
-__all__ = ["check_scheme", "convergence_slope", "linear_test_problem"]
+__all__ = ["check_scheme", "check_solver", "convergence_slope", "linear_test_problem"]
 
 
 def _resolve(scheme) -> Scheme:
@@ -210,4 +210,245 @@ def check_scheme(
     if network:
         with tempfile.TemporaryDirectory() as tmp:
             result["network"] = _check_network(obj, tmp)
+    return result
+
+
+# --- adaptive solvers: check_solver ---------------------------------------------------------
+
+
+def _pair_class(solver):
+    from odezoo._scheme import ExplicitRungeKutta
+
+    cls = _registry.get_scheme(solver) if isinstance(solver, str) else solver
+    cls = type(cls) if isinstance(cls, Scheme) else cls
+    if not (isinstance(cls, type) and issubclass(cls, ExplicitRungeKutta) and cls.is_embedded()):
+        raise AssertionError(
+            f"check_solver needs an embedded pair (an ExplicitRungeKutta with `b_hat`); got {solver!r}."
+        )
+    return cls
+
+
+def _rk_step(k, f, t, y, h, weights):
+    stages = []
+    for i, row in enumerate(k["A"]):
+        yi = y + h * sum((a * s for a, s in zip(row[:i], stages)), np.zeros_like(y))
+        stages.append(f(t + k["c"][i] * h, yi))
+    return y + h * sum((w * s for w, s in zip(weights, stages)), np.zeros_like(y))
+
+
+def _slope(hs, errors):
+    return float(np.polyfit(np.log(hs), np.log(errors), 1)[0])
+
+
+def _weights_order(k, weights, problem, ns=(16, 32, 64)):
+    """The log-log slope of the global error of ``weights`` on a fixed grid (numpy, float64)."""
+    f, y0, t0, t1, exact = (problem[key] for key in ("f", "y0", "t0", "t1", "exact"))
+    errors = []
+    for n in ns:
+        y, h = np.array(y0, dtype=np.float64), (t1 - t0) / n
+        for i in range(n):
+            y = _rk_step(k, f, t0 + i * h, y, h, weights)
+        errors.append(float(np.max(np.abs(y - exact(t1)))))
+    return _slope([(t1 - t0) / n for n in ns], errors), errors
+
+
+def _estimate_order(k, problem, hs=(0.2, 0.1, 0.05)):
+    """The slope of the embedded error estimate |h·Σ e_i k_i| over one step from t0: error_order + 1."""
+    f, y0, t0 = problem["f"], np.array(problem["y0"], dtype=np.float64), problem["t0"]
+    sizes = [float(np.max(np.abs(_rk_step(k, f, t0, y0, h, k["error"]) - y0))) for h in hs]
+    return _slope(hs, sizes), sizes
+
+
+def _dense_order(tableau, problem, hs=(0.2, 0.1, 0.05), theta=0.37):
+    """The slope of the dense output's error at t0 + θh over one step, through the integrator's code."""
+    import tensorflow as tf
+
+    from odezoo.ode import integrator
+
+    A = np.array([[-1.0, 2.0], [-2.0, -1.0]])
+    b = np.array([1.0, 0.5])
+
+    def call(t, y):
+        return [tf.linalg.matvec(tf.constant(A), y[0]) + tf.constant(b) * tf.cos(t)]
+
+    errors = []
+    for h in hs:
+        t0, hh = tf.constant(problem["t0"], tf.float64), tf.constant(h, tf.float64)
+        y = [tf.constant(problem["y0"], tf.float64)]
+        y_new, ks, f_new, _, _ = integrator.attempt_step(
+            tableau, call, t0, y, call(t0, y), hh, rtol=1.0, atol=1.0, mask=[True]
+        )
+        t_i = tf.constant(problem["t0"] + theta * h, tf.float64)
+        (value,) = integrator.dense_output(tableau, t0, hh, y, y_new, ks, t_i, t0 + hh, f_new)
+        errors.append(float(np.max(np.abs(value.numpy() - problem["exact"](problem["t0"] + theta * h)))))
+    return _slope(hs, errors), errors
+
+
+def _proportionality(name, problem, tols):
+    import tensorflow as tf
+
+    from odezoo.ode import odeint
+
+    A = np.array([[-1.0, 2.0], [-2.0, -1.0]])
+    b = np.array([1.0, 0.5])
+    times = np.linspace(problem["t0"], 4.0, 9)  # inside steps too: the dense output serves them
+    exact = np.stack([problem["exact"](t) for t in times])
+    errors = []
+    for tol in tols:
+        out = odeint(
+            lambda t, y: tf.linalg.matvec(tf.constant(A), y) + tf.constant(b) * tf.cos(t),
+            tf.constant(problem["y0"], tf.float64),
+            tf.constant(times),
+            solver=name,
+            rtol=tol,
+            atol=tol,
+            max_steps=200000,
+        )
+        errors.append(float(np.max(np.abs(out.numpy() - exact))))
+    return errors
+
+
+def _gradient_errors(name, tol):
+    """Relative errors of ODEBlock's adjoint and backprop gradients against central differences."""
+    import keras
+    import tensorflow as tf
+
+    from odezoo.ode import ODEBlock
+
+    class Field(keras.layers.Layer):
+        def build(self, t_shape, y_shape):
+            self.w = self.add_weight(shape=(y_shape[-1], y_shape[-1]), initializer="orthogonal", dtype="float64")
+
+        def call(self, t, y):
+            return tf.tanh(tf.matmul(y, self.w)) * tf.cos(t)
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, 2)))
+    out = {}
+    for gradient in ("adjoint", "backprop"):
+        keras.utils.set_random_seed(0)
+        block = ODEBlock(Field(dtype="float64"), solver=name, rtol=tol, atol=tol, gradient=gradient,
+                         dtype="float64", max_steps=200000)  # fmt: skip
+        block.build(x.shape)
+        w = block.field.w
+
+        def loss(block=block):
+            return float(tf.reduce_sum(tf.sin(block(x))))
+
+        with tf.GradientTape() as tape:
+            value = tf.reduce_sum(tf.sin(block(x)))
+        (g,) = tape.gradient(value, [w])
+        old, eps, fd = w.numpy(), 1e-6, np.zeros_like(w.numpy())
+        for index in np.ndindex(*old.shape):
+            sides = []
+            for sign in (1.0, -1.0):
+                moved = old.copy()
+                moved[index] += sign * eps
+                w.assign(moved)
+                sides.append(loss())
+            fd[index] = (sides[0] - sides[1]) / (2 * eps)
+        w.assign(old)
+        out[gradient] = float(np.linalg.norm(g.numpy() - fd) / np.linalg.norm(fd))
+    return out
+
+
+def _round_trip(name, tmpdir):
+    import keras
+    import tensorflow as tf
+
+    from odezoo.ode import ODEBlock
+
+    @keras.saving.register_keras_serializable(package="odezoo_check_solver")
+    class CheckSolverField(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(3)
+
+        def build(self, t_shape, y_shape):
+            self.dense.build(y_shape)
+
+        def call(self, t, y):
+            return tf.tanh(self.dense(y))
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, ODEBlock(CheckSolverField(), solver=name, rtol=1e-5, atol=1e-5)(inputs))
+    x = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+    path = os.path.join(tmpdir, "check_solver.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    if loaded.layers[-1].solver != name:
+        raise AssertionError(f"the loaded ODEBlock solves with {loaded.layers[-1].solver!r}, not {name!r}.")
+    diff = float(np.max(np.abs(loaded.predict(x, verbose=0) - model.predict(x, verbose=0))))
+    if diff > 1e-5:
+        raise AssertionError(f".keras round trip of an ODEBlock with solver={name!r} changed outputs by {diff}.")
+    return "ok"
+
+
+def check_solver(
+    solver: str | type, *, tolerance: float = 0.4, gradients: bool = True, round_trip: bool = True
+) -> dict[str, Any]:
+    """Check an embedded Runge-Kutta pair as an adaptive solver; raise ``AssertionError`` on a violation.
+
+    On :func:`linear_test_problem` (closed-form solution), in float64:
+
+    1. the main weights ``b`` on a fixed grid converge at ``order`` and the embedded
+       weights ``b_hat`` at ``error_order`` (log-log slopes within ``tolerance``; numpy,
+       from the coefficients alone);
+    2. the error estimate h·Σ (b_i − b_hat_i) k_i of one step shrinks as h^(error_order + 1);
+    3. the dense output (the pair's own, or the cubic Hermite interpolant) at a time inside
+       one step, through the integrator's code: slope at least min(order, 3) + 1 − ``tolerance``
+       (the measured slope is reported);
+    4. adaptive solves with ``odeint(solver=name)`` at solution times inside steps: error
+       below 100·tol at two tolerances 1000× apart, and falling at least 100× between them;
+    5. (``gradients``) ODEBlock's adjoint and backprop gradients against central finite
+       differences (relative error below 1e-4; 2e-3 for pairs of order ≤ 2, whose tightest
+       affordable solve is looser);
+    6. (``round_trip``) a ``.keras`` save/load round trip of an ODEBlock using it.
+
+    The name must be registered (``odezoo.register_scheme``): ODEBlock and odeint find
+    solvers by name. Returns the measurements.
+    """
+    from odezoo.ode import require_tensorflow
+    from odezoo.ode.tableau import tableau_of
+
+    require_tensorflow("odezoo.testing.check_solver")
+    cls = _pair_class(solver)
+    name = cls.__dict__.get("name")
+    if name is None or _registry.get_scheme(name) is not cls:
+        raise AssertionError(f"{cls.__qualname__} is not registered: register it with odezoo.register_scheme first.")
+    k = cls.coefficients()
+    problem = linear_test_problem()
+    result: dict[str, Any] = {"solver": name, "order": k["order"], "error_order": k["error_order"]}
+
+    def expect(what, measured, wanted, errors):
+        result[what] = measured
+        if not math.isfinite(measured) or measured < wanted - tolerance:
+            table = ", ".join(f"{e:.3g}" for e in errors)
+            raise AssertionError(f"{name!r}: {what} measured {measured:.3f}, expected {wanted} (errors: {table}).")
+
+    for what, weights, order in (("order_measured", k["b"], k["order"]), ("error_order_measured", k["b_hat"],
+                                                                            k["error_order"])):  # fmt: skip
+        slope, errors = _weights_order(k, weights, problem)
+        expect(what, slope, order, errors)
+        if slope > order + tolerance + 0.6:  # a declared order far below the measured one is a mistake too
+            raise AssertionError(f"{name!r}: {what} {slope:.3f} is well above the declared {order}.")
+    slope, sizes = _estimate_order(k, problem)
+    expect("estimate_order_measured", slope, k["error_order"] + 1, sizes)
+    tableau = tableau_of(cls)
+    result["dense"] = tableau.dense_kind
+    slope, errors = _dense_order(tableau, problem)
+    expect("dense_order_measured", slope, min(k["order"], 3) + 1, errors)
+    tols = (1e-4, 1e-7) if k["order"] <= 2 else (1e-5, 1e-8)
+    errors = _proportionality(name, problem, tols)
+    result["tolerance_errors"] = dict(zip(tols, errors))
+    if any(e > 100 * t for e, t in zip(errors, tols)) or errors[1] > errors[0] / 100:
+        raise AssertionError(f"{name!r}: adaptive errors {errors} at tolerances {tols} are not proportional.")
+    if gradients:
+        tol, limit = (1e-8, 2e-3) if k["order"] <= 2 else (1e-10, 1e-4)
+        result["gradient_errors"] = _gradient_errors(name, tol)
+        bad = {g: e for g, e in result["gradient_errors"].items() if not e < limit}
+        if bad:
+            raise AssertionError(f"{name!r}: gradients against finite differences off by {bad} (limit {limit}).")
+    if round_trip:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["round_trip"] = _round_trip(name, tmp)
     return result
