@@ -39,7 +39,7 @@ def test_tableau_satisfies_its_order_conditions():
 
 
 def test_controllers_are_objects_with_one_method_a_subclass_overrides():
-    assert set(ode.CONTROLLERS) == {"predictive", "pi"}
+    assert set(ode.CONTROLLERS) == {"predictive", "pi", "pid"}
     assert isinstance(ode.make_controller("pi", beta=0.08), ode.PIController)
     assert ode.make_controller("pi", beta=0.08).beta == 0.08
     calls = []
@@ -66,8 +66,9 @@ def test_controllers_are_objects_with_one_method_a_subclass_overrides():
     assert len(calls) == int(steps_own) and set(calls) == {0.2}
     y_pred, steps_pred = run("predictive")
     np.testing.assert_allclose([float(y_own[0]), float(y_pred[0])], exact, rtol=1e-6)
-    with pytest.raises(ValueError, match="Allowed: 'predictive', 'pi'"):
-        ode.make_controller("pid")
+    with pytest.raises(ValueError, match="Allowed: 'predictive', 'pi', 'pid'"):
+        ode.make_controller("pd")
+    assert isinstance(ode.make_controller("pid"), ode.PIDController)
 
 
 # --------------------------------------------------------------------------- settings

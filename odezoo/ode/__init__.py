@@ -7,7 +7,7 @@ One concern per module:
                         the :class:`SolverStatus` mixin, :class:`SolverChecked`
 ``options``             the solver table (:data:`SOLVERS`), embedded pairs, the option checks
 ``tableau``             :class:`ButcherTableau`, :data:`DOPRI5`, :func:`tableau_of` (a pair's data)
-``controllers``         step-size controllers (:class:`PredictiveController`, :class:`PIController`)
+``controllers``         step-size controllers: predictive (default), PI, PID (:class:`Controller` objects)
 ``integrator``          the adaptive integrator over a tableau
 ``adjoint``             the continuous adjoint and :func:`solve_flat`
 ``fixed_grid``          registered schemes as fixed-grid solvers
@@ -56,6 +56,8 @@ _EXPORTS = {
     "Controller": "controllers",
     "PredictiveController": "controllers",
     "PIController": "controllers",
+    "PIDController": "controllers",
+    "check_controller": "controllers",
     "StepMemory": "controllers",
     "CONTROLLERS": "controllers",
     "make_controller": "controllers",

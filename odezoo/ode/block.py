@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from odezoo import checks
 from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
-from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, resolve_gradient
+from odezoo.ode.controllers import CONTROLLERS
+from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, is_adaptive, resolve_gradient
 from odezoo.ode.dispatch import solve
 from odezoo.ode.settings import Setting, Settings
 from odezoo.ode.status import SolverStatus
@@ -89,6 +90,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
     max_steps = Setting()
     gradient = Setting()  # all checked together by _validate_settings (they depend on each other)
     compile = Setting(check_compile)
+    controller = Setting(lambda name, v: checks.choice(name, v, tuple(CONTROLLERS)))
 
     def __init__(
         self,
@@ -106,6 +108,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         gradient="auto",
         augment_dims=0,
         compile="auto",
+        controller="predictive",
         dtype=None,
         **kwargs,
     ):
@@ -127,6 +130,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         self.max_steps = max_steps
         self.gradient = gradient
         self.compile = compile
+        self.controller = controller
         self._y_shape = None  # the state's shape, known once built
         self._resolved_compile = None
         checks.finite("t0", t0)
@@ -176,6 +180,13 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             max_steps=self.max_steps,
         )
         self._gradient_used()
+        integrator = self.solver not in TFP_SOLVERS and is_adaptive(self.solver, self.num_steps, self.step_size)
+        if self.controller != "predictive" and not integrator:
+            raise ValueError(
+                f"controller={self.controller!r} steers odezoo's adaptive integrator; solver={self.solver!r} "
+                f"with num_steps={self.num_steps!r}, step_size={self.step_size!r} does not use it: leave it "
+                "'predictive', or pick an embedded pair without a grid."
+            )
 
     def _gradient_used(self):
         return resolve_gradient(self.solver, self.gradient, num_steps=self.num_steps, step_size=self.step_size)
@@ -273,6 +284,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             step_size=self.step_size,
             gradient=self.gradient,
             guard=guard,
+            controller=self.controller,
             batch_axis=0,
             on_forward=fwd,
             on_backward=bwd,
@@ -370,6 +382,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             gradient=self.gradient,
             augment_dims=self.augment_dims,
             compile=self.compile,
+            controller=self.controller,
         )
         return config
 

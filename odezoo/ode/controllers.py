@@ -6,8 +6,10 @@ step is divided by: ``h_next = h / fac``, kept in ``[1/ifactor, 1/dfactor]``
 by the integrator, with no growth right after a rejection (Hairer, Nørsett &
 Wanner I, II.4). ``err`` is O(h^k), k = embedded order + 1 (5 for dopri5).
 
-A new controller subclasses :class:`Controller` and overrides :meth:`Controller.factors`;
-:data:`CONTROLLERS` names the built-in ones for ``controller="..."``.
+A new controller subclasses :class:`Controller` and overrides :meth:`Controller.factors`
+(pass the object as ``controller=`` to :func:`odezoo.odeint` or ``integrate``);
+:data:`CONTROLLERS` names the built-in ones for ``controller="..."`` (also on
+:class:`odezoo.ODEBlock`, which saves the name).
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ class StepMemory(NamedTuple):
 
     ``h``: this step; ``h_prev``: the last accepted step; ``err_prev``: the last
     accepted error ratio (at least 1e-4; 1e-4 before the first); ``streak``:
-    accepted steps in a row before this one (0 at the start and after a rejection).
+    accepted steps in a row before this one (0 at the start and after a rejection);
+    ``err_prev2``: the accepted error ratio before ``err_prev`` (1e-4 until there is
+    one); ``accepted``: accepted steps so far.
     """
 
     h: tf.Tensor
     h_prev: tf.Tensor
     err_prev: tf.Tensor
     streak: tf.Tensor
+    err_prev2: tf.Tensor = None
+    accepted: tf.Tensor = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,43 @@ class PIController(Controller):
         return fac11 / tf.pow(memory.err_prev, self.beta) / self.safety, fac11 / self.safety
 
 
-CONTROLLERS = {"predictive": PredictiveController, "pi": PIController}
+@dataclass(frozen=True)
+class PIDController(Controller):
+    """Söderlind's PID family, parameterised as diffrax's ``PIDController`` is.
+
+    ``h_{n+1} = h_n · safety · err_n^(-β1/k) · err_{n-1}^(-β2/k) · err_{n-2}^(-β3/k)``
+    with β1 = p + i + d, β2 = −(p + 2d), β3 = d (``pcoeff``, ``icoeff``, ``dcoeff``;
+    Söderlind, ACM TOMS 29, 2003; Söderlind & Wang, J. Comput. Appl. Math. 185, 2006).
+    The defaults (0, 1, 0) are the elementary controller h·safety·err^(-1/k);
+    ``PIDController(pcoeff=0.4, icoeff=0.3)`` is diffrax's suggestion for non-stiff
+    problems, and ``pcoeff = β·k, icoeff = 1 − 1.75·β·k`` reproduces :class:`PIController`.
+    A history term whose error is not yet known (the first steps) counts as 1.
+    """
+
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+
+    def factors(self, ratio, memory, exponent):
+        b1 = self.pcoeff + self.icoeff + self.dcoeff
+        b2 = -(self.pcoeff + 2.0 * self.dcoeff)
+        b3 = self.dcoeff
+        one = tf.ones_like(ratio)
+        known = memory.accepted if memory.accepted is not None else memory.streak
+        e1 = tf.where(known >= 1, memory.err_prev, one)
+        e2 = one if memory.err_prev2 is None else tf.where(known >= 2, memory.err_prev2, one)
+        fac = tf.pow(ratio, b1 * exponent) * tf.pow(e1, b2 * exponent) * tf.pow(e2, b3 * exponent)
+        return fac / self.safety, tf.pow(ratio, exponent) / self.safety
+
+
+CONTROLLERS = {"predictive": PredictiveController, "pi": PIController, "pid": PIDController}
+
+
+def check_controller(arg, controller):
+    """A name in :data:`CONTROLLERS` or a :class:`Controller` object (a ValueError naming the choices otherwise)."""
+    if isinstance(controller, Controller) or (isinstance(controller, str) and controller in CONTROLLERS):
+        return controller
+    raise checks.bad_value(arg, controller, ", ".join(map(repr, CONTROLLERS)) + " or a Controller object")
 
 
 def make_controller(controller="predictive", *, safety=0.9, ifactor=10.0, dfactor=0.2, beta=0.04):

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from odezoo import checks
 from odezoo.ode.adjoint import adjoint_solve
+from odezoo.ode.controllers import check_controller
 from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.fixed_grid import fixed_grid_solve, static_times
 from odezoo.ode.integrator import integrate
@@ -58,6 +59,7 @@ def solve(
     batch_axis=None,
     on_forward=None,
     on_backward=None,
+    controller="predictive",
 ):
     """Solve ``dy/dt = f(t, y)`` for a single tensor ``y0``; build ops only (call it compiled).
 
@@ -67,7 +69,7 @@ def solve(
     gradient = resolve_gradient(solver, gradient, num_steps=num_steps, step_size=step_size)
     dtype = y0.dtype
     if solver not in TFP_SOLVERS and is_adaptive(solver, num_steps, step_size):
-        options = dict(rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
+        options = dict(rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps, controller=controller)
         if solver != "dopri5":  # a registered embedded pair, on odezoo's integrator
             options["tableau"] = tableau_of(embedded_pair(solver))
 
@@ -88,6 +90,11 @@ def solve(
             with tf.control_dependencies(deps):
                 outs = [tf.identity(o) for o in outs]
         return outs[0], info
+    if controller != "predictive":
+        raise ValueError(
+            f"controller={controller!r} steers odezoo's adaptive integrator; solver={solver!r} "
+            f"({'tfp' if solver in TFP_SOLVERS else 'a fixed grid'}) has no use for it: leave it 'predictive'."
+        )
     if solver in TFP_SOLVERS:
         if guard is None:
             raise ValueError(f"solver={solver!r} needs a TFPGuard (internal).")
@@ -142,7 +149,7 @@ def _check_static_grid(t):
         )
 
 
-_ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient", "compile")
+_ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient", "compile", "controller")
 _odeint_cache = weakref.WeakKeyDictionary()
 
 
@@ -195,6 +202,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
         step_size=options.get("step_size"),
     )
     check_options(solver, **opts)
+    opts["controller"] = check_controller("controller", options.get("controller", "predictive"))
     gradient = options.get("gradient", "auto")
     resolve_gradient(solver, gradient, num_steps=opts["num_steps"], step_size=opts["step_size"])
     compile_mode = check_compile("compile", options.get("compile", "auto"))

@@ -231,7 +231,8 @@ def _start(p, t0, y0, first_step):
     tas.append(tf.TensorArray(h.dtype, size=p.n, element_shape=()))  # the step size in use at each time
     idx, tas = fill_until(p.times, t0, p.direction, tf.constant(0, tf.int32), tas, lambda i: y0 + [h_abs])  # at t0
     zero = tf.constant(0, tf.int32)
-    state = dict(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=tf.constant(1e-4, h.dtype), streak=zero)
+    state = dict(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=tf.constant(1e-4, h.dtype), streak=zero,
+                 err_prev2=tf.constant(1e-4, h.dtype))  # fmt: skip
     return _Loop(**state, idx=idx, tas=tas, steps=zero, accepted=zero, nfe=nfe, reason=reason)
 
 
@@ -277,6 +278,7 @@ class _Loop(NamedTuple):
     h: tf.Tensor
     h_prev: tf.Tensor
     err_prev: tf.Tensor
+    err_prev2: tf.Tensor
     streak: tf.Tensor
     idx: tf.Tensor
     tas: list
@@ -294,7 +296,8 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
         p.tableau, p.call, s.t, s.y, s.k1, h, rtol=p.rtol, atol=p.atol, mask=p.mask
     )
     accept = tf.logical_and(finite, ratio <= 1.0)
-    memory = StepMemory(h=h, h_prev=s.h_prev, err_prev=s.err_prev, streak=s.streak)
+    memory = StepMemory(h=h, h_prev=s.h_prev, err_prev=s.err_prev, streak=s.streak, err_prev2=s.err_prev2,
+                        accepted=s.accepted)  # fmt: skip
     exponent = p.tableau.error_exponent
     h_next, err_prev, h_prev = next_step(p.controller, exponent, ratio, finite, accept, rejected, memory, p.direction)
     t_new = tf.where(last, p.t_end, s.t + h)
@@ -306,7 +309,8 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
     reason = step_reason(finite, accept, h_next, s.t, p.t_end, p.tiny)
     return _Loop(
         t=tf.where(accept, t_new, s.t), y=where(accept, y_new, s.y), k1=where(accept, f_new, s.k1), h=h_next,
-        h_prev=h_prev, err_prev=err_prev, streak=tf.where(accept, s.streak + 1, 0), idx=idx, tas=tas,
+        h_prev=h_prev, err_prev=err_prev, err_prev2=tf.where(accept, s.err_prev, s.err_prev2),
+        streak=tf.where(accept, s.streak + 1, 0), idx=idx, tas=tas,
         steps=s.steps + 1, accepted=s.accepted + tf.cast(accept, tf.int32),
         nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason,
     )  # fmt: skip
