@@ -93,8 +93,15 @@ def test_check_solver_catches_a_mistyped_coefficient_and_an_unregistered_pair():
 FD_TOLERANCES = {"tsit5": (1e-10, 1e-5), "bosh3": (1e-10, 1e-5), "heun_euler": (1e-8, 2e-3)}
 
 
-@pytest.mark.parametrize("name", ["tsit5", "bosh3", "heun_euler"])
-@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+_SLOW = pytest.mark.slow  # the default suite keeps one of each kind; check_solver (slow) repeats them all
+
+
+@pytest.mark.parametrize(
+    "name,gradient",
+    [("tsit5", "adjoint"), ("bosh3", "backprop"), pytest.param("tsit5", "backprop", marks=_SLOW),
+     pytest.param("bosh3", "adjoint", marks=_SLOW), pytest.param("heun_euler", "adjoint", marks=_SLOW),
+     pytest.param("heun_euler", "backprop", marks=_SLOW)],
+)  # fmt: skip
 def test_odeblock_gradients_with_a_pair_match_finite_differences(name, gradient):
     tol, rtol = FD_TOLERANCES[name]
 
@@ -224,7 +231,7 @@ def test_an_odeblock_with_a_pair_survives_a_keras_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["tsit5", "bosh3"])
+@pytest.mark.parametrize("name", ["tsit5", pytest.param("bosh3", marks=pytest.mark.slow)])
 def test_the_flow_solves_with_a_pair_and_agrees_with_dopri5(name):
     from odezoo import data
 
