@@ -232,6 +232,11 @@ class ExplicitRungeKutta(Scheme):
         if "num_fields" not in cls.__dict__:
             cls.num_fields = cls._step_stages
 
+    @property
+    def stages(self) -> int:
+        """s, the tableau's number of stages (an embedded FSAL pair's error-only last stage included)."""
+        return len(self._b)
+
     @classmethod
     def _check_embedded(cls, s):
         name = cls.__qualname__

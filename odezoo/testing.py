@@ -50,7 +50,7 @@ def linear_test_problem() -> dict[str, Any]:
     def f(t, y):
         return A @ y + b * np.cos(t)
 
-    return {"f": f, "y0": y0, "t0": 0.0, "t1": 1.0, "exact": exact}
+    return {"f": f, "y0": y0, "t0": 0.0, "t1": 1.0, "exact": exact, "A": A, "b": b}
 
 
 def _flat(state):
@@ -265,8 +265,7 @@ def _dense_order(tableau, problem, hs=(0.2, 0.1, 0.05), theta=0.37):
 
     from odezoo.ode import integrator
 
-    A = np.array([[-1.0, 2.0], [-2.0, -1.0]])
-    b = np.array([1.0, 0.5])
+    A, b = problem["A"], problem["b"]
 
     def call(t, y):
         return [tf.linalg.matvec(tf.constant(A), y[0]) + tf.constant(b) * tf.cos(t)]
@@ -289,8 +288,7 @@ def _proportionality(name, problem, tols):
 
     from odezoo.ode import odeint
 
-    A = np.array([[-1.0, 2.0], [-2.0, -1.0]])
-    b = np.array([1.0, 0.5])
+    A, b = problem["A"], problem["b"]
     times = np.linspace(problem["t0"], 4.0, 9)  # inside steps too: the dense output serves them
     exact = np.stack([problem["exact"](t) for t in times])
     errors = []

@@ -61,7 +61,7 @@ class Cautious(Controller):
 @pytest.mark.parametrize("solver", ["tsit5", "bosh3"])  # dopri5 with predictive and pi: test_solvers.py
 def test_every_controller_solves_to_the_tolerance(controller, solver):
     problem = linear_test_problem()
-    A, b = np.array([[-1.0, 2.0], [-2.0, -1.0]]), np.array([1.0, 0.5])
+    A, b = problem["A"], problem["b"]
     times = np.linspace(0.0, 4.0, 9)
     exact = np.stack([problem["exact"](t) for t in times])
     errors = []
