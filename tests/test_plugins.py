@@ -200,10 +200,11 @@ def test_cli_plugins_reports_failures_with_their_errors(discovery):
 
 
 @pytest.mark.slow
-def test_example_plugin_package_installs_and_passes_its_own_test(tmp_path):
-    """pip-install examples/odezoo-ssprk3 into a --target folder; its entry point must be found."""
+@pytest.mark.parametrize("package,passed", [("odezoo-ssprk3", 2), ("odezoo-fehlberg45", 3)])
+def test_example_plugin_package_installs_and_passes_its_own_test(tmp_path, package, passed):
+    """pip-install an examples/ package into a --target folder; its entry point must be found."""
     src = tmp_path / "src"
-    shutil.copytree(REPO / "examples" / "odezoo-ssprk3", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    shutil.copytree(REPO / "examples" / package, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path / "target"
     pip = _run(
         [
@@ -223,4 +224,4 @@ def test_example_plugin_package_installs_and_passes_its_own_test(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join(p for p in [str(target), os.environ.get("PYTHONPATH")] if p)}
     proc = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(src / "tests")], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 passed" in proc.stdout
+    assert f"{passed} passed" in proc.stdout
