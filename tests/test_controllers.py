@@ -102,3 +102,20 @@ def test_odeblock_takes_a_controller_by_name_saves_it_and_refuses_what_cannot_us
         odezoo.ODEBlock(Field(), solver="rk4", num_steps=4, controller="pi")
     with pytest.raises(ValueError, match="steers odezoo's adaptive integrator"):
         odezoo.ODEBlock(Field(), solver="tfp_dopri5", controller="pid")
+
+
+def test_the_flow_takes_a_controller_saves_it_and_refuses_it_with_tfp():
+    from odezoo import data
+
+    x = data.toy_density("8gaussians", 32, seed=2)
+    logp = {}
+    for name in ("predictive", "pi"):
+        keras.utils.set_random_seed(0)
+        flow = odezoo.build("ffjord", data_dim=2, hidden=[8, 8], rtol=1e-7, atol=1e-7, controller=name)
+        logp[name] = flow.log_prob(x, trace="exact").numpy()
+    np.testing.assert_allclose(logp["pi"], logp["predictive"], atol=2e-4)
+    assert type(flow).from_config(flow.get_config()).controller == "pi"
+    with pytest.raises(ValueError, match="steers odezoo's integrator"):
+        odezoo.build("ffjord", data_dim=2, solver="tfp_dopri5", controller="pid")
+    with pytest.raises(ValueError, match=r"controller='fast'.*'predictive', 'pi', 'pid'"):
+        odezoo.build("ffjord", data_dim=2, controller="fast")

@@ -47,6 +47,7 @@ def ffjord(
     data_log_scale=0.0,
     eval_probes=4,
     seed=None,
+    controller="predictive",
 ):
     """A FFJORD density model on ``data_dim``-dimensional data (:class:`odezoo.plugins.ffjord.flow.FFJORDFlow`).
 
@@ -71,5 +72,6 @@ def ffjord(
         data_log_scale=data_log_scale,
         eval_probes=eval_probes,
         seed=seed,
+        controller=controller,
         name="ffjord",
     )

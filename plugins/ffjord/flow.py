@@ -31,6 +31,7 @@ import tensorflow as tf
 from odezoo import checks
 from odezoo.ode import Setting, Settings, SolverChecked, SolverStatus, apply_if_solved, solve_flat
 from odezoo.ode.compilation import COMPILE_MODES, compiled_function, resolve_compile, uses_convolution
+from odezoo.ode.controllers import CONTROLLERS
 from odezoo.ode.options import embedded_pair
 from odezoo.ode.tableau import tableau_of
 
@@ -164,6 +165,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             ``bits_per_dim`` refers to the raw values (digits scaled by 1/17: log 17).
         eval_probes: Hutchinson probes averaged by ``evaluate`` when data_dim > 8.
         seed: seed of the Hutchinson noise and of unseeded sampling.
+        controller: the step-size controller of odezoo's integrator, a name in
+            ``odezoo.ode.controllers.CONTROLLERS`` ("predictive", "pi", "pid"; not with "tfp_dopri5").
         solver_compile: how ``log_prob``/``sample``/``to_latent``/``to_data`` compile their solves
             (:mod:`odezoo.ode.compilation`): "auto" (XLA for these MLP fields on any device;
             the graph executor on CPU for a field with convolutions), "xla" or "graph"; the
@@ -183,6 +186,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     rtol = Setting(checks.positive)
     atol = Setting(checks.positive)
     solver_compile = Setting(lambda name, v: checks.choice(name, v, COMPILE_MODES))
+    controller = Setting(lambda name, v: checks.choice(name, v, tuple(CONTROLLERS)))
 
     def __init__(
         self,
@@ -201,6 +205,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         eval_probes=4,
         seed=None,
         solver_compile="auto",
+        controller="predictive",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -223,11 +228,19 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         self.seed = seed
         self.trace, self.noise, self.solver, self.rtol, self.atol = trace, noise, solver, rtol, atol
         self.solver_compile = solver_compile
+        self.controller = controller
         self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
         self._noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self._compiled = {}
         self.settings_ready()
         self.build((None, data_dim))
+
+    def _validate_settings(self):
+        if self.solver == "tfp_dopri5" and self.controller != "predictive":
+            raise ValueError(
+                f"controller={self.controller!r} steers odezoo's integrator; solver='tfp_dopri5' is tfp's and "
+                "has no use for it: leave it 'predictive' or pick one of odezoo's solvers."
+            )
 
     def _settings_changed(self, name):
         """Keras traced fit/evaluate/predict with the old setting: have them traced again."""
@@ -264,7 +277,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         constants = {} if constants is None else constants
         flat = [tf.convert_to_tensor(s) for s in tf.nest.flatten(initial_state)]
         flat_c = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
-        options = dict(rtol=self.rtol, atol=self.atol, first_step=None, max_steps=self.max_steps)
+        options = dict(rtol=self.rtol, atol=self.atol, first_step=None, max_steps=self.max_steps,
+                       controller=self.controller)  # fmt: skip
         if self.solver != "dopri5":  # a registered embedded pair
             options["tableau"] = tableau_of(embedded_pair(self.solver))
         outputs, _ = solve_flat(
@@ -322,7 +336,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         # the same input always runs the same executable: seeded sampling is bit-reproducible.
         # Settings are read while tracing, so they are part of the key: switching back and forth
         # reuses what was compiled before.
-        key = (key, self.trace, self.noise, self.solver, self.rtol, self.atol, self.compiled_by)
+        key = (key, self.trace, self.noise, self.solver, self.rtol, self.atol, self.controller, self.compiled_by)
         fn = self._compiled.get(key)
         if fn is None:
             spec = tf.TensorSpec([None, self.data_dim], tf.float32)
@@ -493,6 +507,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             eval_probes=self.eval_probes,
             seed=self.seed,
             solver_compile=self.solver_compile,
+            controller=self.controller,
         )
 
     @classmethod
