@@ -175,7 +175,7 @@ class CountingConvField(ConvField):
 
 
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
-@pytest.mark.parametrize("mode", ["graph", "xla"])
+@pytest.mark.parametrize("mode", ["graph", pytest.param("xla", marks=pytest.mark.slow)])  # XLA: 8 s each
 def test_the_field_traced_once_solves_and_differentiates_as_per_call_site_tracing(monkeypatch, mode, gradient):
     # the integrator traces the field once and calls that function at every stage (issue 14's
     # first step); the previous path traced it at each call site. Same solve, same gradients.
