@@ -79,9 +79,9 @@ class Reversible(odezoo.Scheme):
         if backward not in ("unrolled", "loop"):
             raise checks.bad_value("backward", backward, "'unrolled', 'loop'")
         self.backward = backward
-        # odezoo.ode.compilation.COMPILE_MODES, named here so that the JAX backend, which never
-        # consults it, does not import TensorFlow
-        self.compile = checks.choice("compile", compile, ("auto", "xla", "graph"))
+        from odezoo.ode.options import COMPILE_MODES  # TF-free: the JAX backend builds RevNet without TF
+
+        self.compile = checks.choice("compile", compile, COMPILE_MODES)
 
     def stage_supports_jit(self, blocks, input_shape):
         if self.backward != "loop" or keras.backend.backend() != "tensorflow" or not _uniform_fields(blocks):

@@ -70,7 +70,7 @@ _EXPORTS = {
     "TFPGuard": "tfp",
     "Setting": "settings",
     "Settings": "settings",
-    "COMPILE_MODES": "compilation",
+    "COMPILE_MODES": "options",
     "compiled_function": "compilation",
     "resolve_compile": "compilation",
     "uses_convolution": "compilation",

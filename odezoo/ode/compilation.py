@@ -29,8 +29,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from odezoo import checks
-
-COMPILE_MODES = ("auto", "xla", "graph")
+from odezoo.ode.options import COMPILE_MODES  # the choices live in the TF-free module
 
 # the op types of convolutions (and of their gradients, for a field that calls them directly)
 CONVOLUTION_OPS = frozenset(

@@ -42,6 +42,8 @@ SOLVERS = {
 ADAPTIVE = tuple(SOLVERS)
 TFP_SOLVERS = tuple(name for name, s in SOLVERS.items() if s.tfp)
 GRADIENTS = ("auto", "adjoint", "backprop")
+# the ``compile=`` choices (odezoo.ode.compilation), here so that they are read without TensorFlow
+COMPILE_MODES = ("auto", "xla", "graph")
 
 
 def check_solver(solver):
