@@ -186,6 +186,17 @@ class ExplicitRungeKutta(Scheme):
       for higher orders it limits the accuracy at times inside a step, not
       at the steps themselves).
 
+    * ``step_to_times = True`` instead: no interpolation; a step that would pass
+      a solution time is shortened to end on it (for a high-order pair whose own
+      continuous extension needs extra stages, where the cubic Hermite would lose
+      accuracy).
+
+    **A second estimate.** A pair may carry a second, lower-order embedded solution
+    ``b_hat_low`` and combine the two scaled RMS error norms in the static method
+    ``combine_errors(err, err_low)`` (arithmetic on scalar tensors; ``**`` allowed),
+    as Hairer's dop853 does; ``estimate_order`` then says how the combined ratio
+    scales with h (default ``error_order + 1``), which the step-size controllers use.
+
     Entries may be ``fractions.Fraction``: the error weights b - b_hat are then
     formed exactly before rounding.
     """
@@ -197,6 +208,10 @@ class ExplicitRungeKutta(Scheme):
     error_order: int | None = None
     dense: Sequence[Sequence[float]] | None = None
     dense_shampine: Sequence[float] | None = None
+    step_to_times: bool = False
+    b_hat_low: Sequence[float] | None = None
+    estimate_order: int | None = None
+    combine_errors = None  # a staticmethod (err, err_low) -> err, with b_hat_low
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -240,9 +255,10 @@ class ExplicitRungeKutta(Scheme):
     @classmethod
     def _check_embedded(cls, s):
         name = cls.__qualname__
-        extras = ("error_order", "dense", "dense_shampine")
+        extras = ("error_order", "dense", "dense_shampine", "b_hat_low", "estimate_order", "combine_errors")
         if cls.b_hat is None:
             given = [k for k in extras if getattr(cls, k) is not None]
+            given += ["step_to_times"] if cls.step_to_times else []
             if given:
                 raise PluginError(f"{name}: {', '.join(given)} without `b_hat` (the embedded weights).")
             return
@@ -267,6 +283,20 @@ class ExplicitRungeKutta(Scheme):
                     raise PluginError(f"{name}: dense row {i} gives b_{i}(1) = {total!r}, not b_{i} = {bi!r}.")
         if cls.dense_shampine is not None and len(cls.dense_shampine) != s:
             raise PluginError(f"{name}: dense_shampine has {len(cls.dense_shampine)} weights, expected {s}.")
+        if cls.step_to_times and (cls.dense is not None or cls.dense_shampine is not None):
+            raise PluginError(f"{name}: step_to_times with dense output: choose one way to reach solution times.")
+        if (cls.b_hat_low is None) != (cls.combine_errors is None):
+            raise PluginError(f"{name}: `b_hat_low` and `combine_errors` go together (a second estimate and its use).")
+        if cls.b_hat_low is not None:
+            if len(cls.b_hat_low) != s:
+                raise PluginError(f"{name}: b_hat_low has {len(cls.b_hat_low)} weights, expected {s}.")
+            if abs(sum(float(v) for v in cls.b_hat_low) - 1.0) > 1e-12:
+                total = sum(map(float, cls.b_hat_low))
+                raise PluginError(f"{name}: the embedded weights b_hat_low sum to {total!r}, not 1.")
+            if not callable(cls.combine_errors):
+                raise PluginError(f"{name}: combine_errors must be a static method (err, err_low) -> err.")
+        if cls.estimate_order is not None and not (isinstance(cls.estimate_order, int) and cls.estimate_order >= 1):
+            raise PluginError(f"{name}: estimate_order must be a positive integer; got {cls.estimate_order!r}.")
 
     @classmethod
     def is_embedded(cls) -> bool:
@@ -277,7 +307,8 @@ class ExplicitRungeKutta(Scheme):
     def coefficients(cls) -> dict:
         """The tableau as floats: ``A`` (s padded rows), ``b``, ``c``, and for an embedded pair
         ``b_hat``, ``error`` (b - b_hat, formed exactly), ``dense``, ``dense_shampine``,
-        ``order``, ``error_order`` and ``fsal`` (the last row of A is b, c_s = 1, b_s = 0).
+        ``order``, ``error_order``, ``estimate_order``, ``step_to_times``, ``error_low``
+        (b - b_hat_low, or None) and ``fsal`` (the last row of A is b, c_s = 1, b_s = 0).
         :func:`odezoo.ode.tableau.tableau_of` turns it into the integrator's data."""
         from fractions import Fraction
 
@@ -291,6 +322,11 @@ class ExplicitRungeKutta(Scheme):
                 dense=None if cls.dense is None else [[float(v) for v in r] for r in cls.dense],
                 dense_shampine=None if cls.dense_shampine is None else [float(v) for v in cls.dense_shampine],
                 error_order=cls.error_order,
+                estimate_order=cls.estimate_order or cls.error_order + 1,
+                step_to_times=bool(cls.step_to_times),
+                error_low=None
+                if cls.b_hat_low is None
+                else [float(Fraction(b) - Fraction(bh)) for b, bh in zip(cls.b, cls.b_hat_low)],
                 fsal=cls._c[-1] == 1.0 and cls._A[-1][: s - 1] == cls._b[: s - 1] and cls._b[-1] == 0.0,
             )
         return out

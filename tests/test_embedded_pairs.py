@@ -1,4 +1,4 @@
-"""Issue 15, first part: embedded Runge-Kutta pairs as schemes (dopri5, tsit5, bosh3, heun_euler).
+"""Issue 15, first part: embedded Runge-Kutta pairs as schemes (dopri5, tsit5, bosh3, heun_euler, dopri8).
 
 References are independent of the integrator: adaptive solves against scipy's DOP853 at
 1e-13, gradients against central finite differences, and odezoo.testing.check_solver (the
@@ -9,7 +9,8 @@ solution).
 import keras
 import numpy as np
 import pytest
-import scipy.integrate
+import scipy.integrate._ivp.dop853_coefficients as dop853
+from scipy.integrate import solve_ivp
 import tensorflow as tf
 
 import odezoo
@@ -18,8 +19,8 @@ from odezoo._errors import PluginError
 from odezoo.ode.tableau import DOPRI5, tableau_of
 from odezoo.testing import check_solver
 
-PAIRS = ["dopri5", "tsit5", "bosh3", "heun_euler"]
-ORDERS = {"dopri5": (5, 4), "tsit5": (5, 4), "bosh3": (3, 2), "heun_euler": (2, 1)}
+PAIRS = ["dopri5", "tsit5", "bosh3", "heun_euler", "dopri8"]
+ORDERS = {"dopri5": (5, 4), "tsit5": (5, 4), "bosh3": (3, 2), "heun_euler": (2, 1), "dopri8": (8, 5)}
 A = np.array([[-0.5, 2.0], [-2.0, -0.5]])
 
 
@@ -38,7 +39,9 @@ def test_the_dopri5_scheme_is_the_integrators_tableau_to_the_bit():
 @pytest.mark.parametrize("name", PAIRS)
 def test_adaptive_solves_match_scipy_and_the_error_falls_with_the_tolerance(name):
     t = np.linspace(0.0, 5.0, 12)  # most of these fall inside steps: the dense output serves them
-    ref = scipy.integrate.solve_ivp(_f_np, (0, 5), [1.0, 0.0], t_eval=t, rtol=1e-13, atol=1e-13, method="DOP853").y.T
+    if name == "dopri8":  # its steps end on the times: spread out, so the tolerance sets the steps
+        t = np.linspace(0.0, 20.0, 5)
+    ref = solve_ivp(_f_np, (0, t[-1]), [1.0, 0.0], t_eval=t, rtol=1e-13, atol=1e-13, method="DOP853").y.T
     tols = (1e-4, 1e-6) if name == "heun_euler" else (1e-5, 1e-8)
     errors = []
     for tol in tols:
@@ -57,7 +60,7 @@ def test_every_built_in_pair_passes_check_solver_orders_dense_output_and_toleran
     result = check_solver(name, gradients=False, round_trip=name == "tsit5")  # a .keras round trip: one pair
     assert result.get("round_trip", "ok") == "ok"
     assert (result["order"], result["error_order"]) == ORDERS[name]
-    assert result["dense"] == {"dopri5": "shampine", "tsit5": "polynomial"}.get(name, "hermite")
+    assert result["dense"] == {"dopri5": "shampine", "tsit5": "polynomial", "dopri8": "step"}.get(name, "hermite")
 
 
 @pytest.mark.slow
@@ -141,7 +144,9 @@ def test_odeblock_gradients_with_a_pair_match_finite_differences(name, gradient)
     assert int(block.nfe_forward) > 0 and (int(block.nfe_backward) > 0) == (gradient == "adjoint")
 
 
-@pytest.mark.parametrize("name,per_step", [("dopri5", 6), ("tsit5", 6), ("bosh3", 3), ("heun_euler", 2)])
+@pytest.mark.parametrize(
+    "name,per_step", [("dopri5", 6), ("tsit5", 6), ("bosh3", 3), ("heun_euler", 2), ("dopri8", 12)]
+)
 def test_a_pair_given_a_grid_runs_its_fixed_grid(name, per_step):
     # dopri5 included: with num_steps it is the fixed-grid scheme, no longer the adaptive solve
     out = odezoo.odeint(
@@ -160,6 +165,64 @@ def test_a_pair_given_a_grid_runs_its_fixed_grid(name, per_step):
         odezoo.odeint(
             lambda t, y: -y, tf.constant([1.0]), tf.constant([0.0, 1.0]), solver=name, num_steps=4, step_size=0.1
         )
+
+
+def test_dopri8_is_dop853_and_its_error_ratio_is_dop853s_combined_estimate():
+    # scipy's DOP853 carries dop853.f's coefficients: an independent copy of the same tableau
+    k = _registry.get_scheme("dopri8").coefficients()
+    np.testing.assert_array_equal(np.array(k["A"]), dop853.A[:12, :12])
+    np.testing.assert_array_equal(k["b"], dop853.B)
+    np.testing.assert_array_equal(k["c"], dop853.C[:12])
+    np.testing.assert_allclose(k["error"], dop853.E5[:12], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(k["error_low"], dop853.E3[:12], rtol=0, atol=1e-15)
+    tableau = tableau_of(_registry.get_scheme("dopri8"))
+    assert (tableau.fsal, tableau.evaluations_per_step, tableau.error_exponent) == (False, 12, 1 / 8)
+
+    # one step's ratio against scipy's formula on the same stages (its _estimate_error_norm)
+    from odezoo.ode import integrator
+
+    y0, h, rtol, atol = np.array([1.0, 0.3]), 0.7, 1e-6, 1e-8
+    f = lambda t, y: [_f_tf(t, y[0])]  # noqa: E731
+    t0 = tf.constant(0.1, tf.float64)
+    y = [tf.constant(y0)]
+    y_new, ks, _, ratio, finite = integrator.attempt_step(
+        tableau, f, t0, y, f(t0, y), tf.constant(h, tf.float64), rtol=rtol, atol=atol, mask=[True]
+    )
+    K = np.stack([kk[0].numpy() for kk in ks] + [np.zeros(2)])
+    scale = atol + rtol * np.maximum(np.abs(y0), np.abs(y_new[0].numpy()))
+    err5, err3 = (K.T @ dop853.E5) / scale, (K.T @ dop853.E3) / scale
+    e5, e3 = np.linalg.norm(err5) ** 2, np.linalg.norm(err3) ** 2
+    expected = h * e5 / np.sqrt((e5 + 0.01 * e3) * 2)
+    assert bool(finite) and expected > 1.0  # a rejected step: the ratio decides something
+    np.testing.assert_allclose(float(ratio), expected, rtol=1e-10)
+
+
+def test_dopri8_ends_its_steps_on_the_solution_times_and_counts_12_evaluations_a_step():
+    times = np.array([0.0, 0.37, 0.81, 3.0])
+    out = odezoo.odeint(_f_tf, tf.constant([1.0, 0.0], tf.float64), tf.constant(times), solver="dopri8", rtol=1e-6,
+                        atol=1e-6)  # fmt: skip
+    ref = solve_ivp(_f_np, (0, 3), [1.0, 0.0], t_eval=times, rtol=1e-13, atol=1e-13, method="DOP853").y.T
+    assert np.max(np.abs(out.numpy() - ref)) < 1e-6  # step ends there: as accurate as any step end
+    inner, ends = _solve_info("dopri8", times), _solve_info("dopri8", times[[0, -1]])
+    assert inner["t"] == ends["t"] == 3.0
+    # the two inner times each cut a step short: more steps than the same solve without them
+    assert ends["accepted"] < inner["accepted"] and inner["accepted"] >= len(times) - 1
+    for info in (inner, ends):
+        assert info["nfe"] == 2 + 12 * info["steps"]  # f(t0), the initial-step probe, 12 per attempt
+
+
+def _solve_info(solver, times):
+    from odezoo.ode import integrator
+
+    @tf.function
+    def run():
+        _, info = integrator.integrate(
+            lambda t, y: [_f_tf(t, y[0])], 0.0, [tf.constant([1.0, 0.0], tf.float64)], tf.constant(times),
+            rtol=1e-6, atol=1e-6, tableau=tableau_of(_registry.get_scheme(solver)),
+        )  # fmt: skip
+        return info
+
+    return {key: float(v) for key, v in run().items() if v.shape == ()}
 
 
 def test_a_pair_is_a_network_block_with_one_field_per_used_stage():
@@ -198,6 +261,25 @@ def test_a_malformed_pair_is_refused_at_class_creation():
             b = [0.5, 0.5]
             b_hat = [1, 0]
             dense = [[1.0, -0.25], [0.0, 0.5]]
+
+    with pytest.raises(PluginError, match="step_to_times with dense output"):
+
+        class Both(odezoo.ExplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[], [1]]
+            b = [0.5, 0.5]
+            b_hat = [1, 0]
+            dense = [[1.0, -0.5], [0.0, 0.5]]
+            step_to_times = True
+
+    with pytest.raises(PluginError, match="`b_hat_low` and `combine_errors` go together"):
+
+        class Half(odezoo.ExplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[], [1]]
+            b = [0.5, 0.5]
+            b_hat = [1, 0]
+            b_hat_low = [1, 0]
 
     with pytest.raises(PluginError, match="without `b_hat`"):
 

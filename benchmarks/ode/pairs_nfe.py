@@ -13,7 +13,10 @@ asked at t = 10 only. Each library runs its own controller and error norm with t
   spends s - 1 evaluations a step).
 
 Pairs compared: dopri5 (torchdiffeq dopri5, diffrax Dopri5), tsit5 (diffrax Tsit5; torchdiffeq has
-none), bosh3 (torchdiffeq bosh3, diffrax Bosh3), heun_euler (torchdiffeq adaptive_heun, diffrax Heun).
+none), bosh3 (torchdiffeq bosh3, diffrax Bosh3), heun_euler (torchdiffeq adaptive_heun, diffrax Heun),
+dopri8 (odezoo's is Hairer's dop853, 12 stages with the 5th/3rd-order combined estimate;
+torchdiffeq's dopri8 and diffrax's Dopri8 are Prince & Dormand's 13-stage 8(7) pair: the same
+order, a different tableau and a single 7th-order estimate).
 
     python benchmarks/ode/pairs_nfe.py --torch-py /tmp/venv_torch/bin/python --json OUT
 """
@@ -34,6 +37,7 @@ PAIRS = {  # odezoo name: (torchdiffeq method, diffrax solver class)
     "tsit5": (None, "Tsit5"),
     "bosh3": ("bosh3", "Bosh3"),
     "heun_euler": ("adaptive_heun", "Heun"),
+    "dopri8": ("dopri8", "Dopri8"),  # the peers' dopri8 is another 8th-order tableau (see below)
 }
 T1 = 10.0
 

@@ -232,8 +232,11 @@ def solve_flat(
         kwargs = tf.nest.pack_sequence_as(constants_structure, c) if c else {}
         return tf.nest.flatten(ode_fn(t, state, **kwargs))
 
-    if gradient == "adjoint":
-        return adjoint_solve(fn, t0, ys, ts, cs, options=options, on_forward=on_forward, on_backward=on_backward)
+    if gradient in ("adjoint", "checkpoint"):
+        from odezoo.ode.checkpoint import checkpoint_solve  # imports this module's integrator only
+
+        custom = adjoint_solve if gradient == "adjoint" else checkpoint_solve
+        return custom(fn, t0, ys, ts, cs, options=options, on_forward=on_forward, on_backward=on_backward)
     options = {k: v for k, v in options.items() if not k.startswith("adjoint_")}
     outputs, info = integrate(lambda t, y: fn(t, y, cs), t0, ys, ts, **options)
     extra = run_hook(on_forward, info)

@@ -55,7 +55,10 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         first_step: None (Hairer's selection for dopri5) or a first step size.
         max_steps: hard budget of attempted steps (10000).
         gradient: "auto" (adjoint for adaptive solvers, backprop for fixed
-            grids), "adjoint" or "backprop" (dopri5 and fixed grids).
+            grids), "adjoint", "backprop" (odezoo's integrator and fixed grids) or
+            "checkpoint" (odezoo's integrator: backprop's exact gradient of the
+            discrete solve by checkpointed replay, in O(sqrt(max_steps)) states;
+            :mod:`odezoo.ode.checkpoint`).
         augment_dims: ANODE (Dupont, Doucet & Teh 2019): zeros appended to the
             last axis of the state, dropped from the output.
         compile: how the solve is compiled (:mod:`odezoo.ode.compilation`): "auto"

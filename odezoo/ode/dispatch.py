@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from odezoo import checks
 from odezoo.ode.adjoint import adjoint_solve
+from odezoo.ode.checkpoint import checkpoint_solve
 from odezoo.ode.controllers import check_controller
 from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.fixed_grid import fixed_grid_solve, static_times
@@ -76,8 +77,9 @@ def solve(
         def flat_fn(t, y, cs):
             return [f(t, y[0])]
 
-        if gradient == "adjoint":
-            outs, info = adjoint_solve(
+        if gradient in ("adjoint", "checkpoint"):
+            custom = adjoint_solve if gradient == "adjoint" else checkpoint_solve
+            outs, info = custom(
                 flat_fn, t0, [y0], times, [], options=options, on_forward=on_forward, on_backward=on_backward
             )
         else:
@@ -179,7 +181,8 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             registered fixed-grid scheme ("euler", "rk4", ...).
         rtol, atol: tolerances of the adaptive solvers.
         **options: ``first_step``, ``max_steps`` (default 10000), ``num_steps``
-            or ``step_size`` (fixed grids), ``gradient`` ("auto", "adjoint", "backprop"),
+            or ``step_size`` (fixed grids), ``gradient`` ("auto", "adjoint", "backprop",
+            "checkpoint": :mod:`odezoo.ode.checkpoint`),
             ``compile`` ("auto", "xla", "graph": how an eager call compiles the solve,
             :mod:`odezoo.ode.compilation`; inside your own ``tf.function`` yours decides).
 

@@ -14,8 +14,9 @@
   (:func:`end_of_interval`).
 * Dense output for the solution times, by the pair's form (Shampine's continuous
   extension for dopri5, ``dopri5.f``'s ``contd5``; a pair's polynomial weights; else
-  the cubic Hermite interpolant): steps are never shortened to hit them
-  (:func:`dense_output`).
+  the cubic Hermite interpolant): steps are not shortened to hit them
+  (:func:`dense_output`), except for a pair marked ``step_to_times`` (dopri8), whose
+  steps end on each solution time as on the end of the interval.
 * Guards that end the ``tf.while_loop`` inside the compiled graph: a hard budget
   of ``max_steps`` attempted steps, NaN/Inf in the state or the field, and
   step-size underflow (:func:`step_reason`). The solve then returns NaN states
@@ -129,6 +130,8 @@ def dense_output(tableau, t, h, y, y_new, ks, t_i, t_new, f_new=None):
     y_new and ``f_new`` = f(t + h, y_new).
     """
     kind = tableau.dense_kind
+    if kind == "step":  # the step was shortened to end on every solution time it reaches
+        return list(y_new)
     if kind == "polynomial":
         th = (t_i - t) / h
         weights = [sum(c * th ** (k + 1) for k, c in enumerate(row)) for row in tableau.dense_poly]
@@ -177,9 +180,16 @@ def attempt_step(tableau, call, t, y, k1, h, *, rtol, atol, mask):
     else:
         y_new = lincomb(y, h, tableau.b, ks)
         f_new = call(t + h, y_new)  # the next step's first stage (and the Hermite end slope)
-    err = lincomb([tf.zeros_like(v) for v in y], h, tableau.error, ks)
+    zeros = [tf.zeros_like(v) for v in y]
     scale = [atol + rtol * tf.maximum(tf.abs(a), tf.abs(b)) for a, b in zip(y, y_new)]
+    err = lincomb(zeros, h, tableau.error, ks)
     ratio = tf.stop_gradient(rms([e / s for e, s in zip(err, scale)], mask))
+    if tableau.error_low is not None:  # a second estimate, combined by the pair's own rule (dop853's)
+        err_low = lincomb(zeros, h, tableau.error_low, ks)
+        ratio_low = tf.stop_gradient(rms([e / s for e, s in zip(err_low, scale)], mask))
+        positive = ratio > 0.0  # a zero main estimate is a zero ratio (dop853 guards its 0/0 so)
+        combined = tableau.combine(tf.where(positive, ratio, tf.ones_like(ratio)), ratio_low)
+        ratio = tf.where(positive, tf.cast(combined, ratio.dtype), tf.zeros_like(ratio))
     finite = tf.logical_and(tf.math.is_finite(ratio), all_finite(f_new))
     finite = tf.logical_and(finite, all_finite(y_new))
     return y_new, ks, f_new, ratio, finite
@@ -233,7 +243,14 @@ def _start(p, t0, y0, first_step):
     zero = tf.constant(0, tf.int32)
     state = dict(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=tf.constant(1e-4, h.dtype), streak=zero,
                  err_prev2=tf.constant(1e-4, h.dtype))  # fmt: skip
-    return _Loop(**state, idx=idx, tas=tas, steps=zero, accepted=zero, nfe=nfe, reason=reason)
+    record = ()
+    if p.stride is not None:  # gradient="checkpoint": the accepted steps and every stride-th state
+        slots = p.max_steps + 1  # a last scratch slot for attempts that are not recorded
+        record = [tf.TensorArray(h.dtype, size=slots, element_shape=()) for _ in range(3)]
+        record.append(tf.TensorArray(tf.int32, size=slots, element_shape=()))
+        checkpoints = -(-p.max_steps // p.stride) + 1
+        record += [tf.TensorArray(y.dtype, size=checkpoints, element_shape=y.shape) for y in y0]
+    return _Loop(**state, idx=idx, tas=tas, steps=zero, accepted=zero, nfe=nfe, reason=reason, record=record)
 
 
 def _finish(tas, idx, reason, y0, dtype, n):
@@ -267,6 +284,8 @@ class _Problem(NamedTuple):
     mask: list
     tiny: tf.Tensor
     stretch: float
+    max_steps: int = 10000
+    stride: int | None = None  # checkpoint every `stride` accepted steps (gradient="checkpoint"), or None
 
 
 class _Loop(NamedTuple):
@@ -286,12 +305,29 @@ class _Loop(NamedTuple):
     accepted: tf.Tensor
     nfe: tf.Tensor
     reason: tf.Tensor
+    record: list = ()  # with a stride: TensorArrays of the accepted steps' (t, h, t_new, idx) and the checkpoints
+
+
+def _record(p: _Problem, s: _Loop, h, t_new, idx):
+    """Write this attempt's step at slot ``accepted`` (a rejected one is overwritten by the next
+    attempt) and, at every ``stride``-th accepted step, its starting state to the checkpoints
+    (other attempts write a scratch slot past the end)."""
+    if p.stride is None:
+        return ()
+    ts, hs, ends, ids, *ckpts = s.record
+    k = s.accepted
+    slot = tf.where(tf.equal(k % p.stride, 0), k // p.stride, ckpts[0].size() - 1)
+    return [ts.write(k, s.t), hs.write(k, h), ends.write(k, t_new), ids.write(k, idx)] + [
+        ta.write(slot, y) for ta, y in zip(ckpts, s.y)
+    ]
 
 
 def _advance(p: _Problem, s: _Loop) -> _Loop:
     """One attempted step: the loop's body (accepted or not; outputs filled by dense output)."""
     rejected = tf.logical_and(tf.equal(s.streak, 0), s.steps > 0)
-    h, last = end_of_interval(s.t, s.h, p.t_end, p.direction, p.stretch)
+    # a pair without dense output ("step") ends its steps on the next solution time instead
+    target = p.times[tf.minimum(s.idx, p.n - 1)] if p.tableau.hit_times else p.t_end
+    h, last = end_of_interval(s.t, s.h, target, p.direction, p.stretch)
     y_new, ks, f_new, ratio, finite = attempt_step(
         p.tableau, p.call, s.t, s.y, s.k1, h, rtol=p.rtol, atol=p.atol, mask=p.mask
     )
@@ -300,19 +336,20 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
                         accepted=s.accepted)  # fmt: skip
     exponent = p.tableau.error_exponent
     h_next, err_prev, h_prev = next_step(p.controller, exponent, ratio, finite, accept, rejected, memory, p.direction)
-    t_new = tf.where(last, p.t_end, s.t + h)
+    t_new = tf.where(last, target, s.t + h)
 
     def at(i):  # the state there, and the step in use there (before it was shortened to end the interval)
         return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new, f_new) + [tf.abs(s.h)]
 
     idx, tas = fill_until(p.times, t_new, p.direction, s.idx, s.tas, enabled=accept, values=at)
     reason = step_reason(finite, accept, h_next, s.t, p.t_end, p.tiny)
+    record = _record(p, s, h, t_new, idx)
     return _Loop(
         t=tf.where(accept, t_new, s.t), y=where(accept, y_new, s.y), k1=where(accept, f_new, s.k1), h=h_next,
         h_prev=h_prev, err_prev=err_prev, err_prev2=tf.where(accept, s.err_prev, s.err_prev2),
         streak=tf.where(accept, s.streak + 1, 0), idx=idx, tas=tas,
         steps=s.steps + 1, accepted=s.accepted + tf.cast(accept, tf.int32),
-        nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason,
+        nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason, record=record,
     )  # fmt: skip
 
 
@@ -333,6 +370,7 @@ def integrate(
     beta=0.04,
     norm_mask=None,
     tableau: ButcherTableau = DOPRI5,
+    checkpoint_stride: int | None = None,
 ):
     """Integrate ``dy/dt = fn(t, y)`` from ``t0`` and return the states at ``times``.
 
@@ -356,6 +394,9 @@ def integrate(
             left out of the error norm (the adjoint's seminorm).
         tableau: the embedded pair, :data:`odezoo.ode.tableau.DOPRI5` by default (a registered
             pair's :func:`odezoo.ode.tableau.tableau_of`; FSAL or not).
+        checkpoint_stride: None, or record what :mod:`odezoo.ode.checkpoint` replays: every
+            accepted step's start, size, end and solution-time index, and the state at the start
+            of every ``checkpoint_stride``-th accepted step (``info["record"]``, a dict).
 
     Returns:
         ``(outputs, info)``: ``outputs`` a list of (len(times), *shape) tensors
@@ -389,10 +430,11 @@ def integrate(
     mask = [True] * len(y0) if norm_mask is None else list(norm_mask)
     tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
     stretch = 1.0 / controller.safety  # the last step may be this much longer than proposed
-    p = _Problem(call, tableau, controller, times, times.shape[0], t_end, direction, tf.cast(rtol, dtype),
-                 tf.cast(atol, dtype), mask, tiny, stretch)  # fmt: skip
-    start = _start(p, t0, y0, first_step)
     max_steps = int(max_steps)
+    stride = None if checkpoint_stride is None else int(checkpoint_stride)
+    p = _Problem(call, tableau, controller, times, times.shape[0], t_end, direction, tf.cast(rtol, dtype),
+                 tf.cast(atol, dtype), mask, tiny, stretch, max_steps, stride)  # fmt: skip
+    start = _start(p, t0, y0, first_step)
 
     def running(s):
         return tf.logical_and(tf.equal(s.reason, OK), tf.logical_and(s.idx < p.n, s.steps < max_steps))
@@ -400,5 +442,9 @@ def integrate(
     (s,) = tf.while_loop(running, lambda s: (_advance(p, s),), (start,), maximum_iterations=max_steps)
     reason = tf.where(tf.logical_and(tf.equal(s.reason, OK), s.idx < p.n), MAX_STEPS, s.reason)
     *outputs, step_sizes = _finish(s.tas, s.idx, reason, list(y0) + [start.h], dtype, p.n)
-    info = dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t)
-    return outputs, dict(info, step_sizes=step_sizes)
+    info = dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t, step_sizes=step_sizes)
+    if stride is not None:
+        ts, hs, ends, ids, *ckpts = s.record
+        info["record"] = dict(t=ts.stack(), h=hs.stack(), t_new=ends.stack(), idx=ids.stack(),
+                              checkpoints=[ta.stack() for ta in ckpts], idx0=start.idx)  # fmt: skip
+    return outputs, info

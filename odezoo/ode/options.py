@@ -19,7 +19,7 @@ class AdaptiveSolver:
     Attributes:
         name: the ``solver=`` name.
         order: convergence order (None: variable, e.g. BDF).
-        gradients: the gradient methods offered ("adjoint", "backprop").
+        gradients: the gradient methods offered ("adjoint", "backprop", "checkpoint").
         tfp: True for tfp's solvers, run behind a :class:`odezoo.ode.tfp.TFPGuard`.
         description: one line for docs and errors.
     """
@@ -31,17 +31,18 @@ class AdaptiveSolver:
     description: str
 
 
+_OWN = ("adjoint", "backprop", "checkpoint")  # what odezoo's integrator offers
 SOLVERS = {
     s.name: s
     for s in (
-        AdaptiveSolver("dopri5", 5, ("adjoint", "backprop"), False, "odezoo's own Dormand-Prince 5(4)"),
+        AdaptiveSolver("dopri5", 5, _OWN, False, "odezoo's own Dormand-Prince 5(4)"),
         AdaptiveSolver("tfp_dopri5", 5, ("adjoint",), True, "tfp.math.ode.DormandPrince behind odezoo's guards"),
         AdaptiveSolver("bdf", None, ("adjoint",), True, "tfp.math.ode.BDF behind odezoo's guards, per sample"),
     )
 }
 ADAPTIVE = tuple(SOLVERS)
 TFP_SOLVERS = tuple(name for name, s in SOLVERS.items() if s.tfp)
-GRADIENTS = ("auto", "adjoint", "backprop")
+GRADIENTS = ("auto", "adjoint", "backprop", "checkpoint")
 # the ``compile=`` choices (odezoo.ode.compilation), here so that they are read without TensorFlow
 COMPILE_MODES = ("auto", "xla", "graph")
 
@@ -107,7 +108,7 @@ def _spec(solver, num_steps, step_size):
     spec = SOLVERS.get(solver)
     if spec is None:
         pair = embedded_pair(solver)
-        spec = AdaptiveSolver(solver, pair.order, ("adjoint", "backprop"), False, f"the embedded pair {solver!r}")
+        spec = AdaptiveSolver(solver, pair.order, _OWN, False, f"the embedded pair {solver!r}")
     return spec
 
 
@@ -122,6 +123,13 @@ def resolve_gradient(solver, gradient, *, num_steps=None, step_size=None):
         raise ValueError(
             f"gradient='adjoint' is not offered for the fixed-grid solver {solver!r}: differentiate "
             "through its steps with gradient='backprop' (or 'auto'), or use solver='dopri5'."
+        )
+    if gradient == "checkpoint" and (spec is None or "checkpoint" not in spec.gradients):
+        raise ValueError(
+            f"gradient='checkpoint' replays the accepted steps of odezoo's adaptive integrator; "
+            f"{'the fixed grid' if spec is None else 'tfp solver'} {solver!r} has none: use "
+            f"{'backprop' if spec is None else 'adjoint'!r}, or an embedded pair such as solver='dopri5' "
+            "without num_steps/step_size."
         )
     if gradient == "backprop" and spec is not None and "backprop" not in spec.gradients:
         raise ValueError(

@@ -32,6 +32,12 @@ class ButcherTableau:
             next step's first stage: s evaluations per step either way).
         dense_poly: continuous weights b_i(θ) = Σ_k dense_poly[i][k]·θ^(k+1) (s rows), or None.
             With neither ``dense`` nor ``dense_poly``: the cubic Hermite interpolant.
+        hit_times: reach solution times by shortening the step to end on them (no
+            interpolation; ``dense_kind`` "step").
+        error_low: weights b - b_hat_low of a second embedded estimate, or None.
+        combine: ``combine(err, err_low)``, the error ratio from the two scaled RMS norms
+            (with ``error_low``).
+        estimate_order: k in error ratio ∝ h^k (None: embedded_order + 1).
     """
 
     name: str
@@ -44,10 +50,16 @@ class ButcherTableau:
     embedded_order: int
     fsal: bool = True
     dense_poly: tuple[tuple[float, ...], ...] | None = None
+    hit_times: bool = False
+    error_low: tuple[float, ...] | None = None
+    combine: object = None
+    estimate_order: int | None = None
 
     @property
     def dense_kind(self) -> str:
-        """ "shampine", "polynomial" or "hermite": how solution times inside a step are filled."""
+        """ "shampine", "polynomial", "hermite" or "step": how solution times inside a step are reached."""
+        if self.hit_times:
+            return "step"
         if self.dense is not None:
             return "shampine"
         return "polynomial" if self.dense_poly is not None else "hermite"
@@ -63,8 +75,8 @@ class ButcherTableau:
 
     @property
     def error_exponent(self) -> float:
-        """1/k for the error model err ∝ h^k, k = embedded_order + 1 (controllers use it)."""
-        return 1.0 / (self.embedded_order + 1)
+        """1/k for the error model err ∝ h^k, k = ``estimate_order`` or embedded_order + 1 (controllers use it)."""
+        return 1.0 / (self.estimate_order or self.embedded_order + 1)
 
     @property
     def evaluations_per_step(self) -> int:
@@ -121,4 +133,13 @@ def tableau_of(scheme) -> ButcherTableau:
         order=int(k["order"]),
         embedded_order=int(k["error_order"]),
         fsal=bool(k["fsal"]),
+        hit_times=bool(k["step_to_times"]),
+        error_low=None if k["error_low"] is None else tuple(k["error_low"]),
+        combine=None
+        if k["error_low"] is None
+        else type(scheme).combine_errors
+        if not isinstance(scheme, type)
+        else scheme.combine_errors,
+        # None where it is the default, embedded_order + 1 (so dopri5's tableau equals DOPRI5)
+        estimate_order=None if k["estimate_order"] == k["error_order"] + 1 else int(k["estimate_order"]),
     )
