@@ -11,7 +11,10 @@ and the fraction of rounds odezoo was faster. Accuracy and NFE are ``peers.py``'
 (same code and weights).
 
     python benchmarks/ode/lockstep.py --torch-py /tmp/venv_torch/bin/python \\
-        --jax-py /tmp/venv_jax/bin/python [--rounds 60] [--kind grad] [--torch]
+        --jax-py /tmp/venv_jax/bin/python [--rounds 60] [--kind grad] [--torch] \\
+        [--odezoo-modes dopri5,tsit5,dopri5+checkpoint] [--jax-modes recursive,backsolve,recursive_tsit5]
+
+Each odezoo mode is also reported against the fastest diffrax mode of each round.
 
 Before/after a change of odezoo itself: ``--baseline DIR`` adds a second odezoo worker that
 imports odezoo from DIR (a ``git worktree`` of the older commit, with ``odezoo/plugins`` and
@@ -95,6 +98,8 @@ def main():
     p.add_argument("--torch", action="store_true", help="also torchdiffeq odeint_adjoint (slow: ~0.5-1.5 s a call)")
     p.add_argument("--out", default=os.path.join(HERE, "lockstep.json"))
     p.add_argument("--weights", default="/tmp/odezoo_lockstep_weights.npz")
+    p.add_argument("--odezoo-modes", default="dopri5", help="peer_worker's odezoo modes (e.g. tsit5,dopri5+checkpoint)")
+    p.add_argument("--jax-modes", default="recursive,backsolve", help="peer_worker's jax modes (diffrax)")
     args = p.parse_args()
     make_weights(args.weights)
     meta = dict(
@@ -103,14 +108,14 @@ def main():
         command=" ".join([os.path.basename(sys.executable)] + sys.argv),
         uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
     )
-    workers = [Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights)]
+    workers = [Worker(args.tf_py, "odezoo", args.odezoo_modes, args.tols, args.weights)]
     if args.baseline:
         meta["baseline"] = os.path.abspath(args.baseline)
         workers.append(
             Worker(args.tf_py, "odezoo", "dopri5", args.tols, args.weights, label="baseline", pythonpath=args.baseline)
         )
     if args.jax_py:
-        workers.append(Worker(args.jax_py, "jax", "recursive,backsolve", args.tols, args.weights))
+        workers.append(Worker(args.jax_py, "jax", args.jax_modes, args.tols, args.weights))
     if args.torch:
         workers.append(Worker(args.torch_py, "torch", "odeint_adjoint", args.tols, args.weights))
     kinds = args.kind.split(",")
@@ -140,6 +145,16 @@ def main():
         summary[name].update(
             ratio_vs_odezoo_quartiles=quartiles(ratio), odezoo_faster_fraction=float(np.mean(ratio > 1.0))
         )
+    # every odezoo mode against the fastest diffrax mode of the same round (> 1: odezoo faster)
+    for name in [n for n in times if n.startswith("odezoo:")]:
+        _, mode_tol, kind = name.split(":")
+        tol = mode_tol.split("@")[1]
+        peers = [np.array(ts) for n, ts in times.items() if n.startswith("jax:") and n.endswith(f"@{tol}:{kind}")]
+        if peers:
+            best = np.min(np.stack(peers), axis=0)
+            ratio = best / np.array(times[name])
+            summary[name].update(best_diffrax_over_this_quartiles=quartiles(ratio),
+                                 faster_than_best_diffrax_fraction=float(np.mean(ratio > 1.0)))  # fmt: skip
     with open(args.out, "w") as fh:
         json.dump(dict(meta=meta, summary=summary, times_s=times), fh, indent=1)
     print(
@@ -152,6 +167,10 @@ def main():
         rq = " / ".join(f"{x:.2f}" for x in s["ratio_vs_odezoo_quartiles"]) if "ratio_vs_odezoo_quartiles" in s else "1"
         fr = f"{100 * s['odezoo_faster_fraction']:.0f}%" if "odezoo_faster_fraction" in s else ""
         framework, config, kind = name.split(":")
+        if "best_diffrax_over_this_quartiles" in s:
+            bq = " / ".join(f"{x:.2f}" for x in s["best_diffrax_over_this_quartiles"])
+            rq = f"best diffrax ÷ this: {bq}"
+            fr = f"{100 * s['faster_than_best_diffrax_fraction']:.0f}%"
         print(f"| {config} ({framework}) | {kind} | {q} | {rq} | {fr} |")
 
 

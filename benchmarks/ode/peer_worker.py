@@ -35,8 +35,26 @@ import numpy as np
 
 PARAMS = ("w1", "b1", "w2", "b2")
 MODES = dict(
-    odezoo=("dopri5", "tfp_dopri5"), torch=("odeint", "odeint_adjoint"), jax=("recursive", "backsolve"), ref=("f64",)
-)
+    # odezoo: "solver" (the adjoint) or "solver+gradient"
+    # (no "+backprop": under XLA it preallocates max_steps = 10000 steps of gradient stacks, ~15 GB here)
+    odezoo=("dopri5", "tfp_dopri5", "tsit5", "bosh3", "dopri8", "dopri5+checkpoint", "tsit5+checkpoint"),
+    torch=("odeint", "odeint_adjoint"),
+    jax=("recursive", "backsolve", "recursive_tsit5", "backsolve_tsit5"),  # diffrax Dopri5, or Tsit5
+    ref=("f64",),
+)  # fmt: skip
+
+
+def odezoo_options(mode):
+    """ODEBlock options of an odezoo mode: "tsit5+checkpoint" -> solver tsit5, gradient checkpoint."""
+    solver, _, gradient = mode.partition("+")
+    return dict(solver=solver, gradient=gradient or "auto")
+
+
+def diffrax_parts(diffrax, mode):
+    """(solver, adjoint) of a jax mode: "backsolve_tsit5" -> Tsit5(), BacksolveAdjoint()."""
+    adjoint, _, solver = mode.partition("_")
+    adjoint = diffrax.BacksolveAdjoint() if adjoint == "backsolve" else diffrax.RecursiveCheckpointAdjoint()
+    return (diffrax.Tsit5() if solver == "tsit5" else diffrax.Dopri5()), adjoint
 
 
 def rss_mb():
@@ -108,7 +126,7 @@ def run_odezoo(args, d):
     h0 = tf.constant(d["h0"])
 
     def make(counter=None):
-        block = odezoo.ODEBlock(PeerField(counter), solver=args.mode, rtol=args.tol, atol=args.tol)
+        block = odezoo.ODEBlock(PeerField(counter), rtol=args.tol, atol=args.tol, **odezoo_options(args.mode))
         block(h0)  # build
         for k in PARAMS:  # same weights as the peers
             np.testing.assert_array_equal(getattr(block.field, k).numpy(), d[k])
@@ -255,13 +273,13 @@ def run_jax(args, d):
         jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
         return field(t, h, p)
 
-    adjoint = diffrax.BacksolveAdjoint() if args.mode == "backsolve" else diffrax.RecursiveCheckpointAdjoint()
+    solver_, adjoint = diffrax_parts(diffrax, args.mode)
 
     def make(fn):
         def solve(p, y0):
             sol = diffrax.diffeqsolve(
                 diffrax.ODETerm(fn),
-                diffrax.Dopri5(),
+                solver_,
                 t0=0.0,
                 t1=1.0,
                 dt0=None,
@@ -379,7 +397,7 @@ def serve_callables(args, d):
         h0 = tf.constant(d["h0"])
 
         def make_odezoo(mode, tol):
-            block = odezoo.ODEBlock(PeerField(), solver=mode, rtol=tol, atol=tol)
+            block = odezoo.ODEBlock(PeerField(), rtol=tol, atol=tol, **odezoo_options(mode))
             block(h0)
             return compiled_calls(block, h0)
 
@@ -400,13 +418,13 @@ def serve_callables(args, d):
             return jnp.tanh(h @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
 
         for mode in args.modes.split(","):
-            adjoint = diffrax.BacksolveAdjoint() if mode == "backsolve" else diffrax.RecursiveCheckpointAdjoint()
+            solver_, adjoint = diffrax_parts(diffrax, mode)
             for tol in tols:
 
                 def solve(p, y0, tol=tol, adjoint=adjoint):
                     sol = diffrax.diffeqsolve(
                         diffrax.ODETerm(field),
-                        diffrax.Dopri5(),
+                        solver_,
                         t0=0.0,
                         t1=1.0,
                         dt0=None,

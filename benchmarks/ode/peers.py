@@ -40,6 +40,14 @@ CONFIGS = [
     ("torch", "odeint_adjoint", "torchdiffeq odeint_adjoint"),
     ("jax", "recursive", "diffrax Dopri5, RecursiveCheckpointAdjoint"),
     ("jax", "backsolve", "diffrax Dopri5, BacksolveAdjoint"),
+    # issue 15: every embedded pair, the checkpoint gradient, diffrax's Tsit5
+    ("odezoo", "tsit5", "odezoo ODEBlock tsit5 (adjoint)"),
+    ("odezoo", "bosh3", "odezoo ODEBlock bosh3 (adjoint)"),
+    ("odezoo", "dopri8", "odezoo ODEBlock dopri8 (adjoint)"),
+    ("odezoo", "dopri5+checkpoint", "odezoo ODEBlock dopri5 (checkpoint)"),
+    ("odezoo", "tsit5+checkpoint", "odezoo ODEBlock tsit5 (checkpoint)"),
+    ("jax", "recursive_tsit5", "diffrax Tsit5, RecursiveCheckpointAdjoint"),
+    ("jax", "backsolve_tsit5", "diffrax Tsit5, BacksolveAdjoint"),
 ]
 
 
@@ -206,6 +214,7 @@ def main():
     p.add_argument("--tols", default="1e-3,1e-5")
     p.add_argument("--outdir", default="/tmp/odezoo_peers", help="per-configuration JSON/NPZ and logs")
     p.add_argument("--summarise-only", action="store_true")
+    p.add_argument("--only", default=None, help="comma-separated modes to run (default: every CONFIGS entry)")
     p.add_argument(
         "--torch-threads",
         type=int,
@@ -234,7 +243,9 @@ def main():
                 flush=True,
             )
             for fw in ("odezoo", "torch", "jax"):
-                modes = [m for f, m, _ in CONFIGS if f == fw]
+                modes = [m for f, m, _ in CONFIGS if f == fw and (not args.only or m in args.only.split(","))]
+                if not modes:
+                    continue
                 worker(
                     pys[fw],
                     fw,

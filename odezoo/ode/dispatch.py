@@ -177,8 +177,9 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
         y0: initial state (a tensor), at time ``t[0]``.
         t: 1-D tensor of times, starting at t0 and strictly monotone (increasing or decreasing);
             known times out of order are a ValueError, run-time ones fail with status 4.
-        solver: "dopri5" (default; odezoo's own), "tfp_dopri5", "bdf", or a
-            registered fixed-grid scheme ("euler", "rk4", ...).
+        solver: "dopri5" (default; odezoo's own), another registered embedded pair
+            ("tsit5", "bosh3", "heun_euler", "dopri8"; adaptive unless given a grid),
+            "tfp_dopri5", "bdf", or a registered fixed-grid scheme ("euler", "rk4", ...).
         rtol, atol: tolerances of the adaptive solvers.
         **options: ``first_step``, ``max_steps`` (default 10000), ``num_steps``
             or ``step_size`` (fixed grids), ``gradient`` ("auto", "adjoint", "backprop",

@@ -1,0 +1,96 @@
+"""The field-evaluation floor of the peer problem, and each odezoo configuration's time as a multiple of it.
+
+t_f: one evaluation of the peer field f(t, h) = tanh(h W1 + b1) W2 + b2 (h 256 x 64, float32);
+t_vjp: one evaluation with its vector-Jacobian product (what a backward step costs). Each is
+timed as a chain of N calls inside one XLA-compiled ``tf.while_loop`` (h <- h + 1e-3 f(h), so
+nothing is folded away), divided by N; the median of 7 runs. The floor of a configuration is
+NFE_fwd·t_f + NFE_bwd·t_vjp (for ``+checkpoint``, half of the backward evaluations are plain
+replays: (NFE_fwd + NFE_bwd/2)·t_f + NFE_bwd/2·t_vjp), and its ratio is the measured forward +
+gradient time over that floor: what the integrator itself adds.
+
+    python benchmarks/ode/peer_floor.py --peers /tmp/peers15/..json-dir [--json OUT]
+
+``--peers`` is peers.py's ``--outdir`` (its per-configuration JSON files, pass 1).
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+N = 400
+
+
+def floor_times(weights):
+    d = {k: tf.constant(v) for k, v in np.load(weights).items()}
+
+    def f(h):
+        return tf.tanh(h @ d["w1"] + d["b1"]) @ d["w2"] + d["b2"]
+
+    @tf.function(jit_compile=True)
+    def chain_f(h):
+        return tf.while_loop(lambda i, h: i < N, lambda i, h: (i + 1, h + 1e-3 * f(h)), (0, h))[1]
+
+    @tf.function(jit_compile=True)
+    def chain_vjp(h):
+        def body(i, h, a):
+            with tf.GradientTape() as tape:
+                tape.watch(h)
+                out = f(h)
+            g = tape.gradient(out, h, output_gradients=a)
+            return i + 1, h + 1e-3 * out, a + 1e-3 * g
+
+        return tf.while_loop(lambda i, h, a: i < N, body, (0, h, tf.ones_like(h)))[1:]
+
+    out = {}
+    for name, fn in (("t_f_ms", chain_f), ("t_vjp_ms", chain_vjp)):
+        tf.nest.map_structure(lambda x: x.numpy(), fn(d["h0"]))  # compile
+        runs = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            tf.nest.map_structure(lambda x: x.numpy(), fn(d["h0"]))
+            runs.append((time.perf_counter() - t0) / N * 1e3)
+        out[name] = statistics.median(runs)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--peers", required=True, help="peers.py --outdir (weights.npz and p1_odezoo_*.json)")
+    p.add_argument("--json")
+    args = p.parse_args()
+    floor = floor_times(os.path.join(args.peers, "weights.npz"))
+    rows = []
+    for path in sorted(glob.glob(os.path.join(args.peers, "p1_odezoo_*.json"))):
+        with open(path) as fh:
+            r = json.load(fh)
+        if r["mode"] == "tfp_dopri5" or "nfe_fwd" not in r:
+            continue
+        nf, nb = r["nfe_fwd"], r["nfe_bwd"]  # counted inside the field
+        if r["mode"].endswith("+checkpoint"):
+            t_floor = (nf + nb / 2) * floor["t_f_ms"] + nb / 2 * floor["t_vjp_ms"]
+        else:
+            t_floor = nf * floor["t_f_ms"] + nb * floor["t_vjp_ms"]
+        rows.append(dict(mode=r["mode"], tol=r["tol"], nfe_forward=nf, nfe_backward=nb, fwd_grad_ms=r["fwd_grad_ms"],
+                         floor_ms=t_floor, ratio=r["fwd_grad_ms"] / t_floor))  # fmt: skip
+    print(f"t_f = {floor['t_f_ms']:.3f} ms, t_vjp = {floor['t_vjp_ms']:.3f} ms")
+    print("| configuration | tol | NFE fwd / bwd | fwd + grad ms | floor ms | ÷ floor |\n|---|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['tol']:g} | {r['nfe_forward']} / {r['nfe_backward']} | {r['fwd_grad_ms']:.1f} | "
+              f"{r['floor_ms']:.1f} | {r['ratio']:.2f} |")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                dict(date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), **floor, rows=rows), fh, indent=1
+            )
+
+
+if __name__ == "__main__":
+    main()
