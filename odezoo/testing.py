@@ -329,6 +329,22 @@ def _proportionality(name, problem, tols, *, step_to_times=False):
     return errors
 
 
+def _central_differences(loss, variable, eps=1e-6):
+    """The gradient of ``loss()`` (a float) in ``variable`` by central differences, entry by entry."""
+    old = variable.numpy()
+    fd = np.zeros_like(old)
+    for index in np.ndindex(*old.shape):
+        sides = []
+        for sign in (1.0, -1.0):
+            moved = old.copy()
+            moved[index] += sign * eps
+            variable.assign(moved)
+            sides.append(loss())
+        fd[index] = (sides[0] - sides[1]) / (2 * eps)
+    variable.assign(old)
+    return fd
+
+
 def _gradient_errors(name, tol):
     """Relative errors of ODEBlock's adjoint, backprop and checkpoint gradients against central differences."""
     import keras
@@ -352,22 +368,10 @@ def _gradient_errors(name, tol):
         block.build(x.shape)
         w = block.field.w
 
-        def loss(block=block):
-            return float(tf.reduce_sum(tf.sin(block(x))))
-
         with tf.GradientTape() as tape:
             value = tf.reduce_sum(tf.sin(block(x)))
         (g,) = tape.gradient(value, [w])
-        old, eps, fd = w.numpy(), 1e-6, np.zeros_like(w.numpy())
-        for index in np.ndindex(*old.shape):
-            sides = []
-            for sign in (1.0, -1.0):
-                moved = old.copy()
-                moved[index] += sign * eps
-                w.assign(moved)
-                sides.append(loss())
-            fd[index] = (sides[0] - sides[1]) / (2 * eps)
-        w.assign(old)
+        fd = _central_differences(lambda block=block: float(tf.reduce_sum(tf.sin(block(x)))), w)
         out[gradient] = float(np.linalg.norm(g.numpy() - fd) / np.linalg.norm(fd))
     return out
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import odezoo
 from odezoo.ode.checkpoint import checkpoint_stride
+from odezoo.testing import _central_differences
 
 W0 = np.array([[0.3, -1.0], [1.1, 0.2]])
 TIMES = [0.0, 0.3, 1.7, 2.0]  # 0.3 and 1.7 fall inside steps: the dense output's cotangent counts
@@ -91,18 +92,7 @@ def test_an_odeblock_trains_with_the_checkpoint_gradient_against_finite_differen
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.sin(block(x)))
     (g,) = tape.gradient(loss, [block.field.w])
-    w, eps = block.field.w, 1e-6
-    old = w.numpy()
-    fd = np.zeros_like(old)
-    for index in np.ndindex(*old.shape):
-        sides = []
-        for sign in (1.0, -1.0):
-            moved = old.copy()
-            moved[index] += sign * eps
-            w.assign(moved)
-            sides.append(float(tf.reduce_sum(tf.sin(block(x)))))
-        fd[index] = (sides[0] - sides[1]) / (2 * eps)
-    w.assign(old)
+    fd = _central_differences(lambda: float(tf.reduce_sum(tf.sin(block(x)))), block.field.w)
     np.testing.assert_allclose(g.numpy(), fd, rtol=1e-6, atol=1e-9)
     # the backward pass replays each accepted step twice (rebuild, then under the tape): 2 x 6 + 2 f(t_k)
     assert int(block.nfe_backward) > 0 and int(block.nfe_backward) % 14 == 0

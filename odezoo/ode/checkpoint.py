@@ -137,7 +137,7 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
             [a_ + b_ for a_, b_ in zip(g_v, rest[len(consts) :])],
         )
 
-    seg_shapes = [tf.TensorArray(d.dtype, size=stride, element_shape=d.shape[1:]) for d in dys]
+    segment_states = [tf.TensorArray(d.dtype, size=stride, element_shape=d.shape[1:]) for d in dys]
 
     def segment(j, a, g_c, g_v):
         lo = j * stride
@@ -148,7 +148,7 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
             return k + 1, forward(k, y), tas
 
         _, _, tas = tf.while_loop(
-            lambda k, y, tas: k < hi, rebuild, (lo, [c[j] for c in ckpts], seg_shapes), maximum_iterations=stride
+            lambda k, y, tas: k < hi, rebuild, (lo, [c[j] for c in ckpts], segment_states), maximum_iterations=stride
         )
 
         def back(k, a, g_c, g_v):

@@ -135,11 +135,7 @@ def tableau_of(scheme) -> ButcherTableau:
         fsal=bool(k["fsal"]),
         hit_times=bool(k["step_to_times"]),
         error_low=None if k["error_low"] is None else tuple(k["error_low"]),
-        combine=None
-        if k["error_low"] is None
-        else type(scheme).combine_errors
-        if not isinstance(scheme, type)
-        else scheme.combine_errors,
+        combine=None if k["error_low"] is None else scheme.combine_errors,  # a staticmethod: class or instance
         # None where it is the default, embedded_order + 1 (so dopri5's tableau equals DOPRI5)
         estimate_order=None if k["estimate_order"] == k["error_order"] + 1 else int(k["estimate_order"]),
     )
