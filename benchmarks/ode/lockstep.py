@@ -14,7 +14,12 @@ and the fraction of rounds odezoo was faster. Accuracy and NFE are ``peers.py``'
         --jax-py /tmp/venv_jax/bin/python [--rounds 60] [--kind grad] [--torch] \\
         [--odezoo-modes dopri5,tsit5,dopri5+checkpoint] [--jax-modes recursive,backsolve,recursive_tsit5]
 
-Each odezoo mode is also reported against the fastest diffrax mode of each round.
+Each odezoo mode is also reported against the fastest diffrax mode of each round, and, with
+``--floor PEERS_DIR`` (a ``peers.py --outdir``, for the NFE its pass 1 counted in the field),
+against its field-evaluation floor *of the same round*: the odezoo worker also times
+``peer_floor.py``'s chains of evaluations and of VJPs, and the floor of a configuration in a
+round is NFE_fwd·t_f + NFE_bwd·t_vjp with that round's t_f and t_vjp (``peer_floor.py``'s rule
+for ``+checkpoint``).
 
 Before/after a change of odezoo itself: ``--baseline DIR`` adds a second odezoo worker that
 imports odezoo from DIR (a ``git worktree`` of the older commit, with ``odezoo/plugins`` and
@@ -40,6 +45,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from peers import make_weights  # noqa: E402
+
+N_CHAIN = 400  # peer_floor.N: evaluations per chain call
 
 
 class Worker:
@@ -100,6 +107,7 @@ def main():
     p.add_argument("--weights", default="/tmp/odezoo_lockstep_weights.npz")
     p.add_argument("--odezoo-modes", default="dopri5", help="peer_worker's odezoo modes (e.g. tsit5,dopri5+checkpoint)")
     p.add_argument("--jax-modes", default="recursive,backsolve", help="peer_worker's jax modes (diffrax)")
+    p.add_argument("--floor", metavar="PEERS_DIR", help="also time the floor chains; NFE from this peers.py --outdir")
     args = p.parse_args()
     make_weights(args.weights)
     meta = dict(
@@ -108,7 +116,8 @@ def main():
         command=" ".join([os.path.basename(sys.executable)] + sys.argv),
         uptime_start=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
     )
-    workers = [Worker(args.tf_py, "odezoo", args.odezoo_modes, args.tols, args.weights)]
+    odezoo_modes = args.odezoo_modes + (",floor" if args.floor else "")
+    workers = [Worker(args.tf_py, "odezoo", odezoo_modes, args.tols, args.weights)]
     if args.baseline:
         meta["baseline"] = os.path.abspath(args.baseline)
         workers.append(
@@ -118,7 +127,7 @@ def main():
         workers.append(Worker(args.jax_py, "jax", args.jax_modes, args.tols, args.weights))
     if args.torch:
         workers.append(Worker(args.torch_py, "torch", "odeint_adjoint", args.tols, args.weights))
-    kinds = args.kind.split(",")
+    kinds = args.kind.split(",") + (["chain"] if args.floor else [])
     jobs = [(w, k) for w in workers for k in w.keys if k.split(":")[1] in kinds]
     times = {f"{w.framework}:{k}": [] for w, k in jobs}
     rng = random.Random(0)
@@ -134,9 +143,20 @@ def main():
     summary = {}
     for name, ts in times.items():
         summary[name] = dict(ms_quartiles=[1e3 * x for x in quartiles(ts)])
+    chains = {n.split(":")[1].split("@")[0]: np.array(ts) / N_CHAIN for n, ts in times.items() if n.endswith(":chain")}
     for name, ts in times.items():
         fw, key = name.split(":", 1)
-        if fw == "odezoo":
+        if fw == "odezoo" and args.floor and not name.endswith(":chain") and name.endswith(":grad"):
+            mode, tol = key.split(":")[0].split("@")
+            with open(os.path.join(args.floor, f"p1_odezoo_{mode}_{float(tol):g}.json")) as fh:
+                counted = json.load(fh)
+            nf, nb = counted["nfe_fwd"], counted["nfe_bwd"]
+            vjps = nb / 2 if mode.endswith("+checkpoint") else nb
+            floor = (nf + nb - vjps) * chains["t_f_ms"] + vjps * chains["t_vjp_ms"]
+            state_floor = (nf + nb - vjps) * chains["t_f_ms"] + vjps * chains["t_vjp_state_ms"]
+            summary[name].update(nfe=[nf, nb], over_floor_quartiles=quartiles(np.array(ts) / floor),
+                                 over_state_only_floor_quartiles=quartiles(np.array(ts) / state_floor))  # fmt: skip
+        if fw == "odezoo" or name.endswith(":chain"):
             continue
         mode_tol, kind = key.split(":")
         tol = mode_tol.split("@")[1]
@@ -146,7 +166,7 @@ def main():
             ratio_vs_odezoo_quartiles=quartiles(ratio), odezoo_faster_fraction=float(np.mean(ratio > 1.0))
         )
     # every odezoo mode against the fastest diffrax mode of the same round (> 1: odezoo faster)
-    for name in [n for n in times if n.startswith("odezoo:")]:
+    for name in [n for n in times if n.startswith("odezoo:") and not n.endswith(":chain")]:
         _, mode_tol, kind = name.split(":")
         tol = mode_tol.split("@")[1]
         peers = [np.array(ts) for n, ts in times.items() if n.startswith("jax:") and n.endswith(f"@{tol}:{kind}")]
@@ -171,6 +191,9 @@ def main():
             bq = " / ".join(f"{x:.2f}" for x in s["best_diffrax_over_this_quartiles"])
             rq = f"best diffrax ÷ this: {bq}"
             fr = f"{100 * s['faster_than_best_diffrax_fraction']:.0f}%"
+        if "over_floor_quartiles" in s:
+            fq = " / ".join(f"{x:.2f}" for x in s["over_floor_quartiles"])
+            rq += f"; ÷ floor: {fq}"
         print(f"| {config} ({framework}) | {kind} | {q} | {rq} | {fr} |")
 
 

@@ -402,6 +402,13 @@ def serve_callables(args, d):
             return compiled_calls(block, h0)
 
         for mode in args.modes.split(","):
+            if mode == "floor":  # peer_floor.py's chains of N evaluations (lockstep.py --floor)
+                from peer_floor import floor_chains
+
+                chains, fh0 = floor_chains(args.weights)
+                for name, fn in chains.items():
+                    out[f"{name}@0:chain"] = lambda fn=fn: tf.nest.map_structure(lambda x: x.numpy(), fn(fh0))
+                continue
             for tol in tols:
                 f1, f2 = make_odezoo(mode, tol)
                 sync = lambda o: tf.nest.map_structure(lambda x: x.numpy(), o)  # noqa: E731
