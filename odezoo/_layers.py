@@ -8,6 +8,8 @@ Keras backend. Every layer names its scheme by registered name in
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 
 import keras
@@ -43,6 +45,34 @@ def make_scheme(scheme, options: dict) -> Scheme:
     cls = _scheme_class(scheme)
     check_keys(f"scheme {cls.name!r}", options, cls.option_names())
     return cls(**options)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(layers):
+    """While fields are re-run (a reconstruction, an iteration), leave BatchNorm's moving statistics alone.
+
+    Keras's BatchNormalization updates moving = moving·momentum + batch·(1 − momentum)
+    when training; with momentum 1 the update writes back the same value, so a field
+    evaluated several times for one batch (RevNet's reconstruction, an implicit step's
+    iterations) still uses the batch statistics, as a single evaluation does, but counts
+    the batch once. ``layers``: Keras layers, or the callables of
+    :meth:`SchemeBlock.fields_for_training` (their layers are searched); anything else
+    (a plain function) is skipped.
+    """
+    saved = []
+    for layer in layers:
+        layer = layer.field if isinstance(layer, _TrainingField) else layer
+        if not isinstance(layer, keras.layers.Layer):
+            continue
+        for sub in layer._flatten_layers(include_self=True):
+            if isinstance(sub, keras.layers.BatchNormalization):
+                saved.append((sub, sub.momentum))
+                sub.momentum = 1.0
+    try:
+        yield
+    finally:
+        for sub, momentum in saved:
+            sub.momentum = momentum
 
 
 class _TrainingField:

@@ -11,6 +11,7 @@ from odezoo._layers import (
     Normalize,
     SchemeBlock,
     SchemeStage,
+    frozen_batchnorm_statistics,
     make_scheme,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "Normalize",
     "ColumnSampler",
     "make_scheme",
+    "frozen_batchnorm_statistics",
     *_TF_ONLY,
 ]
 

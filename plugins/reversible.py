@@ -1,37 +1,14 @@
 """RevNet's reversible coupling (Gomez et al., NeurIPS 2017) as symplectic Euler."""
 
-import contextlib
-
 import keras
 import numpy as np
 from keras import ops
 
 import odezoo
 from odezoo import checks
+from odezoo.layers import frozen_batchnorm_statistics
 
 ODEZOO_PLUGIN_API = 1
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_statistics(layers):
-    """While re-running fields to reconstruct activations, leave BN moving statistics alone.
-
-    Keras's BatchNormalization updates moving = moving·momentum + batch·(1 − momentum)
-    when training; with momentum 1 the update writes back the same value, so the
-    reconstruction (which must use batch statistics, as the forward pass did)
-    does not count the batch a second time.
-    """
-    saved = []
-    for layer in layers:
-        for sub in layer._flatten_layers(include_self=True):
-            if isinstance(sub, keras.layers.BatchNormalization):
-                saved.append((sub, sub.momentum))
-                sub.momentum = 1.0
-    try:
-        yield
-    finally:
-        for sub, momentum in saved:
-            sub.momentum = momentum
 
 
 @odezoo.register_scheme("reversible")
@@ -194,7 +171,7 @@ def _tf_unrolled_backward(blocks, training, out, upstream, variables):
     var_grads = {}
     # True for every value, NaN included (NaN > inf is false), but the compiler cannot know it.
     keep = tf.logical_not(tf.reshape(z1, [-1])[0] > float("inf"))
-    with _frozen_batchnorm_statistics(blocks):
+    with frozen_batchnorm_statistics(blocks):
         for b in reversed(blocks):
             z1, z2, d1, d2 = _barrier(keep, (z1, z2, d1, d2))
             # Without XLA the conditional is lowered to per-tensor switches, which order

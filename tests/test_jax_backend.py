@@ -29,6 +29,7 @@ CASES = [
     "revnet",
     "lm_resnet",
     "lm_resnet{'p_L': 0.8}",
+    "resnet{'scheme': 'backward_euler', 'h': 0.2}",
 ]
 STOCHASTIC = ["fractalnet", "lm_resnet{'p_L': 0.8}"]
 

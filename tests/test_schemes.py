@@ -78,7 +78,7 @@ def test_rk_tableau_matches_classical_rk4_by_hand():
 def test_scheme_block_rejects_unknown_option_naming_valid_ones():
     from odezoo.layers import ConvFieldFactory
 
-    with pytest.raises(TypeError, match=r"'varaint'.*did you mean 'variant'.*Valid keys: variant"):
+    with pytest.raises(TypeError, match=r"'varaint'.*did you mean 'variant'.*Valid keys: degree, variant"):
         odezoo.SchemeBlock("polyinception", ConvFieldFactory(), varaint="way2")
     with pytest.raises(odezoo.UnknownNameError, match="'rk5'"):
         odezoo.SchemeBlock("rk5", ConvFieldFactory())
