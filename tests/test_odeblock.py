@@ -155,6 +155,28 @@ def test_eager_gradients_adjoint_vs_rk4_backprop():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("solver", ["rk4", "backward_euler", "dopri5"])
+def test_eager_weight_gradient_when_the_block_is_the_first_op_on_a_constant(solver):
+    """Found in issue 16: with an unwatched constant input (the block as a model's first
+    layer) the fixed-grid solve's custom gradient was not recorded, so the eager gradient
+    of the field's weights was None."""
+    x = tf.constant(np.random.default_rng(5).normal(size=(2, 3)).astype("float32"))
+    kw = dict(rtol=1e-6, atol=1e-8) if solver == "dopri5" else dict(solver=solver, num_steps=8)
+    block = ODEBlock(CountingField(), **kw)
+    block(x)
+
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(block(x) ** 2)
+        return tape.gradient(loss, block.trainable_variables)
+
+    eager = grads()
+    compiled = tf.function(grads, jit_compile=True)()
+    assert len(eager) == 1 and eager[0] is not None
+    np.testing.assert_allclose(eager[0].numpy(), compiled[0].numpy(), rtol=1e-5, atol=1e-7)
+    assert np.max(np.abs(eager[0].numpy())) > 1e-3
+
+
 def test_tfp_dopri5_block_guards_nan():
     with pytest.raises(odezoo.SolverError, match="status 2"):
         ODEBlock(CountingField(nan_after=0.5), solver="tfp_dopri5")(tf.ones((2, 3)))

@@ -350,6 +350,11 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         def run(x):
             from tensorflow.python.eager import record  # eager custom_gradient keeps the tape recording
 
+            # Read the weights while the tape records, so that it watches them: otherwise, with an
+            # unwatched input (the block as the first op on a constant), an eager tape would not
+            # record this op at all and the weights' gradient would be None.
+            for v in self.trainable_variables:
+                tf.identity(v)
             with record.stop_recording():
                 y = fn(x)
 
