@@ -47,9 +47,11 @@ class BackwardEuler(odezoo.Scheme):
     iteration (fixed point, one VJP each; or restarted GMRES on VJPs), and then
     ∂L/∂y₀ = w, ∂L/∂θ = h·(∂f/∂θ)ᵀw; memory does not grow with the iterations. If the
     adjoint iteration does not converge the gradients are NaN. ``gradient="unrolled"``
-    differentiates through the iterations instead. Under the other Keras backends the step
-    is the fixed-point iteration, differentiated through (``solver`` and ``gradient`` are
-    TensorFlow's).
+    differentiates through the iterations instead, as does the solver form (the scheme as a
+    fixed-grid solver, ``ODEBlock(field, solver="backward_euler", num_steps=n)``: inside the
+    grid's ``while_loop`` TensorFlow cannot take a custom gradient that reads variables).
+    Under the other Keras backends the step is the fixed-point iteration, differentiated
+    through (``solver`` and ``gradient`` are TensorFlow's).
 
     While iterating, BatchNormalization in the field uses the batch's statistics but
     updates its moving statistics only at the final evaluation (once per batch).
@@ -73,19 +75,19 @@ class BackwardEuler(odezoo.Scheme):
         self.krylov = checks.positive_int("krylov", krylov)
 
     def step(self, fields, t, y, h):
-        return self._solve(fields[0], t + h, y, h)
+        # The solver form runs inside the fixed-grid solver's while_loop, where TensorFlow
+        # cannot take a custom gradient that reads variables: differentiated through.
+        return self._solve(fields[0], t + h, y, h, implicit=False)
 
     def block_step(self, fields, t, y, h, *, training=None, ctx=None):
-        return self._solve(fields[0], t + h, y, h)
+        return self._solve(fields[0], t + h, y, h, implicit=self.gradient == "implicit")
 
-    def _solve(self, field, t1, y0, h):
+    def _solve(self, field, t1, y0, h, *, implicit):
         newton = self.solver == "newton"
         if isinstance(y0, (np.ndarray, float, np.floating)):
             return _numpy_solve(field, t1, y0, h, self.iterations, self.tol, newton)
         if keras.backend.backend() == "tensorflow":
-            return _tf_solve(
-                field, t1, y0, h, self.iterations, self.tol, self.gradient == "implicit", self.krylov if newton else 0
-            )
+            return _tf_solve(field, t1, y0, h, self.iterations, self.tol, implicit, self.krylov if newton else 0)
         return _unrolled_solve(field, t1, y0, h, self.iterations, self.tol)
 
 

@@ -194,6 +194,39 @@ def test_the_backend_neutral_iteration_is_the_same_step_with_its_gradient():
     assert np.all(np.isnan(diverging.numpy()))
 
 
+def test_as_a_fixed_grid_solver_in_an_odeblock():
+    """ODEBlock(solver="backward_euler", num_steps=4) on y' = yWᵀ: y(1) = y0·((I − W/4)⁻¹)⁴ᵀ, and its
+    gradient (through the iterations) against that closed form, under XLA. The fixed grid uses the
+    scheme's default options (fixed point, tol 1e-4), so agreement is to about that tolerance."""
+    field = LinearField(A)
+    block = odezoo.ODEBlock(field, solver="backward_euler", num_steps=4, dtype="float64")
+    y0 = tf.constant([[1.0, 2.0], [0.3, -0.4]], tf.float64)
+    block(y0)
+
+    @tf.function(jit_compile=True)
+    def run(y0):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            out = block(y0)
+            loss = tf.reduce_sum(out)
+        return out, tape.gradient(loss, [y0, field.w])
+
+    out, (gy, gw) = run(y0)
+    step = np.linalg.inv(np.eye(2) - 0.25 * A)
+    m = np.linalg.matrix_power(step, 4)
+    np.testing.assert_allclose(out.numpy(), y0.numpy() @ m.T, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(gy.numpy(), np.ones((2, 2)) @ m, rtol=1e-3, atol=1e-4)
+    # dL/dW by central differences of the closed form
+    fd = np.zeros((2, 2))
+    for idx in np.ndindex(2, 2):
+        e = np.zeros((2, 2))
+        e[idx] = 1e-6
+        up = np.linalg.matrix_power(np.linalg.inv(np.eye(2) - 0.25 * (A + e)), 4)
+        down = np.linalg.matrix_power(np.linalg.inv(np.eye(2) - 0.25 * (A - e)), 4)
+        fd[idx] = (np.sum(y0.numpy() @ up.T) - np.sum(y0.numpy() @ down.T)) / 2e-6
+    np.testing.assert_allclose(gw.numpy(), fd, rtol=1e-3, atol=1e-4)
+
+
 def test_batchnorm_moving_statistics_are_updated_once_per_call():
     class BNField(keras.layers.Layer):
         def __init__(self, **kwargs):
