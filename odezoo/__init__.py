@@ -39,6 +39,7 @@ _LAZY = {
     "SchemeBlock": ("odezoo._layers", "SchemeBlock"),
     "ODEBlock": ("odezoo.ode.block", "ODEBlock"),
     "odeint": ("odezoo.ode.dispatch", "odeint"),
+    "odeint_event": ("odezoo.ode.events", "odeint_event"),
 }
 _LAZY_MODULES = ("data", "layers", "nets", "plotting", "testing")
 
@@ -59,6 +60,7 @@ __all__ = [
     "SchemeBlock",
     "ODEBlock",
     "odeint",
+    "odeint_event",
     "OdezooError",
     "UnknownNameError",
     "SolverError",

@@ -13,6 +13,7 @@ One concern per module:
 ``fixed_grid``          registered schemes as fixed-grid solvers
 ``tfp``                 tfp's solvers behind guards
 ``dispatch``            the :func:`solve` dispatcher and :func:`odeint`
+``events``              :func:`odeint_event`: terminal events, the event time differentiable
 ``settings``            :class:`Setting`: solver options settable on a built or loaded layer
 ``compilation``         ``compile=``: a solve compiled by XLA or by TensorFlow's graph executor
 ``block``               :class:`ODEBlock`
@@ -32,6 +33,7 @@ _EXPORTS = {
     "ODEBlock": "block",
     "odeint": "dispatch",
     "solve": "dispatch",
+    "odeint_event": "events",
     "DormandPrince": "dormand_prince",
     "SolverChecked": "status",
     "SolverStatus": "status",
@@ -111,6 +113,7 @@ def __dir__():
             "fixed_grid",
             "tfp",
             "dispatch",
+            "events",
             "settings",
             "compilation",
             "block",

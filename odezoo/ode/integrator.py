@@ -213,9 +213,8 @@ def next_step(controller, exponent, ratio, finite, accept, rejected, memory, dir
 def step_reason(finite, accept, h_next, t, t_end, tiny):
     """The guards after a step: OK, NONFINITE, or UNDERFLOW (a rejected step whose successor is negligible)."""
     reason = tf.where(finite, OK, NONFINITE)
-    underflow = tf.logical_and(
-        tf.logical_not(accept), tf.abs(h_next) <= 4.0 * tiny * tf.maximum(tf.abs(t), tf.abs(t_end))
-    )
+    scale = tf.where(tf.math.is_finite(t_end), tf.maximum(tf.abs(t), tf.abs(t_end)), tf.abs(t))  # t_end may be inf
+    underflow = tf.logical_and(tf.logical_not(accept), tf.abs(h_next) <= 4.0 * tiny * scale)
     return tf.where(tf.logical_and(finite, underflow), UNDERFLOW, reason)
 
 
@@ -250,7 +249,12 @@ def _start(p, t0, y0, first_step):
         record.append(tf.TensorArray(tf.int32, size=slots, element_shape=()))
         checkpoints = -(-p.max_steps // p.stride) + 1
         record += [tf.TensorArray(y.dtype, size=checkpoints, element_shape=y.shape) for y in y0]
-    return _Loop(**state, idx=idx, tas=tas, steps=zero, accepted=zero, nfe=nfe, reason=reason, record=record)
+    event = ()
+    if p.event is not None:
+        g0 = tf.cast(tf.reshape(p.event(t0, list(y0)), []), h.dtype)
+        event = (g0, tf.constant(False), tf.zeros_like(h))
+    return _Loop(**state, idx=idx, tas=tas, steps=zero, accepted=zero, nfe=nfe, reason=reason, record=record,
+                 event=event)  # fmt: skip
 
 
 def _finish(tas, idx, reason, y0, dtype, n):
@@ -286,6 +290,8 @@ class _Problem(NamedTuple):
     stretch: float
     max_steps: int = 10000
     stride: int | None = None  # checkpoint every `stride` accepted steps (gradient="checkpoint"), or None
+    event: object = None  # event(t, flat) -> scalar: stop before the first accepted step it crosses zero in
+    event_direction: float = 0.0  # +1 upward crossings only, -1 downward only, 0 either
 
 
 class _Loop(NamedTuple):
@@ -306,6 +312,7 @@ class _Loop(NamedTuple):
     nfe: tf.Tensor
     reason: tf.Tensor
     record: list = ()  # with a stride: TensorArrays of the accepted steps' (t, h, t_new, idx) and the checkpoints
+    event: tuple = ()  # with an event: (g at t, crossed, the step h that crossed)
 
 
 def _record(p: _Problem, s: _Loop, h, t_new, idx):
@@ -332,24 +339,35 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
         p.tableau, p.call, s.t, s.y, s.k1, h, rtol=p.rtol, atol=p.atol, mask=p.mask
     )
     accept = tf.logical_and(finite, ratio <= 1.0)
+    t_new = tf.where(last, target, s.t + h)
+    within_tolerance = accept  # before an event turns the step down (not a rejection for the guards)
+    event = ()
+    if p.event is not None:  # a step that crosses the event is not taken: it is kept for locating the root
+        g_prev, _, h_event = s.event
+        g_new = tf.cast(tf.reshape(p.event(t_new, y_new), []), h.dtype)
+        up = tf.logical_and(g_prev < 0.0, g_new >= 0.0)
+        down = tf.logical_and(g_prev > 0.0, g_new <= 0.0)
+        crossed = up if p.event_direction > 0 else down if p.event_direction < 0 else tf.logical_or(up, down)
+        crossed = tf.logical_and(accept, crossed)
+        accept = tf.logical_and(accept, tf.logical_not(crossed))
+        event = (tf.where(accept, g_new, g_prev), crossed, tf.where(crossed, h, h_event))
     memory = StepMemory(h=h, h_prev=s.h_prev, err_prev=s.err_prev, streak=s.streak, err_prev2=s.err_prev2,
                         accepted=s.accepted)  # fmt: skip
     exponent = p.tableau.error_exponent
     h_next, err_prev, h_prev = next_step(p.controller, exponent, ratio, finite, accept, rejected, memory, p.direction)
-    t_new = tf.where(last, target, s.t + h)
 
     def at(i):  # the state there, and the step in use there (before it was shortened to end the interval)
         return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new, f_new) + [tf.abs(s.h)]
 
     idx, tas = fill_until(p.times, t_new, p.direction, s.idx, s.tas, enabled=accept, values=at)
-    reason = step_reason(finite, accept, h_next, s.t, p.t_end, p.tiny)
+    reason = step_reason(finite, within_tolerance, h_next, s.t, p.t_end, p.tiny)
     record = _record(p, s, h, t_new, idx)
     return _Loop(
         t=tf.where(accept, t_new, s.t), y=where(accept, y_new, s.y), k1=where(accept, f_new, s.k1), h=h_next,
         h_prev=h_prev, err_prev=err_prev, err_prev2=tf.where(accept, s.err_prev, s.err_prev2),
         streak=tf.where(accept, s.streak + 1, 0), idx=idx, tas=tas,
         steps=s.steps + 1, accepted=s.accepted + tf.cast(accept, tf.int32),
-        nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason, record=record,
+        nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason, record=record, event=event,
     )  # fmt: skip
 
 
@@ -371,6 +389,8 @@ def integrate(
     norm_mask=None,
     tableau: ButcherTableau = DOPRI5,
     checkpoint_stride: int | None = None,
+    event=None,
+    event_direction: float = 0.0,
 ):
     """Integrate ``dy/dt = fn(t, y)`` from ``t0`` and return the states at ``times``.
 
@@ -397,6 +417,12 @@ def integrate(
         checkpoint_stride: None, or record what :mod:`odezoo.ode.checkpoint` replays: every
             accepted step's start, size, end and solution-time index, and the state at the start
             of every ``checkpoint_stride``-th accepted step (``info["record"]``, a dict).
+        event, event_direction: None, or ``event(t, flat) -> scalar``: the solve stops before
+            the first step whose end would have the event's sign change (from < 0 to >= 0,
+            or > 0 to <= 0; ``event_direction`` +1 / -1 keeps one of the two); that step is
+            not taken. ``info["event"]`` is then a dict: ``found`` (bool), and the step
+            that crossed, ``t``, ``y``, ``k1`` (f at t, y) and ``h`` (:mod:`odezoo.ode.events`
+            locates the root in it). Not with ``checkpoint_stride``.
 
     Returns:
         ``(outputs, info)``: ``outputs`` a list of (len(times), *shape) tensors
@@ -432,17 +458,26 @@ def integrate(
     stretch = 1.0 / controller.safety  # the last step may be this much longer than proposed
     max_steps = int(max_steps)
     stride = None if checkpoint_stride is None else int(checkpoint_stride)
+    if event is not None and stride is not None:
+        raise ValueError("An event cannot be combined with checkpoint_stride.")
     p = _Problem(call, tableau, controller, times, times.shape[0], t_end, direction, tf.cast(rtol, dtype),
-                 tf.cast(atol, dtype), mask, tiny, stretch, max_steps, stride)  # fmt: skip
+                 tf.cast(atol, dtype), mask, tiny, stretch, max_steps, stride, event,
+                 float(event_direction))  # fmt: skip
     start = _start(p, t0, y0, first_step)
 
     def running(s):
-        return tf.logical_and(tf.equal(s.reason, OK), tf.logical_and(s.idx < p.n, s.steps < max_steps))
+        go = tf.logical_and(tf.equal(s.reason, OK), tf.logical_and(s.idx < p.n, s.steps < max_steps))
+        return go if event is None else tf.logical_and(go, tf.logical_not(s.event[1]))
 
     (s,) = tf.while_loop(running, lambda s: (_advance(p, s),), (start,), maximum_iterations=max_steps)
-    reason = tf.where(tf.logical_and(tf.equal(s.reason, OK), s.idx < p.n), MAX_STEPS, s.reason)
+    short = tf.logical_and(tf.equal(s.reason, OK), s.idx < p.n)  # stopped before the last solution time
+    if event is not None:
+        short = tf.logical_and(short, tf.logical_not(s.event[1]))
+    reason = tf.where(short, MAX_STEPS, s.reason)
     *outputs, step_sizes = _finish(s.tas, s.idx, reason, list(y0) + [start.h], dtype, p.n)
     info = dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t, step_sizes=step_sizes)
+    if event is not None:
+        info["event"] = dict(found=s.event[1], t=s.t, y=list(s.y), k1=list(s.k1), h=s.event[2])
     if stride is not None:
         ts, hs, ends, ids, *ckpts = s.record
         info["record"] = dict(t=ts.stack(), h=hs.stack(), t_new=ends.stack(), idx=ids.stack(),
