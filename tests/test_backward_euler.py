@@ -250,6 +250,7 @@ def test_batchnorm_moving_statistics_are_updated_once_per_call():
     np.testing.assert_allclose(field.bn.moving_mean.numpy(), 0.1 * mean_final, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_network_block_trains_and_round_trips(tmp_path):
     model = odezoo.build("resnet", scheme="backward_euler", input_shape=(8, 8, 1), num_classes=10, depth=8, h=0.2)
     x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")

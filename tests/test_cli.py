@@ -104,6 +104,7 @@ def test_version(capsys):
     assert info.value.code == 0 and odezoo.__version__ in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 56 s: the default suite keeps to 10 minutes on 2 cores; CI runs it after
 def test_demo_end_to_end(tmp_path):
     """The README's main job, through the installed console script when there is one."""
     exe = shutil.which("odezoo")

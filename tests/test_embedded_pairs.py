@@ -289,7 +289,8 @@ def test_a_malformed_pair_is_refused_at_class_creation():
             b = [0.5, 0.5]
 
 
-@pytest.mark.parametrize("name", ["tsit5", pytest.param("bosh3", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tsit5", "bosh3"])
 def test_the_flow_solves_with_a_pair_and_agrees_with_dopri5(name):
     from odezoo import data
 

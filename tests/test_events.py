@@ -64,6 +64,7 @@ def test_compiled_and_eager_agree():
     np.testing.assert_allclose([float(x) for x in compiled[1]], [float(x) for x in eager[1]], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_direction_picks_the_upward_or_the_downward_crossing():
     y0 = tf.constant([H0, 8.0], tf.float64)  # thrown up at 8 m/s: passes 11 m going up, then down
     level = 11.0

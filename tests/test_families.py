@@ -43,7 +43,9 @@ def test_resnet_parameter_counts_match_the_paper(depth, params):
     assert lm - resnet == 3 * n - 2 - 3  # one k_n per scheme block after each stage's first
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "family", [f if f not in ("fractalnet", "revnet") else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
+)
 def test_training_lowers_loss_and_compiles_with_xla(family, tmp_path):
     model = odezoo.build(family, depth=8, input_shape=(8, 8, 1), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", jit_compile=True)

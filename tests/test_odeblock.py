@@ -155,7 +155,7 @@ def test_eager_gradients_adjoint_vs_rk4_backprop():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("solver", ["rk4", "backward_euler", "dopri5"])
+@pytest.mark.parametrize("solver", ["rk4", "backward_euler", pytest.param("dopri5", marks=pytest.mark.slow)])
 def test_eager_weight_gradient_when_the_block_is_the_first_op_on_a_constant(solver):
     """Found in issue 16: with an unwatched constant input (the block as a model's first
     layer) the fixed-grid solve's custom gradient was not recorded, so the eager gradient

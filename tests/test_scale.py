@@ -224,7 +224,7 @@ def test_every_registered_model_train_step_compiles_with_xla(name, spec):
 @pytest.mark.parametrize(
     "name,precision",
     [
-        ("revnet", "mixed_float16"),
+        pytest.param("revnet", "mixed_float16", marks=pytest.mark.slow),
         pytest.param("odenet", "mixed_float16", marks=pytest.mark.slow),
         pytest.param("revnet", "mixed_bfloat16", marks=pytest.mark.slow),
         pytest.param("odenet", "mixed_bfloat16", marks=pytest.mark.slow),
