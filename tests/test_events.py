@@ -144,6 +144,7 @@ def test_gradients_match_finite_differences_on_a_nonlinear_field_and_event():
         np.testing.assert_allclose(grads["y"][k].numpy(), fd_y, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_no_event_is_an_error_eagerly_and_nan_compiled():
     y0 = tf.constant([H0, 0.0], tf.float64)
     with pytest.raises(odezoo.SolverError, match=r"did not cross zero \(direction=-1\).*t_max=1\.0"):
