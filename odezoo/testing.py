@@ -331,7 +331,7 @@ def _proportionality(name, problem, tols, *, step_to_times=False):
 
 def _central_differences(loss, variable, eps=1e-6):
     """The gradient of ``loss()`` (a float) in ``variable`` by central differences, entry by entry."""
-    old = variable.numpy()
+    old = np.array(variable.numpy())  # an array also for a scalar variable
     fd = np.zeros_like(old)
     for index in np.ndindex(*old.shape):
         sides = []

@@ -30,14 +30,14 @@ from odezoo.ode.dispatch import odeint, solve
 from odezoo.ode.integrator import attempt_step, dense_output, integrate
 from odezoo.ode.options import GRADIENTS, check_solver, embedded_pair
 from odezoo.ode.status import OK, SolverError, raise_for_status
-from odezoo.ode.tableau import DOPRI5, tableau_of
+from odezoo.ode.tableau import tableau_of
 
 DIRECTIONS = (-1, 0, 1)
 BISECTIONS = 64  # halvings of the crossing step (float64 reaches its last bit before this)
 
 
 def _locate(tableau, call, event, t, y, k1, h, *, rtol, atol):
-    """The root of g in the step [t, t + h] that crossed it: ``(t_root, y_root)``, by bisection."""
+    """The root of g in the step [t, t + h] that crossed it, by bisection on the dense output."""
     y_new, ks, f_new, _, _ = attempt_step(tableau, call, t, y, k1, h, rtol=rtol, atol=atol, mask=[True] * len(y))
     if tableau.dense_kind == "step":  # no interpolant (dopri8): the cubic Hermite one through the step
         tableau = dataclasses.replace(tableau, hit_times=False, dense=None, dense_poly=None)
@@ -64,8 +64,7 @@ def _locate(tableau, call, event, t, y, k1, h, *, rtol, atol):
 
     one = tf.ones_like(h)
     _, lo, hi, _ = tf.while_loop(running, body, (0, tf.zeros_like(h), one, g_lo), maximum_iterations=BISECTIONS)
-    t_root, y_root = at(hi)  # the first point past the crossing, to the last bit of the bisection
-    return t_root, y_root
+    return t + hi * h  # the first point past the crossing, to the last bit of the bisection
 
 
 _search_cache = weakref.WeakKeyDictionary()  # f -> event_fn -> options -> the compiled search
@@ -137,16 +136,15 @@ def odeint_event(
             "odeint_event(batch_mode='independent') is not available yet: every row with its own "
             "event needs the independent-systems integrator. Use batch_mode='shared' (one event)."
         )
-    solver = check_solver(solver)
-    pair = None if solver == "dopri5" else embedded_pair(solver)
-    if solver != "dopri5" and pair is None:
+    pair = embedded_pair(check_solver(solver))  # dopri5 too: its tableau_of is DOPRI5
+    if pair is None:
         raise checks.bad_value(
             "solver",
             solver,
             "an embedded pair of odezoo's integrator: 'dopri5', 'tsit5', 'bosh3', 'heun_euler', "
             "'dopri8' or another registered one",
         )
-    tableau = DOPRI5 if pair is None else tableau_of(pair)
+    tableau = tableau_of(pair)
     checks.positive_int("max_steps", max_steps)
     checks.choice("gradient", gradient, GRADIENTS)
     check_controller("controller", controller)
@@ -155,6 +153,7 @@ def odeint_event(
     if not y0.dtype.is_floating:
         y0 = tf.cast(y0, tf.float32)
     dtype = y0.dtype
+    t0_given = t0
     t0 = tf.cast(t0, dtype)
     horizon = np.inf if t_max is None else t_max
     t_end = tf.cast(horizon, dtype)
@@ -174,15 +173,16 @@ def odeint_event(
                             controller=controller, tableau=tableau, event=flat_event,
                             event_direction=direction)  # fmt: skip
         ev = info["event"]
-        t_root, _ = _locate(tableau, flat_call, flat_event, ev["t"], ev["y"], ev["k1"], ev["h"], rtol=rtol, atol=atol)
+        t_root = _locate(tableau, flat_call, flat_event, ev["t"], ev["y"], ev["k1"], ev["h"], rtol=rtol, atol=atol)
         found = tf.logical_and(ev["found"], tf.equal(info["reason"], OK))
         t_event = tf.where(found, t_root, tf.constant(np.nan, dtype))
         return t_event, found, info["reason"], info["t"], info["steps"]
 
     # ∂y(t; t0, y0)/∂t0 = −Φ(t, t0)·f(t0, y0): the start time's derivative is that of y0 along
     # −f(t0, y0), so a restart at an earlier event's (differentiable) time passes its gradient on.
-    t0_const = tf.stop_gradient(t0)
-    y0 = y0 - tf.stop_gradient(field(t0_const, y0)) * (t0 - t0_const)
+    if isinstance(t0_given, (tf.Tensor, tf.Variable)):  # a Python number has no gradient to pass on
+        t0_const = tf.stop_gradient(t0)
+        y0 = y0 - tf.stop_gradient(field(t0_const, y0)) * (t0 - t0_const)
     eager = tf.executing_eagerly()
     if eager:
         from tensorflow.python.eager import record  # noqa: PLC0415  (as ODEBlock: no tape through the search)
@@ -213,7 +213,7 @@ def odeint_event(
     dg_dt, dg_dy = tape.gradient(g_probe, [t_event, y_at], unconnected_gradients=tf.UnconnectedGradients.ZERO)
     f_at = tf.stop_gradient(field(t_event, y_at))
     g_dot = tf.stop_gradient(dg_dt + tf.reduce_sum(dg_dy * f_at))
-    t_star = t_event - event(t_event, y_at) / g_dot
+    t_star = t_event - g_probe / g_dot  # the inner tape watches only (t, y); the caller's sees everything
     y_star = y_at + f_at * (t_star - t_event)
     return t_star, y_star
 
