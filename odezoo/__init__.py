@@ -29,7 +29,7 @@ from odezoo._registry import (
     register_scheme,
     scoped_registry,
 )
-from odezoo._scheme import BlockContext, ExplicitRungeKutta, Scheme
+from odezoo._scheme import BlockContext, DiagonallyImplicitRungeKutta, ExplicitRungeKutta, Scheme
 
 from odezoo._version import __version__
 
@@ -56,6 +56,7 @@ __all__ = [
     "plugin_report",
     "Scheme",
     "ExplicitRungeKutta",
+    "DiagonallyImplicitRungeKutta",
     "BlockContext",
     "SchemeBlock",
     "ODEBlock",

@@ -348,3 +348,154 @@ class ExplicitRungeKutta(Scheme):
                 term = bi * k
                 incr = term if incr is None else incr + term
         return y + h * incr
+
+
+class DiagonallyImplicitRungeKutta(Scheme):
+    """An ESDIRK pair: a diagonally implicit Runge-Kutta method with an explicit first stage,
+    one diagonal entry γ for every other stage, and embedded weights for step control.
+
+    Subclasses set ``A`` (s rows, lower triangular *including* the diagonal: row 0 is
+    ``[0]``, row i ends in γ), ``b``, ``b_hat`` (s weights each), ``c`` (optional: the row
+    sums of A), ``order`` and ``error_order``. Stage i solves
+    Y_i = y + h·Σ_{j<i} a_ij k_j + hγ·f(t + c_i h, Y_i) by Newton's method
+    (:mod:`odezoo.ode.newton`), so the pair is an adaptive solver for stiff problems:
+    ``odeint(..., solver=name)``, ``ODEBlock(field, solver=name, rtol=..., atol=...)``,
+    with the adjoint (its backward solve implicit too), the checkpoint gradient, guards
+    and the controllers. Solution times: with ``step_to_times = True`` (the default) a step
+    that would pass one is shortened to end on it; with False they come from the cubic
+    Hermite interpolant, of order 3, whose error inside the long steps a stiff solve takes
+    can exceed the solver's own (kvaerno5 on Robertson: 44 tolerance units at rtol 1e-4
+    against 0.3 at the steps' ends; benchmarks/ode/stiff.md). A stiffly accurate pair (last
+    row of A equal to b, c_s = 1) reuses its last stage as the next step's first.
+
+    Optional: ``predictor`` (for each stage i >= 1, i weights α_ij summing to 1: Newton
+    starts from the guess k_i ≈ Σ_j α_ij k_j for the stage's derivative; default: the
+    previous stage's k), and the
+    Newton settings ``linear_solver`` ("auto", "rows", "full", "krylov";
+    :mod:`odezoo.ode.newton` says when "auto" picks each), ``newton_kappa`` (the
+    iteration stops when its correction, in units of the error tolerance, is below it;
+    default 0.01), ``newton_max_iterations`` (default 10) and ``krylov`` (GMRES's Krylov
+    dimension). A stage whose iteration diverges or does not converge rejects the step
+    and halves it; when that drives the step below rounding the solve fails with its own
+    status ("newton"). No fixed grid and no network block: the pair is an adaptive solver
+    only (``backward_euler`` is the implicit network block).
+    """
+
+    A: Sequence[Sequence[float]] = None
+    b: Sequence[float] = None
+    b_hat: Sequence[float] = None
+    c: Sequence[float] | None = None
+    error_order: int | None = None
+    predictor: Sequence[Sequence[float]] | None = None
+    step_to_times: bool = True
+    linear_solver: str = "auto"
+    newton_kappa: float = 1e-2
+    newton_max_iterations: int = 10
+    krylov: int = 10
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("A") is None and cls.__dict__.get("b") is None:
+            return  # an intermediate base class
+        name = cls.__qualname__
+        if cls.A is None or cls.b is None or cls.b_hat is None:
+            raise PluginError(f"{name}: a DiagonallyImplicitRungeKutta needs `A`, `b` and `b_hat`.")
+        s = len(cls.b)
+        if len(cls.A) != s or len(cls.b_hat) != s or s < 2:
+            raise PluginError(
+                f"{name}: A has {len(cls.A)} rows, b {s} and b_hat {len(cls.b_hat)} weights; "
+                "they must match (at least 2 stages)."
+            )
+        rows = []
+        for i, row in enumerate(cls.A):
+            row = [float(v) for v in row] + [0.0] * (s - len(row))
+            if len(row) > s or any(row[j] != 0.0 for j in range(i + 1, s)):
+                raise PluginError(f"{name}: A must be lower triangular; row {i} is {list(cls.A[i])!r}.")
+            rows.append(row)
+        gamma = rows[1][1]
+        if rows[0][0] != 0.0 or not gamma > 0.0 or any(rows[i][i] != gamma for i in range(1, s)):
+            diagonal = [rows[i][i] for i in range(s)]
+            raise PluginError(
+                f"{name}: an ESDIRK has an explicit first stage (A[0][0] = 0) and one positive diagonal "
+                f"entry γ for the others; the diagonal is {diagonal!r}."
+            )
+        c = [sum(r) for r in rows] if cls.c is None else [float(v) for v in cls.c]
+        if len(c) != s:
+            raise PluginError(f"{name}: c has {len(c)} entries, expected {s}.")
+        for what, weights in (("b", cls.b), ("b_hat", cls.b_hat)):
+            if abs(sum(float(v) for v in weights) - 1.0) > 1e-10:
+                raise PluginError(f"{name}: the weights {what} sum to {sum(map(float, weights))!r}, not 1.")
+        order = getattr(cls, "order", None)
+        if not (isinstance(cls.error_order, int) and isinstance(order, int) and 1 <= cls.error_order <= order):
+            raise PluginError(
+                f"{name}: an ESDIRK pair needs integer `order` and `error_order` with 1 <= error_order <= order; "
+                f"got order={order!r}, error_order={cls.error_order!r}."
+            )
+        if cls.predictor is not None and (
+            len(cls.predictor) != s - 1 or any(len(r) != i + 1 for i, r in enumerate(cls.predictor))
+        ):
+            raise PluginError(f"{name}: predictor needs {s - 1} rows, row i (for stage i + 1) with i + 1 weights.")
+        if cls.predictor is not None and any(abs(sum(map(float, r)) - 1.0) > 1e-10 for r in cls.predictor):
+            raise PluginError(f"{name}: each predictor row must sum to 1 (a guess of the stage's derivative).")
+        if cls.linear_solver not in ("auto", "rows", "full", "krylov"):
+            raise PluginError(
+                f"{name}: linear_solver={cls.linear_solver!r}; choose 'auto', 'rows', 'full' or 'krylov'."
+            )
+        if not (0.0 < float(cls.newton_kappa) < 1.0) or int(cls.newton_max_iterations) < 1 or int(cls.krylov) < 1:
+            raise PluginError(
+                f"{name}: newton_kappa must lie in (0, 1) and newton_max_iterations, krylov be >= 1; got "
+                f"{cls.newton_kappa!r}, {cls.newton_max_iterations!r}, {cls.krylov!r}."
+            )
+        cls._A, cls._b, cls._c, cls._gamma = rows, [float(v) for v in cls.b], c, gamma
+        cls.num_fields = s
+
+    @classmethod
+    def is_embedded(cls) -> bool:
+        """True: every ESDIRK pair here carries embedded weights (an adaptive solver)."""
+        return cls.b is not None
+
+    @classmethod
+    def is_implicit(cls) -> bool:
+        return True
+
+    @classmethod
+    def coefficients(cls) -> dict:
+        """The tableau as floats, with the keys of :meth:`ExplicitRungeKutta.coefficients` (``A``
+        with its diagonal), plus ``implicit`` (True), ``gamma``, ``predictor`` and ``newton``
+        (the Newton settings)."""
+        from fractions import Fraction
+
+        s = len(cls._b)
+        return dict(
+            name=getattr(cls, "name", None) or cls.__name__,
+            A=[list(r) for r in cls._A],
+            b=list(cls._b),
+            c=list(cls._c),
+            order=cls.order,
+            b_hat=[float(v) for v in cls.b_hat],
+            error=[float(Fraction(b) - Fraction(bh)) for b, bh in zip(cls.b, cls.b_hat)],
+            dense=None,
+            dense_shampine=None,
+            error_order=cls.error_order,
+            estimate_order=cls.error_order + 1,
+            step_to_times=bool(cls.step_to_times),
+            error_low=None,
+            fsal=cls._c[-1] == 1.0 and cls._A[-1] == cls._b,
+            implicit=True,
+            gamma=cls._gamma,
+            predictor=None if cls.predictor is None else [[float(v) for v in r] for r in cls.predictor],
+            newton=dict(
+                linear_solver=cls.linear_solver,
+                kappa=float(cls.newton_kappa),
+                max_iterations=int(cls.newton_max_iterations),
+                krylov=int(cls.krylov),
+            ),
+            stages=s,
+        )
+
+    def step(self, fields, t, y, h):
+        raise NotImplementedError(
+            f"{type(self).__name__} is an implicit adaptive solver (ESDIRK): solve with tolerances "
+            "(rtol, atol), not on a fixed grid or as a network block; the implicit network block is "
+            "'backward_euler'."
+        )

@@ -217,23 +217,52 @@ def check_scheme(
 
 
 def _pair_class(solver):
-    from odezoo._scheme import ExplicitRungeKutta
+    from odezoo._scheme import DiagonallyImplicitRungeKutta, ExplicitRungeKutta
 
     cls = _registry.get_scheme(solver) if isinstance(solver, str) else solver
     cls = type(cls) if isinstance(cls, Scheme) else cls
-    if not (isinstance(cls, type) and issubclass(cls, ExplicitRungeKutta) and cls.is_embedded()):
+    pair = isinstance(cls, type) and issubclass(cls, (ExplicitRungeKutta, DiagonallyImplicitRungeKutta))
+    if not (pair and cls.is_embedded()):
         raise AssertionError(
-            f"check_solver needs an embedded pair (an ExplicitRungeKutta with `b_hat`); got {solver!r}."
+            "check_solver needs an embedded pair (an ExplicitRungeKutta with `b_hat`, or a "
+            f"DiagonallyImplicitRungeKutta); got {solver!r}."
         )
     return cls
 
 
+def _implicit_stage(f, t, known, hg):
+    """Y = known + hγ·f(t, Y) by Newton with a central-difference Jacobian (numpy, float64), to rounding."""
+    y = np.array(known, dtype=np.float64)
+    eye = np.eye(y.size)
+    for _ in range(50):
+        jac = np.stack([(f(t, y + 1e-7 * e) - f(t, y - 1e-7 * e)) / 2e-7 for e in eye], axis=1)
+        delta = np.linalg.solve(eye - hg * jac, -(y - known - hg * f(t, y)))
+        y = y + delta
+        if np.max(np.abs(delta)) <= 1e-15 * (1.0 + np.max(np.abs(y))):
+            break
+    return y
+
+
 def _rk_step(k, f, t, y, h, weights):
+    """One step of the tableau ``k`` with ``weights`` (an ESDIRK's diagonal stages solved by Newton)."""
     stages = []
     for i, row in enumerate(k["A"]):
         yi = y + h * sum((a * s for a, s in zip(row[:i], stages)), np.zeros_like(y))
-        stages.append(f(t + k["c"][i] * h, yi))
+        if k.get("implicit") and row[i] != 0.0:
+            stage = _implicit_stage(f, t + k["c"][i] * h, yi, h * row[i])
+            stages.append((stage - yi) / (h * row[i]))
+        else:
+            stages.append(f(t + k["c"][i] * h, yi))
     return y + h * sum((w * s for w, s in zip(weights, stages)), np.zeros_like(y))
+
+
+def _attempt(tableau):
+    """The integrator's one-step function for ``tableau`` (explicit or implicit), as ``attempt_step``'s."""
+    from odezoo.ode import integrator
+
+    if not tableau.implicit:
+        return integrator.attempt_step
+    return lambda *args, **kwargs: integrator.attempt_implicit_step(*args, **kwargs)[:5]
 
 
 def _slope(hs, errors):
@@ -263,8 +292,6 @@ def _ratio_order(tableau, problem, hs=(0.2, 0.1, 0.05)):
     """The slope of the integrator's error ratio over one step (rtol = atol = 1): estimate_order."""
     import tensorflow as tf
 
-    from odezoo.ode import integrator
-
     A, b = problem["A"], problem["b"]
 
     def call(t, y):
@@ -273,7 +300,7 @@ def _ratio_order(tableau, problem, hs=(0.2, 0.1, 0.05)):
     ratios = []
     for h in hs:
         t0, y = tf.constant(problem["t0"], tf.float64), [tf.constant(problem["y0"], tf.float64)]
-        *_, ratio, _ = integrator.attempt_step(
+        *_, ratio, _ = _attempt(tableau)(
             tableau, call, t0, y, call(t0, y), tf.constant(h, tf.float64), rtol=1.0, atol=1.0, mask=[True]
         )
         ratios.append(float(ratio))
@@ -295,7 +322,7 @@ def _dense_order(tableau, problem, hs=(0.2, 0.1, 0.05), theta=0.37):
     for h in hs:
         t0, hh = tf.constant(problem["t0"], tf.float64), tf.constant(h, tf.float64)
         y = [tf.constant(problem["y0"], tf.float64)]
-        y_new, ks, f_new, _, _ = integrator.attempt_step(
+        y_new, ks, f_new, _, _ = _attempt(tableau)(
             tableau, call, t0, y, call(t0, y), hh, rtol=1.0, atol=1.0, mask=[True]
         )
         t_i = tf.constant(problem["t0"] + theta * h, tf.float64)

@@ -147,47 +147,11 @@ def _unrolled_solve(field, t1, y0, h, iterations, tol):
     return ops.where(done, out, ops.full_like(out, math.nan))
 
 
-def _tf_gmres(matvec, b, m):
-    """x ≈ A⁻¹b in the Krylov space K_m(A, b) (x0 = 0; m Arnoldi steps by modified Gram-Schmidt).
-
-    The small least-squares problem min ‖βe₁ − Hy‖ is solved by QR, a direction whose
-    diagonal entry of R vanishes (a breakdown: the solution lies in a smaller space) dropped.
-    """
-    import tensorflow as tf
-
-    dtype = b.dtype
-    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
-    eps = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
-    zero = tf.zeros([], dtype)
-    beta = tf.norm(tf.reshape(b, [-1]))
-    basis = [b / tf.maximum(beta, tiny)]
-    columns = []
-    for j in range(m):
-        w = matvec(basis[j])
-        col = []
-        for v in basis:
-            hij = tf.reduce_sum(w * v)
-            w = w - hij * v
-            col.append(hij)
-        norm = tf.norm(tf.reshape(w, [-1]))
-        col.append(norm)
-        columns.append(tf.stack(col + [zero] * (m - j - 1)))
-        basis.append(w / tf.maximum(norm, tiny))
-    hess = tf.stack(columns, axis=1)  # (m + 1, m)
-    q, r = tf.linalg.qr(hess)
-    rhs = beta * q[0]  # Qᵀ(βe₁)
-    coeffs = [zero] * m
-    scale = tf.reduce_max(tf.abs(tf.linalg.diag_part(r)))
-    for i in reversed(range(m)):
-        acc = rhs[i] - sum(r[i, k] * coeffs[k] for k in range(i + 1, m)) if i + 1 < m else rhs[i]
-        usable = tf.abs(r[i, i]) > 100.0 * eps * scale
-        coeffs[i] = tf.where(usable, acc / tf.where(usable, r[i, i], tf.ones_like(r[i, i])), zero)
-    return sum(c * v for c, v in zip(coeffs, basis[:m]))
-
-
 def _tf_solve(field, t1, y0, h, iterations, tol, implicit, krylov):
     """``krylov`` > 0: Newton with GMRES(krylov) on finite-difference JVPs; 0: fixed-point."""
     import tensorflow as tf
+
+    from odezoo.ode import gmres
 
     dtype = y0.dtype
     inf = tf.constant(np.inf, dtype)
@@ -220,7 +184,7 @@ def _tf_solve(field, t1, y0, h, iterations, tol, implicit, krylov):
                 eps = root_eps * (1.0 + rms(y)) / tf.maximum(rms(v), tf.constant(1e-30, dtype))
                 return v - h * (field(t1, y + eps * v) - fy) / eps
 
-            return y + _tf_gmres(matvec, y0 + h * fy - y, krylov)
+            return y + gmres(matvec, y0 + h * fy - y, krylov)
 
         return update
 
@@ -250,7 +214,7 @@ def _tf_solve(field, t1, y0, h, iterations, tol, implicit, krylov):
             with frozen_batchnorm_statistics([field]):
                 if krylov:  # (I − hJᵀ)w = g by restarted GMRES: each pass corrects the residual
                     op = lambda v: v - h * vjp(v, y1)  # noqa: E731
-                    w, converged = iterate(lambda w: w + _tf_gmres(op, g - op(w), krylov), tf.zeros_like(g))
+                    w, converged = iterate(lambda w: w + gmres(op, g - op(w), krylov), tf.zeros_like(g))
                 else:
                     w, converged = iterate(lambda w: g + h * vjp(w, y1), g)
                 grads_v = vjp(h * w, variables) if variables else []

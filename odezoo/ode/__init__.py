@@ -9,6 +9,7 @@ One concern per module:
 ``tableau``             :class:`ButcherTableau`, :data:`DOPRI5`, :func:`tableau_of` (a pair's data)
 ``controllers``         step-size controllers: predictive (default), PI, PID (:class:`Controller` objects)
 ``integrator``          the adaptive integrator over a tableau
+``newton``              Newton's method for implicit (ESDIRK) stages: per-row Jacobians, JFNK/GMRES
 ``adjoint``             the continuous adjoint and :func:`solve_flat`
 ``fixed_grid``          registered schemes as fixed-grid solvers
 ``tfp``                 tfp's solvers behind guards
@@ -64,6 +65,8 @@ _EXPORTS = {
     "CONTROLLERS": "controllers",
     "make_controller": "controllers",
     "integrate": "integrator",
+    "gmres": "newton",
+    "LINEAR_SOLVERS": "newton",
     "adjoint_solve": "adjoint",
     "solve_flat": "adjoint",
     "apply_if_solved": "gate",

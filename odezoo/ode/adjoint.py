@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from odezoo.ode.integrator import integrate
-from odezoo.ode.status import OK, raise_for_status, run_hook
+from odezoo.ode.integrator import integrate, rms
+from odezoo.ode.status import DRIFT, OK, raise_for_status, run_hook
 
 
 # The backward solve's defaults (measured on the peer problem, benchmarks/ode/README.md,
@@ -32,6 +32,13 @@ ADJOINT_TOL_FACTOR = 10.0
 # first step).
 ADJOINT_FIRST_STEPS = ("forward", "select")
 ADJOINT_FIRST_STEP = "forward"
+# The backward solve re-integrates y from each restart to the next, where the forward solve's
+# state is known: a re-integrated state farther from it than this many units of the backward
+# tolerance (atol + rtol·|y|, RMS) fails the gradient with status DRIFT instead of returning
+# gradients computed along a wrong trajectory. Backward in time y is unstable where the field
+# is strongly dissipative (a stiff one: e^{1000 t} on y' = -1000 y), and such a gradient was
+# finite and wrong by 95 orders of magnitude before this guard (tests/test_esdirk.py).
+ADJOINT_DRIFT_LIMIT = 1e3
 
 
 def _refine(t0, times, k):
@@ -104,7 +111,7 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
             opts["rtol"] = ADJOINT_TOL_FACTOR * options["rtol"] if adjoint_rtol is None else adjoint_rtol
             opts["atol"] = ADJOINT_TOL_FACTOR * options["atol"] if adjoint_atol is None else adjoint_atol
             grads_y, grads_c, grads_v, binfo = _adjoint_backward(
-                fn, t0, fine, fine_outputs, dys, cs, variables, opts, starts
+                fn, t0, fine, fine_outputs, dys, cs, variables, opts, starts, ys
             )
             with tf.control_dependencies(run_hook(on_backward, binfo)):
                 grads_y = [tf.identity(g) for g in grads_y]
@@ -129,11 +136,12 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
 
 
 @tf.autograph.experimental.do_not_convert
-def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, starts=None):
+def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, starts=None, y0=None):
     """Integrate (y, a, ∫a·∂f/∂θ, ∫a·∂f/∂c) backward from times[-1] to t0.
 
     ``starts``: None (Hairer's selection at every restart) or the first step of the backward
-    solve that starts at each of ``times`` (the forward solve's ``step_sizes``).
+    solve that starts at each of ``times`` (the forward solve's ``step_sizes``). ``y0``: the
+    forward solve's initial state (the drift guard's last comparison), or None.
     """
     ny, nc, nv = len(outputs), len(consts), len(variables)
     dtype = outputs[0].dtype
@@ -175,6 +183,15 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, s
         state = [o[0] for o in outs]
         prev = tf.maximum(j - 1, 0)
         more = tf.cast(j > 0, dtype)
+        # the drift guard: the re-integrated y against the forward state there
+        known = [tf.gather(o, prev) for o in outputs]
+        if y0 is not None:  # at t0: the forward solve's initial state
+            known = [tf.where(j > 0, k, tf.cast(y, dtype)) for k, y in zip(known, y0)]
+        drift = rms(
+            [(s - k) / (opts["atol"] + opts["rtol"] * tf.abs(k)) for s, k in zip(state[:ny], known)], [True] * ny
+        )
+        checked = tf.logical_or(j > 0, y0 is not None)
+        drifted = tf.logical_and(checked, tf.logical_and(tf.equal(info["reason"], OK), drift > ADJOINT_DRIFT_LIMIT))
         # restart y from the forward solution (torchdiffeq does too); add that time's cotangent
         y = [tf.where(j > 0, tf.gather(o, prev), s) for o, s in zip(outputs, state[:ny])]
         adj = [a + more * tf.gather(dy, prev) for a, dy in zip(state[ny : 2 * ny], dys)]
@@ -185,7 +202,7 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, s
             adj,
             state[2 * ny : 2 * ny + nc],
             state[2 * ny + nc :],
-            info["reason"],
+            tf.where(drifted, DRIFT, info["reason"]),
             nfe + info["nfe"],
             steps + info["steps"],
             accepted + info["accepted"],
@@ -208,7 +225,12 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, s
         cond, body, loop_vars, maximum_iterations=n
     )
     info = dict(reason=reason, nfe=nfe, steps=steps, accepted=accepted, t=t_reached)
-    return adj, g_c, g_v, info
+    failed = tf.not_equal(reason, OK)  # a failed backward solve gives NaN gradients, never plausible ones
+
+    def blank(gs):
+        return [tf.where(failed, tf.cast(float("nan"), g.dtype), g) for g in gs]
+
+    return blank(adj), blank(g_c), blank(g_v), info
 
 
 def solve_flat(
@@ -253,4 +275,5 @@ __all__ = [
     "ADJOINT_TOL_FACTOR",
     "ADJOINT_FIRST_STEPS",
     "ADJOINT_FIRST_STEP",
+    "ADJOINT_DRIFT_LIMIT",
 ]

@@ -23,7 +23,7 @@ import math
 
 import tensorflow as tf
 
-from odezoo.ode.integrator import attempt_step, dense_output, integrate
+from odezoo.ode.integrator import attempt_implicit_step, attempt_step, dense_output, integrate
 from odezoo.ode.status import OK, run_hook
 from odezoo.ode.tableau import DOPRI5
 
@@ -75,10 +75,15 @@ def checkpoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, 
 
 
 def _step(tableau, call, t, h, y, options):
-    """One accepted step replayed as the forward solve took it: ``(y_new, stages, f(t_new, y_new))``."""
-    y_new, ks, f_new, _, _ = attempt_step(
-        tableau, call, t, y, call(t, y), h, rtol=options["rtol"], atol=options["atol"], mask=[True] * len(y)
-    )
+    """One accepted step replayed as the forward solve took it: ``(y_new, stages, f(t_new, y_new))``.
+
+    An implicit pair's stages are replayed by the same Newton iterations (the same count, as
+    the inputs are the same), and differentiated through them with the step's Jacobian held
+    constant, as the forward solve held it."""
+    attempt = attempt_implicit_step if tableau.implicit else attempt_step
+    mask = options.get("norm_mask") or [True] * len(y)
+    y_new, ks, f_new = attempt(tableau, call, t, y, call(t, y), h, rtol=options["rtol"], atol=options["atol"],
+                               mask=mask)[:3]  # fmt: skip
     return y_new, ks, f_new
 
 

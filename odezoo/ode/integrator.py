@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from odezoo.ode.controllers import StepMemory, make_controller
-from odezoo.ode.status import MAX_STEPS, NONFINITE, OK, UNDERFLOW, UNORDERED, times_ordered
+from odezoo.ode.newton import linearise, resolve_linear_solver, solve_stage, stage_calls
+from odezoo.ode.status import MAX_STEPS, NEWTON, NONFINITE, OK, UNDERFLOW, UNORDERED, times_ordered
 from odezoo.ode.tableau import DOPRI5, ButcherTableau
 
 
@@ -195,6 +196,47 @@ def attempt_step(tableau, call, t, y, k1, h, *, rtol, atol, mask):
     return y_new, ks, f_new, ratio, finite
 
 
+def attempt_implicit_step(tableau, call, t, y, k1, h, *, rtol, atol, mask):
+    """One step of an ESDIRK pair (``tableau.implicit``), its stages solved by Newton.
+
+    Returns ``(y_new, ks, f_new, error ratio, finite, converged, calls)``: ``converged``
+    False when a stage's Newton iteration diverged or ran out of iterations (the step is
+    then rejected and halved), ``calls`` the field evaluations it made (the Jacobian, one
+    per attempt, not counted).
+    """
+    settings = dict(tableau.newton)
+    hg = h * tableau.gamma
+    kind = resolve_linear_solver(settings["linear_solver"], y, mask)
+    lin = linearise(call, t, y, hg, mask, kind, krylov=settings["krylov"])
+    scale = [tf.stop_gradient(atol + rtol * tf.abs(v)) for v in y]
+    ks, converged, calls = [k1], tf.constant(True), tf.constant(0, tf.int32)
+    stage = y
+    for i in range(1, tableau.stages):
+        known = lincomb(y, h, tableau.a[i][:i], ks)
+        # Newton starts from a guess of the stage's k: the pair's predictor, or the previous stage's k
+        weights = tableau.predictor[i - 1] if tableau.predictor is not None else (0.0,) * (i - 1) + (1.0,)
+        guess = lincomb(known, hg, weights, ks)
+        stage, k, ok, iterations = solve_stage(
+            call, t + tableau.c[i] * h, known, hg, guess, lin, scale,
+            kappa=settings["kappa"], max_iterations=settings["max_iterations"],
+        )  # fmt: skip
+        ks.append(k)
+        converged = tf.logical_and(converged, ok)
+        calls += iterations * stage_calls(lin)
+    if tableau.fsal:  # stiffly accurate: the last stage is the new point, its k the next first stage
+        y_new, f_new = stage, ks[-1]
+    else:
+        y_new = lincomb(y, h, tableau.b, ks)
+        f_new = call(t + h, y_new)
+        calls += 1
+    zeros = [tf.zeros_like(v) for v in y]
+    scale_new = [atol + rtol * tf.maximum(tf.abs(a), tf.abs(b)) for a, b in zip(y, y_new)]
+    err = lincomb(zeros, h, tableau.error, ks)
+    ratio = tf.stop_gradient(rms([e / s for e, s in zip(err, scale_new)], mask))
+    finite = tf.logical_and(tf.math.is_finite(ratio), tf.logical_and(all_finite(f_new), all_finite(y_new)))
+    return y_new, ks, f_new, ratio, finite, converged, calls
+
+
 def next_step(controller, exponent, ratio, finite, accept, rejected, memory, direction):
     """The controller's proposal, clipped: ``(h_next, err_prev, h_prev)`` for the next attempt."""
     h = memory.h
@@ -210,12 +252,16 @@ def next_step(controller, exponent, ratio, finite, accept, rejected, memory, dir
     return h_next, err_prev, h_prev
 
 
-def step_reason(finite, accept, h_next, t, t_end, tiny):
-    """The guards after a step: OK, NONFINITE, or UNDERFLOW (a rejected step whose successor is negligible)."""
+def step_reason(finite, accept, h_next, t, t_end, tiny, converged=True):
+    """The guards after a step: OK, NONFINITE, UNDERFLOW (a rejected step whose successor is
+    negligible), or NEWTON (the same, when an implicit stage's iteration failed: ``converged``
+    False; its values are not judged for finiteness)."""
+    finite = tf.logical_or(finite, tf.logical_not(converged))
     reason = tf.where(finite, OK, NONFINITE)
     scale = tf.where(tf.math.is_finite(t_end), tf.maximum(tf.abs(t), tf.abs(t_end)), tf.abs(t))  # t_end may be inf
     underflow = tf.logical_and(tf.logical_not(accept), tf.abs(h_next) <= 4.0 * tiny * scale)
-    return tf.where(tf.logical_and(finite, underflow), UNDERFLOW, reason)
+    underflow_reason = tf.where(converged, UNDERFLOW, NEWTON)
+    return tf.where(tf.logical_and(finite, underflow), underflow_reason, reason)
 
 
 def _start(p, t0, y0, first_step):
@@ -335,9 +381,15 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
     # a pair without dense output ("step") ends its steps on the next solution time instead
     target = p.times[tf.minimum(s.idx, p.n - 1)] if p.tableau.hit_times else p.t_end
     h, last = end_of_interval(s.t, s.h, target, p.direction, p.stretch)
-    y_new, ks, f_new, ratio, finite = attempt_step(
-        p.tableau, p.call, s.t, s.y, s.k1, h, rtol=p.rtol, atol=p.atol, mask=p.mask
-    )
+    options = dict(rtol=p.rtol, atol=p.atol, mask=p.mask)
+    converged, calls = True, p.tableau.evaluations_per_step
+    if p.tableau.implicit:
+        y_new, ks, f_new, ratio, finite, converged, calls = attempt_implicit_step(
+            p.tableau, p.call, s.t, s.y, s.k1, h, **options
+        )
+        finite = tf.logical_and(finite, converged)
+    else:
+        y_new, ks, f_new, ratio, finite = attempt_step(p.tableau, p.call, s.t, s.y, s.k1, h, **options)
     accept = tf.logical_and(finite, ratio <= 1.0)
     t_new = tf.where(last, target, s.t + h)
     within_tolerance = accept  # before an event turns the step down (not a rejection for the guards)
@@ -355,19 +407,21 @@ def _advance(p: _Problem, s: _Loop) -> _Loop:
                         accepted=s.accepted)  # fmt: skip
     exponent = p.tableau.error_exponent
     h_next, err_prev, h_prev = next_step(p.controller, exponent, ratio, finite, accept, rejected, memory, p.direction)
+    if p.tableau.implicit:  # a stage that did not converge: the step is halved (Hairer & Wanner's SDIRK codes)
+        h_next = tf.where(converged, h_next, tf.stop_gradient(0.5 * h))
 
     def at(i):  # the state there, and the step in use there (before it was shortened to end the interval)
         return dense_output(p.tableau, s.t, h, s.y, y_new, ks, p.times[i], t_new, f_new) + [tf.abs(s.h)]
 
     idx, tas = fill_until(p.times, t_new, p.direction, s.idx, s.tas, enabled=accept, values=at)
-    reason = step_reason(finite, within_tolerance, h_next, s.t, p.t_end, p.tiny)
+    reason = step_reason(finite, within_tolerance, h_next, s.t, p.t_end, p.tiny, converged)
     record = _record(p, s, h, t_new, idx)
     return _Loop(
         t=tf.where(accept, t_new, s.t), y=where(accept, y_new, s.y), k1=where(accept, f_new, s.k1), h=h_next,
         h_prev=h_prev, err_prev=err_prev, err_prev2=tf.where(accept, s.err_prev, s.err_prev2),
         streak=tf.where(accept, s.streak + 1, 0), idx=idx, tas=tas,
         steps=s.steps + 1, accepted=s.accepted + tf.cast(accept, tf.int32),
-        nfe=s.nfe + p.tableau.evaluations_per_step, reason=reason, record=record, event=event,
+        nfe=s.nfe + calls, reason=reason, record=record, event=event,
     )  # fmt: skip
 
 

@@ -173,3 +173,10 @@ def check_options(solver, *, rtol, atol, num_steps, step_size, first_step, max_s
                 else f"The fixed-grid solver {solver!r} needs exactly one of `num_steps` or `step_size`"
             )
             raise ValueError(f"{what}. Received: num_steps={num_steps!r}, step_size={step_size!r}.")
+    implicit = pair and getattr(embedded_pair(solver), "is_implicit", lambda: False)()
+    if implicit and (num_steps is not None or step_size is not None):
+        raise ValueError(
+            f"The implicit pair {solver!r} solves adaptively only: give rtol and atol, not a grid. "
+            f"Received: num_steps={num_steps!r}, step_size={step_size!r}. (A fixed-step implicit method: "
+            "'backward_euler'.)"
+        )

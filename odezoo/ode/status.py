@@ -20,13 +20,17 @@ from odezoo._errors import SolverError
 from odezoo.ode.gate import across_replicas
 
 # reasons (tfp's ``diagnostics.status`` is 0 on success and -1 on failure; ours adds why)
-OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED = 0, 1, 2, 3, 4
+OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED, NEWTON, DRIFT = 0, 1, 2, 3, 4, 5, 6
 REASONS = {
     OK: "success",
     MAX_STEPS: "the step budget (max_steps attempted steps) was exhausted",
     NONFINITE: "NaN or Inf in the state, the field or the cotangents",
     UNDERFLOW: "the step size underflowed (the tolerances cannot be met: stiff or singular field?)",
     UNORDERED: "the solution times are out of order (not monotone from t0 in the direction of integration)",
+    NEWTON: "an implicit stage's Newton iteration kept failing until the step size underflowed "
+    "(a field too nonlinear or not smooth for the implicit solver, or NaN/Inf inside the iteration)",
+    DRIFT: "the adjoint's backward re-integration of the state drifted from the forward solution "
+    "(the field is unstable backward in time, e.g. stiff and dissipative): use gradient='checkpoint'",
 }
 
 

@@ -38,6 +38,11 @@ class ButcherTableau:
         combine: ``combine(err, err_low)``, the error ratio from the two scaled RMS norms
             (with ``error_low``).
         estimate_order: k in error ratio ∝ h^k (None: embedded_order + 1).
+        implicit: an ESDIRK pair (:class:`odezoo.DiagonallyImplicitRungeKutta`): row i of
+            ``a`` then has i + 1 entries, the last the diagonal ``gamma``; the stages are
+            solved by Newton (:mod:`odezoo.ode.newton`) with the settings ``newton``
+            (pairs of name and value: linear_solver, kappa, max_iterations, krylov).
+        predictor: (implicit) rows of weights α_ij for Newton's starting values, or None.
     """
 
     name: str
@@ -54,6 +59,10 @@ class ButcherTableau:
     error_low: tuple[float, ...] | None = None
     combine: object = None
     estimate_order: int | None = None
+    implicit: bool = False
+    gamma: float = 0.0
+    predictor: tuple[tuple[float, ...], ...] | None = None
+    newton: tuple = ()
 
     @property
     def dense_kind(self) -> str:
@@ -80,7 +89,7 @@ class ButcherTableau:
 
     @property
     def evaluations_per_step(self) -> int:
-        """Field calls per attempted step (one fewer with FSAL)."""
+        """Field calls per attempted step (one fewer with FSAL); an implicit pair's vary with Newton."""
         return self.stages - 1 if self.fsal else self.stages
 
 
@@ -122,10 +131,16 @@ def tableau_of(scheme) -> ButcherTableau:
     if not getattr(scheme, "is_embedded", lambda: False)():
         raise ValueError(f"{scheme!r} has no embedded weights `b_hat`: it is a fixed-grid scheme only.")
     k = scheme.coefficients()
+    implicit = bool(k.get("implicit", False))
+    extra = {}
+    if implicit:
+        predictor = k["predictor"]
+        extra = dict(implicit=True, gamma=float(k["gamma"]), newton=tuple(sorted(k["newton"].items())),
+                     predictor=None if predictor is None else tuple(tuple(r) for r in predictor))  # fmt: skip
     return ButcherTableau(
         name=k["name"],
         c=tuple(k["c"]),
-        a=tuple(tuple(row[:i]) for i, row in enumerate(k["A"])),
+        a=tuple(tuple(row[: i + implicit]) for i, row in enumerate(k["A"])),
         b=tuple(k["b"]),
         error=tuple(k["error"]),
         dense=None if k["dense_shampine"] is None else tuple(k["dense_shampine"]),
@@ -138,4 +153,5 @@ def tableau_of(scheme) -> ButcherTableau:
         combine=None if k["error_low"] is None else scheme.combine_errors,  # a staticmethod: class or instance
         # None where it is the default, embedded_order + 1 (so dopri5's tableau equals DOPRI5)
         estimate_order=None if k["estimate_order"] == k["error_order"] + 1 else int(k["estimate_order"]),
+        **extra,
     )

@@ -1,0 +1,173 @@
+"""ESDIRK pairs (kvaerno3, kvaerno5): stiff solves against scipy, Newton, gradients, and the guards (issue 16)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.integrate import solve_ivp
+
+import odezoo
+from odezoo._errors import PluginError
+from odezoo.ode import status as ode_status
+from odezoo.testing import _central_differences
+
+F64 = tf.float64
+
+
+def _robertson(t, y):
+    return tf.stack([-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
+                     3e7 * y[1] ** 2])  # fmt: skip
+
+
+def _robertson_np(t, y):
+    return [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
+
+
+def test_robertson_against_scipy_within_a_few_tolerance_units():
+    """Robertson on [0, 1e5] (stiffness ratio ~1e11): kvaerno5's error, in units of the tolerance
+    (atol + rtol·|y|), is a few units, as scipy's BDF's; an explicit pair exhausts its budget."""
+    ts = np.array([0.0, 1e-2, 1.0, 1e2, 1e4, 1e5])
+    ref = solve_ivp(_robertson_np, (0, 1e5), [1, 0, 0], method="Radau", rtol=1e-12, atol=1e-16, t_eval=ts).y.T
+    rtol, atol = 1e-6, 1e-10
+    y = odezoo.odeint(_robertson, tf.constant([1.0, 0.0, 0.0], F64), tf.constant(ts), solver="kvaerno5",
+                      rtol=rtol, atol=atol)  # fmt: skip
+    units = np.max(np.abs(y.numpy() - ref) / (atol + rtol * np.abs(ref)))
+    bdf = solve_ivp(_robertson_np, (0, 1e5), [1, 0, 0], method="BDF", rtol=rtol, atol=atol, t_eval=ts).y.T
+    bdf_units = np.max(np.abs(bdf - ref) / (atol + rtol * np.abs(ref)))
+    assert units < 5 * max(bdf_units, 1.0), (units, bdf_units)
+    with pytest.raises(odezoo.SolverError, match="status 1"):
+        odezoo.odeint(_robertson, tf.constant([1.0, 0.0, 0.0], F64), tf.constant([0.0, 1e5], F64),
+                      solver="dopri5", rtol=rtol, atol=atol, max_steps=2000)  # fmt: skip
+
+
+def test_the_adjoint_refuses_a_drifted_backward_state():
+    """Reproduces a silently wrong gradient: on y' = Wy with a -1000 eigenvalue the adjoint's
+    backward re-integration of y grows like e^{1000 t}; dopri5's adjoint returned a finite
+    gradient 1e95 off. It is now a failed backward solve (status 6, NaN gradients; its reason
+    names the remedy, the checkpoint gradient, which test_a_stiff_field_trained... checks)."""
+    w = tf.Variable([[-1000.0, 1.0], [0.0, -0.5]], dtype=F64)
+    y0 = tf.constant([[1.0, 2.0], [0.5, -1.0]], F64)
+
+    def f(t, y):
+        return tf.linalg.matvec(w, y) + tf.sin(y)
+
+    ts = tf.constant([0.0, 0.5, 1.0], F64)
+    seen = {}
+    opts = dict(rtol=1e-8, atol=1e-10, options=dict(rtol=1e-8, atol=1e-10, max_steps=100000))
+    from odezoo.ode.adjoint import adjoint_solve
+
+    @tf.function(jit_compile=True)
+    def run():
+        with tf.GradientTape() as tape:
+            (y,), _ = adjoint_solve(lambda t, y, c: [f(t, y[0])], tf.constant(0.0, F64), [y0], ts[1:], [],
+                                    options=opts["options"], on_backward=lambda i: seen.update(i))  # fmt: skip
+            loss = tf.reduce_sum(y[-1] ** 2)
+        return tape.gradient(loss, w), seen["reason"]
+
+    grad, reason = run()
+    assert int(reason) == ode_status.DRIFT
+    assert np.all(np.isnan(grad.numpy()))
+    assert "checkpoint" in ode_status.REASONS[ode_status.DRIFT]
+
+
+def test_an_esdirk_tableau_is_checked_when_declared():
+    with pytest.raises(PluginError, match="diagonal"):
+
+        class NoDiagonal(odezoo.DiagonallyImplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[0.0], [0.5, 0.0]]
+            b = [0.5, 0.5]
+            b_hat = [1.0, 0.0]
+
+    with pytest.raises(PluginError, match="lower triangular"):
+
+        class Upper(odezoo.DiagonallyImplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[0.0, 0.1], [0.5, 0.5]]
+            b = [0.5, 0.5]
+            b_hat = [1.0, 0.0]
+
+    with pytest.raises(PluginError, match="linear_solver"):
+
+        class Bad(odezoo.DiagonallyImplicitRungeKutta):
+            order, error_order = 2, 1
+            A = [[0.0], [0.5, 0.5]]
+            b = [0.5, 0.5]
+            b_hat = [1.0, 0.0]
+            linear_solver = "lu"
+
+
+def test_an_esdirk_pair_refuses_a_fixed_grid_clearly():
+    with pytest.raises(ValueError, match="implicit pair 'kvaerno5' solves adaptively only"):
+        odezoo.odeint(lambda t, y: -y, tf.constant([1.0], F64), tf.constant([0.0, 1.0], F64),
+                      solver="kvaerno5", num_steps=4)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["kvaerno3", "kvaerno5"])
+def test_check_solver(name):
+    """The conformance kit: main and embedded orders (3/2, 5/4), the estimate's order, tolerance
+    proportionality, adjoint/backprop/checkpoint gradients against finite differences, a .keras
+    round trip."""
+    result = odezoo.testing.check_solver(name)
+    assert result["dense"] == "step"
+    assert abs(result["order_measured"] - odezoo.get_scheme(name).order) < 0.4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("linear_solver", ["rows", "full", "krylov"])
+def test_every_linear_solver_gives_the_same_stiff_solution(linear_solver):
+    """A batch of 8 stiff 4-dimensional linear systems (eigenvalues to -1e4) against the matrix
+    exponential, with each way of solving the Newton systems."""
+    rng = np.random.default_rng(3)
+    mats = []
+    for _ in range(8):
+        q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+        mats.append(q @ np.diag(-np.logspace(0, 4, 4)) @ q.T)
+    mats = np.stack(mats)
+    y0 = rng.normal(size=(8, 4))
+    from scipy.linalg import expm
+
+    exact = np.stack([expm(m * 2.0) @ v for m, v in zip(mats, y0)])
+
+    class Pair(odezoo.get_scheme("kvaerno5")):
+        pass
+
+    Pair.linear_solver = linear_solver
+    with odezoo.scoped_registry():
+        odezoo.register_scheme(f"kvaerno5_{linear_solver}")(Pair)
+        field = lambda t, y: tf.einsum("bij,bj->bi", tf.constant(mats), y)  # noqa: E731
+        out = odezoo.odeint(field, tf.constant(y0), tf.constant([0.0, 2.0], F64), solver=f"kvaerno5_{linear_solver}",
+                            rtol=1e-8, atol=1e-10)  # fmt: skip
+    np.testing.assert_allclose(out[-1].numpy(), exact, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_newton_that_cannot_converge_fails_with_its_own_status():
+    """A field that is NaN past t = 0.5: every stage there fails, the step is halved until it
+    underflows, and the solve ends with status 5 (not a hang, not numbers)."""
+
+    def f(t, y):
+        return tf.where(t > 0.5, tf.constant(np.nan, F64), -y)
+
+    with pytest.raises(odezoo.SolverError, match="status 5"):
+        odezoo.odeint(f, tf.constant([1.0], F64), tf.constant([0.0, 1.0], F64), solver="kvaerno3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stiff, gradient", [(-2.0, "adjoint"), (-1000.0, "checkpoint"), (-1000.0, "backprop")])
+def test_a_stiff_field_trained_through_kvaerno5(stiff, gradient):
+    """The gradient of a loss through kvaerno5 in a field's parameters against central
+    differences: the adjoint where the backward state is stable, the checkpoint gradient and
+    backprop on the stiff dissipative problem where the adjoint refuses."""
+    w = tf.Variable([[stiff, 1.0], [0.0, -0.5]], dtype=F64)
+    y0 = tf.constant([[1.0, 2.0], [0.5, -1.0]], F64)
+    ts = tf.constant([0.0, 0.5, 1.0], F64)
+
+    def loss(tol=1e-8):
+        y = odezoo.odeint(lambda t, y: tf.linalg.matvec(w, y) + tf.sin(y), y0, ts, solver="kvaerno5",
+                          rtol=tol, atol=tol * 1e-2, gradient=gradient)  # fmt: skip
+        return tf.reduce_sum(y[-1] ** 2) + tf.reduce_sum(y[1])
+
+    g = tf.function(lambda: tf.gradients(loss(), [w])[0], jit_compile=True)().numpy()
+    fd = _central_differences(lambda: float(loss(tol=1e-10)), w, eps=1e-5)
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-8)
