@@ -69,6 +69,24 @@ def test_the_adjoint_refuses_a_drifted_backward_state():
     assert "checkpoint" in ode_status.REASONS[ode_status.DRIFT]
 
 
+@pytest.mark.parametrize("solver", ["dopri5", "kvaerno5"])
+def test_an_eager_backprop_gradient_through_odeint(solver):
+    """Reproduces an eager odeint under a GradientTape with gradient="backprop" failing with
+    TensorFlow's "TensorList crossing the XLA/TF boundary" (every adaptive solver): it now runs
+    by the graph executor and matches the closed form d/dW of sum(expm(W) y0)."""
+    from scipy.linalg import expm
+
+    w0 = np.array([[-2.0, 1.0], [0.0, -0.5]])
+    w = tf.Variable(w0)
+    y0 = np.array([1.0, 2.0])
+    with tf.GradientTape() as tape:
+        y = odezoo.odeint(lambda t, y: tf.linalg.matvec(w, y), tf.constant([y0]), tf.constant([0.0, 1.0], F64),
+                          solver=solver, gradient="backprop", rtol=1e-9, atol=1e-11)  # fmt: skip
+        loss = tf.reduce_sum(y[-1])
+    fd = _central_differences(lambda: float(np.sum(expm(w.numpy()) @ y0)), w, eps=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), fd, rtol=1e-6)
+
+
 def test_an_esdirk_tableau_is_checked_when_declared():
     with pytest.raises(PluginError, match="diagonal"):
 

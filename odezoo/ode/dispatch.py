@@ -185,7 +185,9 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             or ``step_size`` (fixed grids), ``gradient`` ("auto", "adjoint", "backprop",
             "checkpoint": :mod:`odezoo.ode.checkpoint`),
             ``compile`` ("auto", "xla", "graph": how an eager call compiles the solve,
-            :mod:`odezoo.ode.compilation`; inside your own ``tf.function`` yours decides).
+            :mod:`odezoo.ode.compilation`; inside your own ``tf.function`` yours decides;
+            "auto" with ``gradient="backprop"`` on an adaptive solver is "graph", as a
+            gradient through an XLA-compiled loop cannot be taken outside it).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape); ``[0]`` is ``y0``.
@@ -208,7 +210,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     check_options(solver, **opts)
     opts["controller"] = check_controller("controller", options.get("controller", "predictive"))
     gradient = options.get("gradient", "auto")
-    resolve_gradient(solver, gradient, num_steps=opts["num_steps"], step_size=opts["step_size"])
+    resolved = resolve_gradient(solver, gradient, num_steps=opts["num_steps"], step_size=opts["step_size"])
     compile_mode = check_compile("compile", options.get("compile", "auto"))
     y0 = tf.convert_to_tensor(y0)
     if not y0.dtype.is_floating:
@@ -253,7 +255,11 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             spec = tf.TensorSpec(y0.shape, y0.dtype)
             return uses_convolution(lambda tt, yy: f(tt, yy), tf.TensorSpec((), y0.dtype), spec)
 
-        mode = resolve_compile(compile_mode, convolution)
+        # backprop through an adaptive solve keeps the loop's stacks (TensorLists) for the gradient,
+        # and those cannot leave an XLA cluster: "auto" then runs TensorFlow's graph executor
+        # (eagerly, "xla" failed with TensorFlow's "TensorList crossing the XLA/TF boundary")
+        taped = resolved == "backprop" and not fixed and solver not in TFP_SOLVERS
+        mode = "graph" if taped and compile_mode == "auto" else resolve_compile(compile_mode, convolution)
         key = (solver, gradient, tuple(sorted(opts.items())), static_t, mode)
         compiled = _odeint_compiled(f, key, run, cacheable=guard_state is None, mode=mode)
         states, info = compiled(y0, t, guard_state)
