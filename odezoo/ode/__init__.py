@@ -9,6 +9,7 @@ One concern per module:
 ``tableau``             :class:`ButcherTableau`, :data:`DOPRI5`, :func:`tableau_of` (a pair's data)
 ``controllers``         step-size controllers: predictive (default), PI, PID (:class:`Controller` objects)
 ``integrator``          the adaptive integrator over a tableau
+``independent``         ``batch_mode="independent"``: every row its own adaptive solve
 ``newton``              Newton's method for implicit (ESDIRK) stages: per-row Jacobians, JFNK/GMRES
 ``adjoint``             the continuous adjoint and :func:`solve_flat`
 ``fixed_grid``          registered schemes as fixed-grid solvers
@@ -66,6 +67,8 @@ _EXPORTS = {
     "make_controller": "controllers",
     "integrate": "integrator",
     "gmres": "newton",
+    "integrate_independent": "independent",
+    "BATCH_MODES": "dispatch",
     "LINEAR_SOLVERS": "newton",
     "adjoint_solve": "adjoint",
     "solve_flat": "adjoint",

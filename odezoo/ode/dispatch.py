@@ -151,7 +151,9 @@ def _check_static_grid(t):
         )
 
 
-_ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient", "compile", "controller")
+_ODEINT_KEYS = ("first_step", "max_steps", "num_steps", "step_size", "gradient", "compile", "controller", "batch_mode",
+                "t_mask")  # fmt: skip
+BATCH_MODES = ("shared", "independent")
 _odeint_cache = weakref.WeakKeyDictionary()
 
 
@@ -187,7 +189,13 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             ``compile`` ("auto", "xla", "graph": how an eager call compiles the solve,
             :mod:`odezoo.ode.compilation`; inside your own ``tf.function`` yours decides;
             "auto" with ``gradient="backprop"`` on an adaptive solver is "graph", as a
-            gradient through an XLA-compiled loop cannot be taken outside it).
+            gradient through an XLA-compiled loop cannot be taken outside it),
+            ``batch_mode`` ("shared", default: one step for the batch; "independent": every
+            row of ``y0`` its own steps, times and status, :mod:`odezoo.ode.independent`; ``t``
+            may then be (batch, T), each row starting at its own ``t[b, 0]``, with ``t_mask``,
+            a (batch, T) boolean prefix mask, for ragged lengths; the field then receives t of
+            shape (batch, 1, ..., 1); explicit embedded pairs, gradient "backprop"; NaN past a
+            row's length).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape); ``[0]`` is ``y0``.
@@ -198,6 +206,13 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     """
     checks.check_keys("odeint()", options, _ODEINT_KEYS)
     solver = check_solver(solver)
+    batch_mode = options.pop("batch_mode", "shared")
+    if batch_mode not in BATCH_MODES:
+        raise checks.bad_value("batch_mode", batch_mode, f"one of {BATCH_MODES}")
+    if batch_mode == "independent":
+        return _odeint_independent(f, y0, t, solver=solver, rtol=rtol, atol=atol, **options)
+    if "t_mask" in options:
+        raise ValueError("t_mask (ragged solution times per row) needs batch_mode='independent'.")
     max_steps = options.get("max_steps", 10000)
     opts = dict(
         rtol=rtol,
@@ -270,4 +285,88 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
     return tf.concat([tf.expand_dims(y0, 0), states], 0)
 
 
-__all__ = ["solve", "odeint"]
+def _static_rows_check(tv, mv):
+    """A ValueError naming the first row whose known times or mask are malformed."""
+    for b, (row, m) in enumerate(zip(tv, mv)):
+        n = int(m.sum())
+        if not m[0] or not np.all(m[:n]) or np.any(m[n:]):
+            raise checks.bad_value(f"t_mask[{b}]", m.tolist(), "True for a prefix of the row, starting with t[b, 0]")
+        d = np.diff(row[:n])
+        if not np.all(np.isfinite(row[:n])) or not np.all(d > 0):
+            raise checks.bad_value(
+                f"t[{b}]", row[:n].tolist(), "finite times strictly increasing along the row (from that row's t0)"
+            )
+
+
+def _odeint_independent(f, y0, t, *, solver, rtol, atol, **options):
+    """:func:`odeint` with ``batch_mode="independent"`` (:mod:`odezoo.ode.independent`)."""
+    from odezoo.ode.independent import integrate_independent
+
+    pair = embedded_pair(solver)
+    if pair is None or getattr(pair, "is_implicit", lambda: False)():
+        raise checks.bad_value(
+            "solver", solver, "an explicit embedded pair for batch_mode='independent' ('dopri5', 'tsit5', "
+            "'bosh3', 'heun_euler', 'dopri8' or a registered one)"
+        )  # fmt: skip
+    if options.get("num_steps") is not None or options.get("step_size") is not None:
+        raise ValueError("batch_mode='independent' solves adaptively: give rtol and atol, not num_steps/step_size.")
+    gradient = options.get("gradient", "auto")
+    if gradient not in ("auto", "backprop"):
+        raise checks.bad_value(
+            "gradient", gradient, "'auto' or 'backprop' with batch_mode='independent' (the adjoint and the "
+            "checkpoint gradient do not run per row yet)"
+        )  # fmt: skip
+    max_steps = options.get("max_steps", 10000)
+    checks.positive("rtol", rtol)
+    checks.positive("atol", atol)
+    checks.positive_int("max_steps", max_steps)
+    controller = check_controller("controller", options.get("controller", "predictive"))
+    y0 = tf.convert_to_tensor(y0)
+    if not y0.dtype.is_floating:
+        y0 = tf.cast(y0, keras.config.floatx())
+    if y0.shape.rank is None or y0.shape.rank < 1:
+        raise ValueError(f"batch_mode='independent' needs y0 with a leading batch axis. Received shape {y0.shape}.")
+    t = tf.cast(tf.convert_to_tensor(t), y0.dtype)
+    batch = y0.shape[0]
+    if t.shape.rank == 1:
+        t = tf.tile(t[None], [tf.shape(y0)[0], 1])
+    if t.shape.rank != 2 or t.shape[1] is None or (batch is not None and t.shape[0] not in (None, batch)):
+        raise ValueError(
+            f"batch_mode='independent' needs t of shape (batch, T) (or (T,), shared) with a static T and "
+            f"batch = y0.shape[0] = {batch}. Received shape {t.shape}."
+        )
+    mask = options.get("t_mask")
+    mask = tf.ones(tf.shape(t), tf.bool) if mask is None else tf.cast(tf.convert_to_tensor(mask), tf.bool)
+    if mask.shape != t.shape and mask.shape.is_fully_defined() and t.shape.is_fully_defined():
+        raise ValueError(f"t_mask must have t's shape {t.shape}. Received shape {mask.shape}.")
+    tv, mv = tf.get_static_value(t), tf.get_static_value(mask)
+    if tv is not None and mv is not None:
+        _static_rows_check(tv, mv)
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), 1)
+    tableau = tableau_of(pair) if solver != "dopri5" else None
+    opts = dict(rtol=rtol, atol=atol, max_steps=max_steps, controller=controller, first_step=options.get("first_step"))
+    if tableau is not None:
+        opts["tableau"] = tableau
+
+    def run(y0, t, lengths):
+        (out,), info = integrate_independent(lambda tt, yy: [f(tt, yy[0])], [y0], t, lengths, **opts)
+        return out, info
+
+    if not tf.executing_eagerly():
+        return run(y0, t, lengths)[0]
+    compile_mode = check_compile("compile", options.get("compile", "auto"))
+    mode = "graph" if compile_mode == "auto" else compile_mode  # backprop's stacks cannot leave an XLA cluster
+    key = ("independent", solver, tuple(sorted((k, repr(v)) for k, v in opts.items())), mode)
+    compiled = _odeint_compiled(f, key, run, cacheable=True, mode=mode)
+    out, info = compiled(y0, t, lengths)
+    reasons = info["reason"].numpy()
+    bad = np.flatnonzero(reasons != OK)
+    if bad.size:
+        b = int(bad[0])
+        raise_for_status(info["reason"][b], what=f"odeint (batch_mode='independent', row {b} of {reasons.size})",
+                         solver=solver, rtol=rtol, atol=atol, time_reached=info["t"][b], num_steps=info["steps"][b],
+                         max_steps=max_steps)  # fmt: skip
+    return out
+
+
+__all__ = ["solve", "odeint", "BATCH_MODES"]

@@ -14,8 +14,9 @@ scaled units. The linear algebra, by ``linear_solver``:
 * ``"krylov"``: Jacobian-free Newton-Krylov: each Newton correction by GMRES on
   finite-difference Jacobian-vector products at the current iterate (for large states,
   such as a convolutional field, where d×d matrices would not fit).
-* ``"auto"`` (:func:`resolve_linear_solver`): "rows" when every solved component has a
-  leading batch axis (rank >= 2) and a row holds at most :data:`DENSE_LIMIT` numbers,
+* ``"auto"`` (:func:`resolve_linear_solver`): "rows" when the solved components share a
+  leading batch axis (one at least of rank 2, none of rank 0: a flow's state (z, log p) is
+  batched) and a row holds at most :data:`DENSE_LIMIT` numbers,
   "full" when the state is not batched (a component of rank <= 1) and holds at most
   :data:`DENSE_LIMIT`, else "krylov".
 
@@ -43,7 +44,10 @@ def resolve_linear_solver(linear_solver, y, mask):
     if linear_solver != "auto":
         return linear_solver
     solved = [c for c, m in zip(y, mask) if m]
-    if all(c.shape.rank is not None and c.shape.rank >= 2 for c in solved):
+    ranks = [c.shape.rank for c in solved]
+    leading = {c.shape[0] for c in solved if c.shape.rank and c.shape[0] is not None}
+    batched = None not in ranks and min(ranks) >= 1 and max(ranks) >= 2 and len(leading) <= 1
+    if batched and all(c.shape[1:].is_fully_defined() for c in solved):  # e.g. a flow's (z, log p)
         row = sum(int(np.prod(c.shape[1:])) for c in solved)
         return "rows" if row <= DENSE_LIMIT else "krylov"
     size = sum(int(np.prod(c.shape)) if c.shape.is_fully_defined() else DENSE_LIMIT + 1 for c in solved)

@@ -1,0 +1,245 @@
+"""``batch_mode="independent"``: every row of a batch its own adaptive solve, in one XLA while_loop.
+
+Each row b has its own time t_b, step h_b, error norm (the RMS over the row's entries),
+accept/reject decision, controller memory, solution times ``times[b, :lengths[b]]`` and
+status; the field is evaluated on the whole batch at once, with ``t`` of shape
+(batch, 1, ..., 1) (broadcastable against the state), and a row that is done (its last
+solution time reached, or failed) stops changing and stops counting evaluations. The loop
+runs until every row is done or ``max_steps`` iterations have passed. A failed row is NaN
+in the outputs and has its own non-zero reason; the other rows are unaffected.
+
+Explicit embedded pairs only (an ESDIRK pair's Newton iteration is shared by the batch: not
+yet per row); the gradient is backpropagation through the loop (compiled: the loop has
+``maximum_iterations = max_steps``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from odezoo.ode.controllers import StepMemory, make_controller
+from odezoo.ode.integrator import dense_output, end_of_interval, lincomb, next_step, step_reason
+from odezoo.ode.status import MAX_STEPS, NONFINITE, OK, UNORDERED
+from odezoo.ode.tableau import DOPRI5, ButcherTableau
+
+
+def _rows(x, like):
+    """A (batch,) tensor reshaped to broadcast against ``like`` (batch, ...)."""
+    return tf.reshape(x, tf.concat([tf.shape(x), tf.ones([like.shape.rank - 1], tf.int32)], 0))
+
+
+def row_rms(parts):
+    """The RMS of each row over every entry of every component: shape (batch,)."""
+    total, count = None, 0
+    for p in parts:
+        s = tf.reduce_sum(tf.square(tf.reshape(p, [tf.shape(p)[0], -1])), 1)
+        total = s if total is None else total + s
+        count += int(np.prod(p.shape[1:]))
+    return tf.sqrt(total / max(count, 1))
+
+
+def row_finite(parts):
+    ok = None
+    for p in parts:
+        r = tf.reduce_all(tf.math.is_finite(tf.reshape(p, [tf.shape(p)[0], -1])), 1)
+        ok = r if ok is None else tf.logical_and(ok, r)
+    return ok
+
+
+def _where(pred, a, b):
+    return [tf.where(_rows(pred, x), x, y) for x, y in zip(a, b)]
+
+
+class _State(NamedTuple):
+    t: tf.Tensor
+    y: list
+    k1: list
+    h: tf.Tensor
+    h_prev: tf.Tensor
+    err_prev: tf.Tensor
+    err_prev2: tf.Tensor
+    streak: tf.Tensor
+    idx: tf.Tensor
+    out: list
+    steps: tf.Tensor
+    accepted: tf.Tensor
+    nfe: tf.Tensor
+    reason: tf.Tensor
+    active: tf.Tensor
+
+
+def integrate_independent(
+    fn,
+    y0,
+    times,
+    lengths,
+    *,
+    rtol,
+    atol,
+    max_steps=10000,
+    controller="predictive",
+    tableau: ButcherTableau = DOPRI5,
+    first_step=None,
+):
+    """Integrate every row of ``y0`` from ``times[b, 0]`` through ``times[b, :lengths[b]]``.
+
+    Args:
+        fn: ``fn(t, flat) -> flat``, ``t`` of shape (batch, 1, ..., 1) (the first component's rank).
+        y0: flat list of tensors, each (batch, ...), one float dtype.
+        times: (batch, T) tensor, T static; row b's solution times are its first ``lengths[b]``
+            entries, ``times[b, 0]`` its initial time, strictly increasing (a row whose times are
+            not fails with UNORDERED; the others solve).
+        lengths: (batch,) int tensor in [1, T].
+        rtol, atol, max_steps, controller, tableau, first_step: as :func:`~odezoo.ode.integrator.integrate`
+            (``max_steps`` bounds the loop's iterations, hence every row's attempted steps).
+
+    Returns:
+        ``(outputs, info)``: outputs a list of (T, batch, ...) tensors (row b NaN past its length
+        and everywhere if it failed; ``[0]`` is y0), info a dict of (batch,) tensors ``reason``,
+        ``nfe``, ``steps``, ``accepted``, ``t`` and the scalar ``iterations``.
+    """
+    if tableau.implicit:
+        raise ValueError(
+            f"batch_mode='independent' takes an explicit embedded pair; {tableau.name!r} is implicit "
+            "(its Newton iteration is shared by the batch). Use batch_mode='shared' for it."
+        )
+    dtype = y0[0].dtype
+    controller = make_controller(controller)
+    times = tf.cast(times, dtype)
+    n = times.shape[1]
+    lengths = tf.cast(lengths, tf.int32)
+    t0 = times[:, 0]
+    last_index = tf.maximum(lengths - 1, 0)
+    t_end = tf.gather(times, last_index, batch_dims=1)
+    rtol, atol = tf.cast(rtol, dtype), tf.cast(atol, dtype)
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
+    stretch = 1.0 / controller.safety
+    column = tf.range(n)[None, :]
+    valid = column < lengths[:, None]
+    diffs = times[:, 1:] - times[:, :-1]
+    ordered = tf.reduce_all(tf.logical_or(diffs > 0.0, tf.logical_not(valid[:, 1:])), 1)
+
+    def call(t, y):
+        out = fn(_rows(t, y[0]), y)
+        return [tf.cast(tf.convert_to_tensor(o), dtype) for o in out]
+
+    def scale_of(a, b=None):
+        return [atol + rtol * (tf.abs(x) if b is None else tf.maximum(tf.abs(x), tf.abs(z)))
+                for x, z in zip(a, b if b is not None else a)]  # fmt: skip
+
+    f0 = call(t0, y0)
+    span = t_end - t0
+    if first_step is None:  # Hairer's selection, per row
+        scale0 = scale_of(y0)
+        d0 = row_rms([y / s for y, s in zip(y0, scale0)])
+        d1 = row_rms([f / s for f, s in zip(f0, scale0)])
+        small = tf.logical_or(d0 < 1e-5, d1 < 1e-5)
+        h0 = tf.where(small, tf.constant(1e-6, dtype), 0.01 * d0 / tf.where(small, tf.ones_like(d1), d1))
+        h0 = tf.minimum(h0, tf.maximum(span, tiny))
+        f1 = call(t0 + h0, [y + _rows(h0, y) * f for y, f in zip(y0, f0)])
+        d2 = row_rms([(b - a) / s for a, b, s in zip(f0, f1, scale0)]) / h0
+        dmax = tf.maximum(d1, d2)
+        flat = dmax <= 1e-15
+        h1 = tf.pow(0.01 / tf.where(flat, tf.ones_like(dmax), dmax), 1.0 / tableau.order)
+        h1 = tf.where(flat, tf.maximum(tf.constant(1e-6, dtype), h0 * 1e-3), h1)
+        h = tf.minimum(100.0 * h0, h1)
+        nfe0 = 2
+    else:
+        h = tf.fill(tf.shape(t0), tf.cast(first_step, dtype))
+        nfe0 = 1
+    h = tf.stop_gradient(tf.minimum(tf.where(tf.logical_and(tf.math.is_finite(h), h > 0.0), h, span),
+                                    tf.maximum(span, tiny)))  # fmt: skip
+    finite0 = tf.logical_and(row_finite(y0), row_finite(f0))
+    reason = tf.where(finite0, OK, NONFINITE)
+    reason = tf.where(ordered, reason, UNORDERED)
+    zero = tf.zeros_like(lengths)
+    nan = tf.constant(np.nan, dtype)
+    out = [tf.tile(tf.fill(tf.concat([[1], tf.shape(y)], 0), nan), [n] + [1] * y.shape.rank) for y in y0]
+    out = [tf.tensor_scatter_nd_update(o, [[0]], [y]) for o, y in zip(out, y0)]
+    idx = tf.ones_like(lengths)
+    active = tf.logical_and(tf.equal(reason, OK), idx < lengths)
+    small = tf.fill(tf.shape(h), tf.constant(1e-4, dtype))
+    start = _State(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=small, err_prev2=small, streak=zero, idx=idx,
+                   out=out, steps=zero, accepted=zero, nfe=tf.fill(tf.shape(lengths), nfe0), reason=reason,
+                   active=active)  # fmt: skip
+    t_grid = tf.transpose(times)  # (T, batch)
+
+    def body(s: _State) -> _State:
+        rejected = tf.logical_and(tf.equal(s.streak, 0), s.steps > 0)
+        target = tf.gather(times, tf.minimum(s.idx, n - 1), batch_dims=1) if tableau.hit_times else t_end
+        h, last = end_of_interval(s.t, s.h, target, 1.0, stretch)
+        # a finished row's step is 0 (nothing left): a unit step instead keeps its unused
+        # arithmetic finite, so that no 0/0 reaches the gradient through the discarded branches
+        h = tf.where(s.active, h, tf.ones_like(h))
+        hb = _rows(h, s.y[0])
+        ks, yi = [s.k1], s.y
+        for i in range(1, tableau.stages):
+            yi = lincomb(s.y, hb, tableau.a[i], ks)
+            ks.append(call(s.t + tableau.c[i] * h, yi))
+        if tableau.fsal:  # the last stage is evaluated at the propagated solution
+            y_new, f_new = yi, ks[-1]
+        else:
+            y_new = lincomb(s.y, hb, tableau.b, ks)
+            f_new = call(s.t + h, y_new)
+        zeros = [tf.zeros_like(v) for v in s.y]
+        scale = scale_of(s.y, y_new)
+        ratio = tf.stop_gradient(row_rms([e / c for e, c in zip(lincomb(zeros, hb, tableau.error, ks), scale)]))
+        if tableau.error_low is not None:
+            low = tf.stop_gradient(row_rms([e / c for e, c in zip(lincomb(zeros, hb, tableau.error_low, ks), scale)]))
+            positive = ratio > 0.0
+            combined = tf.cast(tableau.combine(tf.where(positive, ratio, tf.ones_like(ratio)), low), dtype)
+            ratio = tf.where(positive, combined, tf.zeros_like(ratio))
+        finite = tf.logical_and(tf.math.is_finite(ratio), tf.logical_and(row_finite(f_new), row_finite(y_new)))
+        accept = tf.logical_and(s.active, tf.logical_and(finite, ratio <= 1.0))
+        t_new = tf.where(last, target, s.t + h)
+        memory = StepMemory(h=h, h_prev=s.h_prev, err_prev=s.err_prev, streak=s.streak, err_prev2=s.err_prev2,
+                            accepted=s.accepted)  # fmt: skip
+        h_next, err_prev, h_prev = next_step(controller, tableau.error_exponent, ratio, finite, accept, rejected,
+                                             memory, 1.0)  # fmt: skip
+        # the solution times this step reaches, for every row at once: (T, batch)
+        reached = tf.logical_and(column >= s.idx[:, None], tf.logical_and(valid, times <= t_new[:, None]))
+        reached = tf.transpose(tf.logical_and(reached, accept[:, None]))
+        t_i = tf.clip_by_value(t_grid, s.t[None, :], tf.maximum(t_new, s.t)[None, :])  # unreached ones: discarded
+        t_i = tf.reshape(t_i, tf.concat([tf.shape(t_grid), tf.ones([s.y[0].shape.rank - 1], tf.int32)], 0))
+        values = dense_output(tableau, _rows(s.t, s.y[0]), hb, s.y, y_new, ks, t_i, _rows(t_new, s.y[0]), f_new)
+        out = []
+        for o, v in zip(s.out, values):
+            mask = tf.reshape(reached, tf.concat([tf.shape(reached), tf.ones([o.shape.rank - 2], tf.int32)], 0))
+            out.append(tf.where(mask, tf.broadcast_to(v, tf.shape(o)), o))
+        idx = s.idx + tf.reduce_sum(tf.cast(reached, tf.int32), 0)
+        reason = tf.where(s.active, step_reason(finite, tf.logical_and(finite, ratio <= 1.0), h_next, s.t, t_end,
+                                                tiny), s.reason)  # fmt: skip
+        counted = tf.cast(s.active, tf.int32)
+        keep = tf.logical_not(accept)
+        t = tf.where(accept, t_new, s.t)
+        steps = s.steps + counted
+        active = tf.logical_and(tf.logical_and(s.active, tf.equal(reason, OK)),
+                                tf.logical_and(idx < lengths, steps < max_steps))  # fmt: skip
+        return _State(
+            t=t, y=_where(keep, s.y, y_new), k1=_where(keep, s.k1, f_new),
+            h=tf.where(s.active, h_next, s.h), h_prev=tf.where(s.active, h_prev, s.h_prev),
+            err_prev=tf.where(s.active, err_prev, s.err_prev),
+            err_prev2=tf.where(accept, s.err_prev, s.err_prev2),
+            streak=tf.where(accept, s.streak + 1, tf.where(s.active, 0, s.streak)), idx=idx, out=out,
+            steps=steps, accepted=s.accepted + tf.cast(accept, tf.int32),
+            nfe=s.nfe + counted * tableau.evaluations_per_step, reason=reason, active=active,
+        )  # fmt: skip
+
+    s, iterations = tf.while_loop(
+        lambda s, i: tf.reduce_any(s.active),
+        lambda s, i: (body(s), i + 1),
+        (start, tf.constant(0, tf.int32)),
+        maximum_iterations=max_steps,
+    )
+    short = tf.logical_and(tf.equal(s.reason, OK), s.idx < lengths)
+    reason = tf.where(short, MAX_STEPS, s.reason)
+    failed = tf.not_equal(reason, OK)
+    outputs = []
+    for o in s.out:
+        mask = tf.reshape(failed, tf.concat([[1], tf.shape(failed), tf.ones([o.shape.rank - 2], tf.int32)], 0))
+        outputs.append(tf.where(mask, nan, o))
+    info = dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t, iterations=iterations)
+    return outputs, info
