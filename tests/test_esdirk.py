@@ -22,6 +22,7 @@ def _robertson_np(t, y):
     return [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
 
 
+@pytest.mark.slow
 def test_robertson_against_scipy_within_a_few_tolerance_units():
     """Robertson on [0, 1e5] (stiffness ratio ~1e11): kvaerno5's error, in units of the tolerance
     (atol + rtol·|y|), is a few units, as scipy's BDF's; an explicit pair exhausts its budget."""
@@ -39,6 +40,7 @@ def test_robertson_against_scipy_within_a_few_tolerance_units():
                       solver="dopri5", rtol=rtol, atol=atol, max_steps=2000)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_adjoint_refuses_a_drifted_backward_state():
     """Reproduces a silently wrong gradient: on y' = Wy with a -1000 eigenvalue the adjoint's
     backward re-integration of y grows like e^{1000 t}; dopri5's adjoint returned a finite
@@ -69,7 +71,7 @@ def test_the_adjoint_refuses_a_drifted_backward_state():
     assert "checkpoint" in ode_status.REASONS[ode_status.DRIFT]
 
 
-@pytest.mark.parametrize("solver", ["dopri5", "kvaerno5"])
+@pytest.mark.parametrize("solver", ["dopri5", pytest.param("kvaerno5", marks=pytest.mark.slow)])
 def test_an_eager_backprop_gradient_through_odeint(solver):
     """Reproduces an eager odeint under a GradientTape with gradient="backprop" failing with
     TensorFlow's "TensorList crossing the XLA/TF boundary" (every adaptive solver): it now runs

@@ -47,7 +47,8 @@ SOLVERS = list(ADAPTIVE) + SCHEMES
 
 def _grid(solver):
     """Adaptive tolerances, or a fine grid for the scheme's order, and the error allowed."""
-    if solver in ADAPTIVE:
+    implicit = getattr(odezoo.get_scheme(solver), "is_implicit", lambda: False)() if solver not in ADAPTIVE else False
+    if solver in ADAPTIVE or implicit:  # an ESDIRK pair solves adaptively only
         return dict(rtol=1e-8, atol=1e-10), 1e-5
     order = odezoo.get_scheme(solver).order
     num_steps = {1: 4000, 2: 400}.get(order, 80)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from odezoo import checks
 from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.controllers import CONTROLLERS
-from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, is_adaptive, resolve_gradient
+from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, embedded_pair, is_adaptive, resolve_gradient
 from odezoo.ode.dispatch import solve
 from odezoo.ode.settings import Setting, Settings
 from odezoo.ode.status import SolverStatus
@@ -51,6 +51,10 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         t0, t1: integration interval (0, 1).
         solution_times: None, or a list of times in (t0, t1]-order: the block
             then returns the states there, shape (batch, len(times), ...).
+        batch_mode: "shared" (default: one step size for the batch) or "independent": every
+            row its own steps, error norm and accept/reject decision (:mod:`odezoo.ode.independent`;
+            explicit embedded pairs, gradient "backprop"; the field then receives t of shape
+            (batch, 1, ..., 1); ``nfe_forward`` counts the batch's field calls).
         num_steps, step_size: grid of a fixed-grid solver (exactly one).
         first_step: None (Hairer's selection for dopri5) or a first step size.
         max_steps: hard budget of attempted steps (10000).
@@ -112,6 +116,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         augment_dims=0,
         compile="auto",
         controller="predictive",
+        batch_mode="shared",
         dtype=None,
         **kwargs,
     ):
@@ -134,6 +139,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         self.gradient = gradient
         self.compile = compile
         self.controller = controller
+        self.batch_mode = checks.choice("batch_mode", batch_mode, ("shared", "independent"))
         self._y_shape = None  # the state's shape, known once built
         self._resolved_compile = None
         checks.finite("t0", t0)
@@ -192,6 +198,16 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             )
 
     def _gradient_used(self):
+        if getattr(self, "batch_mode", "shared") == "independent":
+            pair = embedded_pair(self.solver)
+            if pair is None or getattr(pair, "is_implicit", lambda: False)() or self.num_steps or self.step_size:
+                raise checks.bad_value(
+                    "solver", self.solver, "an explicit embedded pair without a grid for batch_mode='independent' "
+                    "('dopri5', 'tsit5', 'bosh3', 'heun_euler', 'dopri8' or a registered one)"
+                )  # fmt: skip
+            if self.gradient not in ("auto", "backprop"):
+                raise checks.bad_value("gradient", self.gradient, "'auto' or 'backprop' with batch_mode='independent'")
+            return "backprop"
         return resolve_gradient(self.solver, self.gradient, num_steps=self.num_steps, step_size=self.step_size)
 
     # -- Keras plumbing -------------------------------------------------------------------
@@ -288,6 +304,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             gradient=self.gradient,
             guard=guard,
             controller=self.controller,
+            batch_mode=self.batch_mode,
             batch_axis=0,
             on_forward=fwd,
             on_backward=bwd,
@@ -391,6 +408,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             augment_dims=self.augment_dims,
             compile=self.compile,
             controller=self.controller,
+            batch_mode=self.batch_mode,
         )
         return config
 

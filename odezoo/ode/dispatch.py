@@ -37,7 +37,7 @@ from odezoo.ode.options import (
     is_adaptive,
     resolve_gradient,
 )
-from odezoo.ode.tableau import tableau_of
+from odezoo.ode.tableau import DOPRI5, tableau_of
 from odezoo.ode.status import NONFINITE, OK, raise_for_status, run_hook
 from odezoo.ode.tfp import TFPGuard, tfp_solve
 
@@ -61,12 +61,17 @@ def solve(
     on_forward=None,
     on_backward=None,
     controller="predictive",
+    batch_mode="shared",
 ):
     """Solve ``dy/dt = f(t, y)`` for a single tensor ``y0``; build ops only (call it compiled).
 
     Returns ``(states, info)``: ``states`` of shape (len(times), *y0.shape),
     ``info`` a dict of scalar tensors (``reason``, ``nfe``, ``steps``, ``t``).
     """
+    if batch_mode == "independent":
+        return _solve_independent(f, y0, t0, times, solver=solver, rtol=rtol, atol=atol, first_step=first_step,
+                                  max_steps=max_steps, controller=controller, on_forward=on_forward,
+                                  on_backward=on_backward)  # fmt: skip
     gradient = resolve_gradient(solver, gradient, num_steps=num_steps, step_size=step_size)
     dtype = y0.dtype
     if solver not in TFP_SOLVERS and is_adaptive(solver, num_steps, step_size):
@@ -134,6 +139,30 @@ def solve(
     with tf.control_dependencies(deps):
         states = tf.identity(states)
     return states, info
+
+
+def _solve_independent(f, y0, t0, times, *, solver, on_forward, on_backward, **options):
+    """:func:`solve` with every row of ``y0`` solved on its own over the shared ``times``; the
+    info summarises the rows (the worst reason, the batch's field calls, the most steps)."""
+    from odezoo.ode.independent import integrate_independent
+
+    dtype = y0.dtype
+    if solver != "dopri5":
+        options["tableau"] = tableau_of(embedded_pair(solver))
+    grid = tf.concat([tf.reshape(tf.cast(t0, dtype), [1]), tf.cast(tf.reshape(times, [-1]), dtype)], 0)
+    batch = tf.shape(y0)[0]
+    (out,), rows = integrate_independent(lambda t, y: [f(t, y[0])], [y0], tf.tile(grid[None], [batch, 1]),
+                                         tf.fill([batch], grid.shape[0]), **options)  # fmt: skip
+    per_step = options.get("tableau", DOPRI5).evaluations_per_step
+    start = 2 if options.get("first_step") is None else 1  # f(t0), and Hairer's probe
+    info = dict(reason=tf.reduce_max(rows["reason"]), nfe=rows["iterations"] * per_step + start,
+                steps=tf.reduce_max(rows["steps"]), accepted=tf.reduce_max(rows["accepted"]),
+                t=tf.reduce_min(rows["t"]))  # fmt: skip
+    zero = tf.constant(0)
+    deps = run_hook(on_forward, info) + run_hook(on_backward, dict(nfe=zero, reason=zero, steps=zero, t=grid[0]))
+    with tf.control_dependencies(deps):
+        out = tf.identity(out[1:])
+    return out, info
 
 
 # --------------------------------------------------------------------------- odeint
