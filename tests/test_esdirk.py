@@ -191,3 +191,23 @@ def test_a_stiff_field_trained_through_kvaerno5(stiff, gradient):
     g = tf.function(lambda: tf.gradients(loss(), [w])[0], jit_compile=True)().numpy()
     fd = _central_differences(lambda: float(loss(tol=1e-10)), w, eps=1e-5)
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_odeblock_backprop_solves_newton_with_the_true_jacobian():
+    """Regression: ODEBlock's gradient="backprop" path traced its solve while the caller's tape
+    was paused, which pauses every tape made inside it too: the Newton Jacobian (a tape) came
+    out zero, so the stages were solved by a fixed-point iteration that fails on a stiff field.
+    The forward solve must be the same as the checkpoint gradient's (same steps, same NFE)."""
+    import keras
+
+    class Stiff(keras.layers.Layer):
+        def call(self, t, y):
+            return tf.linalg.matvec(tf.constant([[-1000.0, 1.0], [0.0, -0.5]], y.dtype), y) + 0.1 * tf.sin(y)
+
+    x = tf.constant([[1.0, 2.0], [0.5, -1.0]])
+    solved = {}
+    for gradient in ("checkpoint", "backprop"):
+        block = odezoo.ODEBlock(Stiff(), solver="kvaerno5", gradient=gradient, rtol=1e-5, atol=1e-7)
+        solved[gradient] = (block(x).numpy(), int(block.nfe_forward.numpy()))
+    np.testing.assert_allclose(solved["backprop"][0], solved["checkpoint"][0], rtol=1e-6)
+    assert solved["backprop"][1] == solved["checkpoint"][1]

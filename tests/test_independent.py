@@ -104,8 +104,8 @@ def test_a_failed_row_leaves_the_others_solved():
         (dict(t_mask=[[True, False], [True, True]], t=[[0.0, 1.0], [0.0, 2.0]]), None),
         (dict(t_mask=[[True, True], [False, True]]), r"t_mask\[1\].*prefix"),
         (dict(t=[[0.0, 1.0, 2.0]]), r"shape \(batch, T\)"),
-        (dict(solver="kvaerno5"), "explicit embedded pair"),
-        (dict(solver="rk4"), "explicit embedded pair"),
+        (dict(solver="rk4"), "solver='rk4'.*embedded pair.*'kvaerno5'"),
+        (dict(solver="euler"), "solver='euler'.*embedded pair"),
         (dict(gradient="adjoint"), "'auto' or 'backprop'"),
         (dict(batch_mode="rows"), "shared.*independent"),
     ],
@@ -123,14 +123,17 @@ def test_bad_input_in_independent_mode_is_named(kwargs, match):
 
 
 @pytest.mark.slow
-def test_independent_mode_gradient_matches_finite_differences():
+@pytest.mark.parametrize("solver", ["dopri5", "kvaerno5"])
+def test_independent_mode_gradient_matches_finite_differences(solver):
+    """Backprop through the rows' own steps (kvaerno5: through their own Newton iterations)."""
     w = tf.Variable([0.7, -1.3], dtype=F64)
     times = tf.constant([[0.0, 0.5, 1.0], [0.2, 1.5, 0.0]], F64)
     mask = [[True, True, True], [True, True, False]]
 
     def loss():
         y = odezoo.odeint(lambda t, y: tf.tanh(y * w) - 0.1 * y * tf.cos(t), tf.constant([[1.0, 0.5], [-0.3, 2.0]],
-                          F64), times, batch_mode="independent", t_mask=mask, rtol=1e-10, atol=1e-12)  # fmt: skip
+                          F64), times, batch_mode="independent", t_mask=mask, rtol=1e-10, atol=1e-12,
+                          solver=solver)  # fmt: skip
         return tf.reduce_sum(tf.where(tf.math.is_nan(y), tf.zeros_like(y), y) ** 2)
 
     with tf.GradientTape() as tape:
@@ -169,7 +172,46 @@ def test_odeblock_in_independent_mode_trains_saves_and_loads(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.layers[-1].batch_mode == "independent"
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-    with pytest.raises(ValueError, match="explicit embedded pair"):
-        odezoo.ODEBlock(Field(), batch_mode="independent", solver="kvaerno5")
+    with pytest.raises(ValueError, match="solver='rk4'.*embedded pair without a grid"):
+        odezoo.ODEBlock(Field(), batch_mode="independent", solver="rk4", num_steps=4)
     with pytest.raises(ValueError, match="batch_mode"):
         odezoo.ODEBlock(Field(), batch_mode="rowwise")
+
+
+# ------------------------------------------------------------ ESDIRK pairs, every row its own Newton
+def _solve_rows(solver, lam, y0, times, **kw):
+    from odezoo.ode.independent import integrate_independent
+    from odezoo.ode.tableau import tableau_of
+
+    tableau = tableau_of(odezoo.ode.options.embedded_pair(solver))
+    lam = tf.constant(lam[:, None])
+
+    def solve(y0, times):
+        return integrate_independent(lambda t, y: [-lam * (y[0] - tf.cos(t))], [y0], times,
+                                     tf.fill([y0.shape[0]], times.shape[1]), rtol=1e-6, atol=1e-8, tableau=tableau,
+                                     **kw)  # fmt: skip
+
+    run = tf.function(solve, jit_compile=True)
+    (out,), info = run(tf.constant(y0), tf.constant(times))
+    return out.numpy(), info
+
+
+def test_an_esdirk_pair_solves_every_row_with_its_own_newton():
+    """kvaerno5 per row on the spread-stiffness batch: each row's answer against the closed form,
+    the same as that row solved alone (the same steps, the same Newton iterations: its
+    neighbours change nothing), and the stiffest rows cheap where dopri5 pays for stability."""
+    lam = np.logspace(-2, 4, 7)
+    grid = np.linspace(0.0, 1.0, 5)
+    times = np.tile(grid, (7, 1))
+    y0 = np.ones((7, 1))
+    out, info = _solve_rows("kvaerno5", lam, y0, times)
+    want = np.stack([_exact(grid, lam=lam_b) for lam_b in lam], 1)
+    np.testing.assert_allclose(out[..., 0], want, atol=2e-5)
+    assert np.all(info["reason"].numpy() == 0)
+    for b in (0, 3, 6):
+        alone, alone_info = _solve_rows("kvaerno5", lam[b : b + 1], y0[b : b + 1], times[b : b + 1])
+        np.testing.assert_allclose(out[:, b], alone[:, 0], rtol=1e-12, atol=1e-14)
+        assert int(alone_info["nfe"][0]) == int(info["nfe"][b])
+    _, explicit = _solve_rows("dopri5", lam, y0, times)
+    nfe, nfe_explicit = info["nfe"].numpy(), explicit["nfe"].numpy()
+    assert nfe[-1] * 10 < nfe_explicit[-1], (nfe, nfe_explicit)  # λ = 1e4: implicit steps are not stability-bound

@@ -53,7 +53,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             then returns the states there, shape (batch, len(times), ...).
         batch_mode: "shared" (default: one step size for the batch) or "independent": every
             row its own steps, error norm and accept/reject decision (:mod:`odezoo.ode.independent`;
-            explicit embedded pairs, gradient "backprop"; the field then receives t of shape
+            embedded pairs, the ESDIRK ones with per-row Newton; gradient "backprop"; the field then receives t of shape
             (batch, 1, ..., 1); ``nfe_forward`` counts the batch's field calls).
         num_steps, step_size: grid of a fixed-grid solver (exactly one).
         first_step: None (Hairer's selection for dopri5) or a first step size.
@@ -65,6 +65,15 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             :mod:`odezoo.ode.checkpoint`).
         augment_dims: ANODE (Dupont, Doucet & Teh 2019): zeros appended to the
             last axis of the state, dropped from the output.
+        event_fn: None, or a terminal event ``event_fn(t, y)``: the block integrates from t0
+            until it crosses zero (at most to t1, which must be after t0) and returns the state
+            there (:func:`odezoo.odeint_event`; the event time is differentiable). Shared mode:
+            one scalar for the whole batch's state; ``batch_mode="independent"``: a (batch,)
+            tensor, every row stopping at its own event, ``t`` shaped (batch, 1, ..., 1). A Keras
+            layer (its weights train with the block's) or a function; ``y`` is the state the
+            field sees (with ``augment_dims``). An event that does not happen by t1 fails the
+            solve (status 7). Embedded pairs only, no ``solution_times``.
+        event_direction: 0 (any crossing), +1 (upward only) or -1 (downward only).
         compile: how the solve is compiled (:mod:`odezoo.ode.compilation`): "auto"
             (default: TensorFlow's graph executor when the field contains a
             convolution and no GPU/TPU is visible, XLA otherwise), "xla" or "graph".
@@ -117,6 +126,8 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         compile="auto",
         controller="predictive",
         batch_mode="shared",
+        event_fn=None,
+        event_direction=0,
         dtype=None,
         **kwargs,
     ):
@@ -169,6 +180,19 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         self.solution_times = solution_times
         checks.non_negative_int("augment_dims", augment_dims)
         self.augment_dims = augment_dims
+        if isinstance(event_fn, dict):
+            event_fn = keras.saving.deserialize_keras_object(event_fn)
+        if event_fn is not None and not callable(event_fn):
+            raise TypeError(
+                f"ODEBlock's `event_fn` must be None or callable as event_fn(t, y). Received: event_fn={event_fn!r}."
+            )
+        self.event_fn = event_fn
+        self.event_direction = checks.choice("event_direction", event_direction, (-1, 0, 1))
+        if event_fn is not None:
+            if solution_times is not None:
+                raise ValueError("ODEBlock(event_fn=...) returns the state at the event: give no solution_times.")
+            if t1 < t0:
+                raise checks.bad_value("t1", t1, f"a time after t0={t0!r} with event_fn (events are found forward)")
         self._compiled = {}
         self.settings_ready()
 
@@ -198,13 +222,17 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             )
 
     def _gradient_used(self):
+        needs = []
+        if getattr(self, "event_fn", None) is not None:
+            needs.append("with event_fn")
         if getattr(self, "batch_mode", "shared") == "independent":
-            pair = embedded_pair(self.solver)
-            if pair is None or getattr(pair, "is_implicit", lambda: False)() or self.num_steps or self.step_size:
-                raise checks.bad_value(
-                    "solver", self.solver, "an explicit embedded pair without a grid for batch_mode='independent' "
-                    "('dopri5', 'tsit5', 'bosh3', 'heun_euler', 'dopri8' or a registered one)"
-                )  # fmt: skip
+            needs.append("for batch_mode='independent'")
+        if needs and (embedded_pair(self.solver) is None or self.num_steps or self.step_size):
+            raise checks.bad_value(
+                "solver", self.solver, f"an embedded pair without a grid {' and '.join(needs)} ('dopri5', 'tsit5', "
+                "'bosh3', 'heun_euler', 'dopri8', 'kvaerno3', 'kvaerno5' or a registered one)"
+            )  # fmt: skip
+        if getattr(self, "batch_mode", "shared") == "independent":
             if self.gradient not in ("auto", "backprop"):
                 raise checks.bad_value("gradient", self.gradient, "'auto' or 'backprop' with batch_mode='independent'")
             return "backprop"
@@ -233,6 +261,12 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
                     keras.KerasTensor((), dtype=self.compute_dtype),
                     keras.KerasTensor(y_shape, dtype=self.compute_dtype),
                 )
+        if isinstance(self.event_fn, keras.layers.Layer) and not self.event_fn.built:
+            t_shape = (y_shape[0],) + (1,) * (len(y_shape) - 1) if self.batch_mode == "independent" else ()
+            self.event_fn(
+                keras.KerasTensor(t_shape, dtype=self.compute_dtype),
+                keras.KerasTensor(y_shape, dtype=self.compute_dtype),
+            )
         self.add_status_weights()  # nfe_forward, nfe_backward, solver_status, time_reached (in this order)
         self._guard_state = self.add_weight(
             name="tfp_guard",
@@ -289,6 +323,8 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         if recompute:  # backprop's recompute: its field calls are the backward's
             fwd, bwd = (lambda info: [self.nfe_backward.assign(tf.cast(info["nfe"], tf.int32))]), None
         guard = TFPGuard(self._guard_state, 0) if self.solver in TFP_SOLVERS else None
+        if self.event_fn is not None:
+            return self._solve_to_event(field, y0, inputs, fwd, bwd)
         states, info = solve(
             field,
             y0,
@@ -315,6 +351,21 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             return states[-1]
         perm = [1, 0] + list(range(2, states.shape.rank))
         return tf.transpose(states, perm)
+
+    def _solve_to_event(self, field, y0, inputs, on_forward, on_backward):
+        from odezoo.ode.events import _wrapped, event_solve  # noqa: PLC0415  (events imports this package)
+
+        dtype = y0.dtype
+        training_field = field
+        field, event = _wrapped(lambda t, y: training_field(t, y), self.event_fn, dtype, self.batch_mode)
+        _, y_event = event_solve(field, event, y0, tf.constant(self.t0, dtype), tf.constant(self.t1, dtype),
+                                 solver=self.solver, rtol=self.rtol, atol=self.atol, max_steps=self.max_steps,
+                                 gradient=self._gradient_used(), controller=self.controller,
+                                 direction=self.event_direction, batch_mode=self.batch_mode, on_forward=on_forward,
+                                 on_backward=on_backward)  # fmt: skip
+        if self.augment_dims:
+            y_event = y_event[..., : inputs.shape[-1]]
+        return y_event
 
     def call(self, inputs, training=None):
         inputs = tf.convert_to_tensor(inputs)
@@ -372,6 +423,9 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             # record this op at all and the weights' gradient would be None.
             for v in self.trainable_variables:
                 tf.identity(v)
+            # Trace first, while tapes record: a tape made inside the solve (the Newton Jacobian of
+            # an implicit pair, an event's ∂g/∂y) would see nothing if traced under stop_recording.
+            fn.get_concrete_function(x)
             with record.stop_recording():
                 y = fn(x)
 
@@ -409,6 +463,8 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             compile=self.compile,
             controller=self.controller,
             batch_mode=self.batch_mode,
+            event_fn=None if self.event_fn is None else keras.saving.serialize_keras_object(self.event_fn),
+            event_direction=self.event_direction,
         )
         return config
 

@@ -223,7 +223,7 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             row of ``y0`` its own steps, times and status, :mod:`odezoo.ode.independent`; ``t``
             may then be (batch, T), each row starting at its own ``t[b, 0]``, with ``t_mask``,
             a (batch, T) boolean prefix mask, for ragged lengths; the field then receives t of
-            shape (batch, 1, ..., 1); explicit embedded pairs, gradient "backprop"; NaN past a
+            shape (batch, 1, ..., 1); embedded pairs (the ESDIRK ones per row), gradient "backprop"; NaN past a
             row's length).
 
     Returns:
@@ -332,10 +332,10 @@ def _odeint_independent(f, y0, t, *, solver, rtol, atol, **options):
     from odezoo.ode.independent import integrate_independent
 
     pair = embedded_pair(solver)
-    if pair is None or getattr(pair, "is_implicit", lambda: False)():
+    if pair is None:
         raise checks.bad_value(
-            "solver", solver, "an explicit embedded pair for batch_mode='independent' ('dopri5', 'tsit5', "
-            "'bosh3', 'heun_euler', 'dopri8' or a registered one)"
+            "solver", solver, "an embedded pair for batch_mode='independent' ('dopri5', 'tsit5', 'bosh3', "
+            "'heun_euler', 'dopri8', 'kvaerno3', 'kvaerno5' or a registered one)"
         )  # fmt: skip
     if options.get("num_steps") is not None or options.get("step_size") is not None:
         raise ValueError("batch_mode='independent' solves adaptively: give rtol and atol, not num_steps/step_size.")

@@ -8,9 +8,10 @@ solution time reached, or failed) stops changing and stops counting evaluations.
 runs until every row is done or ``max_steps`` iterations have passed. A failed row is NaN
 in the outputs and has its own non-zero reason; the other rows are unaffected.
 
-Explicit embedded pairs only (an ESDIRK pair's Newton iteration is shared by the batch: not
-yet per row); the gradient is backpropagation through the loop (compiled: the loop has
-``maximum_iterations = max_steps``).
+Explicit embedded pairs, and the ESDIRK pairs with every row its own Newton iteration on its
+own Jacobian (:func:`row_implicit_stages`: per-row factors, so states of at most
+``DENSE_LIMIT`` entries per row); the gradient is backpropagation through the loop (compiled:
+the loop has ``maximum_iterations = max_steps``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ import tensorflow as tf
 
 from odezoo.ode.controllers import StepMemory, make_controller
 from odezoo.ode.integrator import dense_output, end_of_interval, lincomb, next_step, step_reason
+from odezoo.ode.newton import DENSE_LIMIT, linearise, resolve_linear_solver, solve_stage_rows
 from odezoo.ode.status import MAX_STEPS, NONFINITE, OK, UNORDERED
 from odezoo.ode.tableau import DOPRI5, ButcherTableau
 
 
-def _rows(x, like):
+def row_shaped(x, like):
     """A (batch,) tensor reshaped to broadcast against ``like`` (batch, ...)."""
     return tf.reshape(x, tf.concat([tf.shape(x), tf.ones([like.shape.rank - 1], tf.int32)], 0))
+
+
+_rows = row_shaped
 
 
 def row_rms(parts):
@@ -53,6 +58,56 @@ def _where(pred, a, b):
     return [tf.where(_rows(pred, x), x, y) for x, y in zip(a, b)]
 
 
+def row_stages(tableau, call, t, y, k1, h):
+    """One explicit step of every row, ``t`` and ``h`` of shape (batch,): ``(y_new, ks, f_new)``."""
+    hb = _rows(h, y[0])
+    ks, yi = [k1], y
+    for i in range(1, tableau.stages):
+        yi = lincomb(y, hb, tableau.a[i], ks)
+        ks.append(call(t + tableau.c[i] * h, yi))
+    if tableau.fsal:  # the last stage is evaluated at the propagated solution
+        return yi, ks, ks[-1]
+    y_new = lincomb(y, hb, tableau.b, ks)
+    return y_new, ks, call(t + h, y_new)
+
+
+def row_implicit_stages(tableau, call, t, y, k1, h, *, rtol, atol):
+    """One ESDIRK step of every row (``tableau.implicit``), each row's stages by its own Newton
+    iteration with its own Jacobian (per-row factors, "rows"): ``(y_new, ks, f_new, converged,
+    calls)``, the last two of shape (batch,)."""
+    settings = dict(tableau.newton)
+    mask = [True] * len(y)
+    kind = resolve_linear_solver(settings["linear_solver"], y, mask)
+    if kind != "rows":
+        raise ValueError(
+            f"batch_mode='independent' with the implicit pair {tableau.name!r} solves every row's Newton "
+            f"iteration with the row's own dense Jacobian (linear_solver 'rows', states of at most "
+            f"{DENSE_LIMIT} entries per row); this state resolves to linear_solver={kind!r}. Use "
+            "batch_mode='shared' for it."
+        )
+    hg = h * tableau.gamma
+    lin = linearise(call, t, y, hg, mask, "rows")
+    scale = [tf.stop_gradient(atol + rtol * tf.abs(v)) for v in y]
+    hb = _rows(h, y[0])
+    ks, converged, calls = [k1], tf.ones(tf.shape(h), tf.bool), tf.zeros(tf.shape(h), tf.int32)
+    stage = y
+    for i in range(1, tableau.stages):
+        known = lincomb(y, hb, tableau.a[i][:i], ks)
+        weights = tableau.predictor[i - 1] if tableau.predictor is not None else (0.0,) * (i - 1) + (1.0,)
+        guess = lincomb(known, _rows(hg, y[0]), weights, ks)
+        stage, k, ok, iterations = solve_stage_rows(
+            call, t + tableau.c[i] * h, known, hg, guess, lin, scale,
+            kappa=settings["kappa"], max_iterations=settings["max_iterations"],
+        )  # fmt: skip
+        ks.append(k)
+        converged = tf.logical_and(converged, ok)
+        calls += iterations
+    if tableau.fsal:  # stiffly accurate: the last stage is the new point
+        return stage, ks, ks[-1], converged, calls
+    y_new = lincomb(y, hb, tableau.b, ks)
+    return y_new, ks, call(t + h, y_new), converged, calls + 1
+
+
 class _State(NamedTuple):
     t: tf.Tensor
     y: list
@@ -69,6 +124,9 @@ class _State(NamedTuple):
     nfe: tf.Tensor
     reason: tf.Tensor
     active: tf.Tensor
+    g: tf.Tensor  # the event function at (t, y), per row (zeros without an event)
+    found: tf.Tensor  # the row's accepted step would have crossed its event: it stopped before it
+    h_event: tf.Tensor  # that step
 
 
 def integrate_independent(
@@ -83,6 +141,8 @@ def integrate_independent(
     controller="predictive",
     tableau: ButcherTableau = DOPRI5,
     first_step=None,
+    event=None,
+    event_direction=0.0,
 ):
     """Integrate every row of ``y0`` from ``times[b, 0]`` through ``times[b, :lengths[b]]``.
 
@@ -95,17 +155,17 @@ def integrate_independent(
         lengths: (batch,) int tensor in [1, T].
         rtol, atol, max_steps, controller, tableau, first_step: as :func:`~odezoo.ode.integrator.integrate`
             (``max_steps`` bounds the loop's iterations, hence every row's attempted steps).
+        event, event_direction: None, or ``event(t, flat) -> (batch,)`` (``t`` of shape (batch,),
+            row b's value depending on row b only): a row stops before its first step whose end
+            would change the sign of its event (as :func:`~odezoo.ode.integrator.integrate`'s
+            ``event``, per row); ``info["event"]`` then holds, per row, ``found`` and the step that
+            crossed: ``t``, ``y``, ``k1`` and ``h``.
 
     Returns:
         ``(outputs, info)``: outputs a list of (T, batch, ...) tensors (row b NaN past its length
         and everywhere if it failed; ``[0]`` is y0), info a dict of (batch,) tensors ``reason``,
         ``nfe``, ``steps``, ``accepted``, ``t`` and the scalar ``iterations``.
     """
-    if tableau.implicit:
-        raise ValueError(
-            f"batch_mode='independent' takes an explicit embedded pair; {tableau.name!r} is implicit "
-            "(its Newton iteration is shared by the batch). Use batch_mode='shared' for it."
-        )
     dtype = y0[0].dtype
     controller = make_controller(controller)
     times = tf.cast(times, dtype)
@@ -125,6 +185,9 @@ def integrate_independent(
     def call(t, y):
         out = fn(_rows(t, y[0]), y)
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in out]
+
+    def event_of(t, y):
+        return tf.cast(tf.reshape(event(t, y), tf.shape(t)), dtype)
 
     def scale_of(a, b=None):
         return [atol + rtol * (tf.abs(x) if b is None else tf.maximum(tf.abs(x), tf.abs(z)))
@@ -162,9 +225,10 @@ def integrate_independent(
     idx = tf.ones_like(lengths)
     active = tf.logical_and(tf.equal(reason, OK), idx < lengths)
     small = tf.fill(tf.shape(h), tf.constant(1e-4, dtype))
+    g0 = tf.zeros_like(h) if event is None else tf.stop_gradient(event_of(t0, y0))
     start = _State(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=small, err_prev2=small, streak=zero, idx=idx,
                    out=out, steps=zero, accepted=zero, nfe=tf.fill(tf.shape(lengths), nfe0), reason=reason,
-                   active=active)  # fmt: skip
+                   active=active, g=g0, found=tf.zeros_like(active), h_event=tf.zeros_like(h))  # fmt: skip
     t_grid = tf.transpose(times)  # (T, batch)
 
     def body(s: _State) -> _State:
@@ -175,15 +239,12 @@ def integrate_independent(
         # arithmetic finite, so that no 0/0 reaches the gradient through the discarded branches
         h = tf.where(s.active, h, tf.ones_like(h))
         hb = _rows(h, s.y[0])
-        ks, yi = [s.k1], s.y
-        for i in range(1, tableau.stages):
-            yi = lincomb(s.y, hb, tableau.a[i], ks)
-            ks.append(call(s.t + tableau.c[i] * h, yi))
-        if tableau.fsal:  # the last stage is evaluated at the propagated solution
-            y_new, f_new = yi, ks[-1]
+        if tableau.implicit:
+            y_new, ks, f_new, converged, calls = row_implicit_stages(tableau, call, s.t, s.y, s.k1, h, rtol=rtol,
+                                                                     atol=atol)  # fmt: skip
         else:
-            y_new = lincomb(s.y, hb, tableau.b, ks)
-            f_new = call(s.t + h, y_new)
+            y_new, ks, f_new = row_stages(tableau, call, s.t, s.y, s.k1, h)
+            converged, calls = tf.ones(tf.shape(h), tf.bool), tableau.evaluations_per_step
         zeros = [tf.zeros_like(v) for v in s.y]
         scale = scale_of(s.y, y_new)
         ratio = tf.stop_gradient(row_rms([e / c for e, c in zip(lincomb(zeros, hb, tableau.error, ks), scale)]))
@@ -193,12 +254,26 @@ def integrate_independent(
             combined = tf.cast(tableau.combine(tf.where(positive, ratio, tf.ones_like(ratio)), low), dtype)
             ratio = tf.where(positive, combined, tf.zeros_like(ratio))
         finite = tf.logical_and(tf.math.is_finite(ratio), tf.logical_and(row_finite(f_new), row_finite(y_new)))
+        finite = tf.logical_and(finite, converged)
         accept = tf.logical_and(s.active, tf.logical_and(finite, ratio <= 1.0))
         t_new = tf.where(last, target, s.t + h)
+        g, found, h_event = s.g, s.found, s.h_event
+        if event is not None:  # a step that crosses the row's event is not taken: kept for locating the root
+            g_new = tf.stop_gradient(event_of(t_new, y_new))
+            up = tf.logical_and(s.g < 0.0, g_new >= 0.0)
+            down = tf.logical_and(s.g > 0.0, g_new <= 0.0)
+            crossed = up if event_direction > 0 else down if event_direction < 0 else tf.logical_or(up, down)
+            crossed = tf.logical_and(accept, crossed)
+            accept = tf.logical_and(accept, tf.logical_not(crossed))
+            g = tf.where(accept, g_new, s.g)
+            found = tf.logical_or(s.found, crossed)
+            h_event = tf.where(crossed, h, s.h_event)
         memory = StepMemory(h=h, h_prev=s.h_prev, err_prev=s.err_prev, streak=s.streak, err_prev2=s.err_prev2,
                             accepted=s.accepted)  # fmt: skip
         h_next, err_prev, h_prev = next_step(controller, tableau.error_exponent, ratio, finite, accept, rejected,
                                              memory, 1.0)  # fmt: skip
+        if tableau.implicit:  # a row whose stage did not converge: its step is halved
+            h_next = tf.where(converged, h_next, tf.stop_gradient(0.5 * h))
         # the solution times this step reaches, for every row at once: (T, batch)
         reached = tf.logical_and(column >= s.idx[:, None], tf.logical_and(valid, times <= t_new[:, None]))
         reached = tf.transpose(tf.logical_and(reached, accept[:, None]))
@@ -211,13 +286,14 @@ def integrate_independent(
             out.append(tf.where(mask, tf.broadcast_to(v, tf.shape(o)), o))
         idx = s.idx + tf.reduce_sum(tf.cast(reached, tf.int32), 0)
         reason = tf.where(s.active, step_reason(finite, tf.logical_and(finite, ratio <= 1.0), h_next, s.t, t_end,
-                                                tiny), s.reason)  # fmt: skip
+                                                tiny, converged), s.reason)  # fmt: skip
         counted = tf.cast(s.active, tf.int32)
         keep = tf.logical_not(accept)
         t = tf.where(accept, t_new, s.t)
         steps = s.steps + counted
         active = tf.logical_and(tf.logical_and(s.active, tf.equal(reason, OK)),
                                 tf.logical_and(idx < lengths, steps < max_steps))  # fmt: skip
+        active = tf.logical_and(active, tf.logical_not(found))
         return _State(
             t=t, y=_where(keep, s.y, y_new), k1=_where(keep, s.k1, f_new),
             h=tf.where(s.active, h_next, s.h), h_prev=tf.where(s.active, h_prev, s.h_prev),
@@ -225,7 +301,8 @@ def integrate_independent(
             err_prev2=tf.where(accept, s.err_prev, s.err_prev2),
             streak=tf.where(accept, s.streak + 1, tf.where(s.active, 0, s.streak)), idx=idx, out=out,
             steps=steps, accepted=s.accepted + tf.cast(accept, tf.int32),
-            nfe=s.nfe + counted * tableau.evaluations_per_step, reason=reason, active=active,
+            nfe=s.nfe + counted * calls, reason=reason, active=active,
+            g=g, found=found, h_event=h_event,
         )  # fmt: skip
 
     s, iterations = tf.while_loop(
@@ -234,7 +311,7 @@ def integrate_independent(
         (start, tf.constant(0, tf.int32)),
         maximum_iterations=max_steps,
     )
-    short = tf.logical_and(tf.equal(s.reason, OK), s.idx < lengths)
+    short = tf.logical_and(tf.logical_and(tf.equal(s.reason, OK), s.idx < lengths), tf.logical_not(s.found))
     reason = tf.where(short, MAX_STEPS, s.reason)
     failed = tf.not_equal(reason, OK)
     outputs = []
@@ -242,4 +319,6 @@ def integrate_independent(
         mask = tf.reshape(failed, tf.concat([[1], tf.shape(failed), tf.ones([o.shape.rank - 2], tf.int32)], 0))
         outputs.append(tf.where(mask, nan, o))
     info = dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t, iterations=iterations)
+    if event is not None:
+        info["event"] = dict(found=s.found, t=s.t, y=list(s.y), k1=list(s.k1), h=s.h_event)
     return outputs, info

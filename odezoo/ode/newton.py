@@ -131,11 +131,14 @@ def jacobian(call, t, y, mask, kind):
 
 
 def linearise(call, t, y, hg, mask, kind, *, krylov=10):
-    """Prepare the step's linear solves with I − hγ·J(t, y) (nothing to prepare for "krylov")."""
+    """Prepare the step's linear solves with I − hγ·J(t, y) (nothing to prepare for "krylov");
+    ``hg`` a scalar, or (batch,) with "rows" (every row its own step)."""
     if kind == "krylov":
         return Linearisation(kind, list(mask), krylov=krylov)
     jac = jacobian(call, t, y, mask, kind)
     eye = tf.eye(tf.shape(jac)[-1], dtype=jac.dtype)
+    if kind == "rows" and hg.shape.rank == 1:  # every row its own step (batch_mode="independent")
+        hg = tf.reshape(hg, [-1, 1, 1])
     q, r = tf.linalg.qr(eye - tf.stop_gradient(hg) * jac)
     return Linearisation(kind, list(mask), q, r)
 
@@ -191,6 +194,18 @@ def stage_calls(lin):
     return 1 + (lin.krylov if lin.kind == "krylov" else 0)
 
 
+def _judge(m, size, prev, kappa):
+    """Iteration ``m``'s verdict from its correction's scaled RMS ``size`` and the previous one
+    (elementwise): ``(done, failed)`` by Hairer & Wanner's rate test (:func:`solve_stage`)."""
+    rate = size / tf.where(prev > 0.0, prev, tf.ones_like(prev))
+    contracting = tf.logical_and(m > 0, rate < 1.0)
+    inf = tf.constant(np.inf, size.dtype)
+    factor = tf.where(contracting, rate / (1.0 - tf.where(contracting, rate, tf.zeros_like(rate))), inf)
+    done = tf.logical_or(size <= kappa, factor * size <= kappa)
+    failed = tf.logical_or(tf.logical_not(tf.math.is_finite(size)), tf.logical_and(m > 0, rate >= 1.0))
+    return done, tf.logical_and(failed, tf.logical_not(done))
+
+
 def solve_stage(call, t, known, hg, guess, lin, scale, *, kappa, max_iterations):
     """Solve ``Y = known + hγ·f(t, Y)`` by Newton from ``guess``.
 
@@ -201,7 +216,6 @@ def solve_stage(call, t, known, hg, guess, lin, scale, *, kappa, max_iterations)
     would amplify the iteration's error by the stiffness).
     """
     dtype = known[0].dtype
-    inf = tf.constant(np.inf, dtype)
 
     def cond(m, y, prev, done, failed):
         return tf.logical_and(m < max_iterations, tf.logical_not(tf.logical_or(done, failed)))
@@ -212,15 +226,62 @@ def solve_stage(call, t, known, hg, guess, lin, scale, *, kappa, max_iterations)
         delta = _correction(lin, call, t, y, fy, hg, residual)
         y = [a + d for a, d in zip(y, delta)]
         size = _rms(delta, scale, lin.mask)
-        rate = size / tf.where(prev > 0.0, prev, tf.ones_like(prev))
-        contracting = tf.logical_and(m > 0, rate < 1.0)
-        factor = tf.where(contracting, rate / (1.0 - tf.where(contracting, rate, tf.zeros_like(rate))), inf)
-        done = tf.logical_or(size <= kappa, factor * size <= kappa)
-        failed = tf.logical_or(tf.logical_not(tf.math.is_finite(size)), tf.logical_and(m > 0, rate >= 1.0))
-        failed = tf.logical_and(failed, tf.logical_not(done))
+        done, failed = _judge(m, size, prev, kappa)
         return m + 1, y, size, done, failed
 
     start = (tf.constant(0, tf.int32), list(guess), tf.zeros([], dtype), tf.constant(False), tf.constant(False))
     m, y, _, done, _ = tf.while_loop(cond, body, start, maximum_iterations=max_iterations)
     k = [(a - b) / hg for a, b in zip(y, known)]
     return y, k, done, m
+
+
+def _row_rms(parts, scale, mask):
+    """The scaled RMS of each row over the masked components: shape (batch,)."""
+    total, count = None, 0
+    for p, c, m in zip(parts, scale, mask):
+        if m:
+            q = tf.reduce_sum(tf.square(tf.reshape(p / c, [tf.shape(p)[0], -1])), 1)
+            total = q if total is None else total + q
+            count += int(np.prod(p.shape[1:]))
+    return tf.stop_gradient(tf.sqrt(total / max(count, 1)))
+
+
+def solve_stage_rows(call, t, known, hg, guess, lin, scale, *, kappa, max_iterations):
+    """:func:`solve_stage` with every row its own Newton iteration (``batch_mode="independent"``):
+    ``t`` and ``hg`` of shape (batch,), ``lin`` a "rows" linearisation with per-row factors.
+
+    Each row converges, diverges or runs out of iterations by itself (the same tests, on the
+    row's scaled RMS); a row that is done keeps its iterate. Returns ``(Y, k, converged,
+    iterations)``, the last two of shape (batch,) (a row's iterations: its field calls).
+    """
+    if lin.kind != "rows":
+        raise ValueError(f"Per-row Newton needs the 'rows' linear solver; received {lin.kind!r}.")
+    dtype = known[0].dtype
+
+    def rows(x, like):
+        return tf.reshape(x, tf.concat([tf.shape(x), tf.ones([like.shape.rank - 1], tf.int32)], 0))
+
+    hgs = [rows(hg, c) for c in known]
+    batch = tf.shape(hg)
+
+    def cond(m, y, prev, done, failed, count):
+        return tf.logical_and(m < max_iterations, tf.reduce_any(tf.logical_not(tf.logical_or(done, failed))))
+
+    def body(m, y, prev, done, failed, count):
+        running = tf.logical_not(tf.logical_or(done, failed))
+        fy = call(t, y)
+        residual = [a - b - h * c for a, b, c, h in zip(y, known, fy, hgs)]
+        delta = _correction(lin, call, t, y, fy, hg, residual)
+        moved = [a + d for a, d in zip(y, delta)]
+        y = [tf.where(rows(running, a), b, a) for a, b in zip(y, moved)]
+        size = _row_rms(delta, scale, lin.mask)
+        now_done, now_failed = _judge(m, size, prev, kappa)
+        done = tf.logical_or(done, tf.logical_and(running, now_done))
+        failed = tf.logical_or(failed, tf.logical_and(running, now_failed))
+        return m + 1, y, tf.where(running, size, prev), done, failed, count + tf.cast(running, tf.int32)
+
+    false = tf.zeros(batch, tf.bool)
+    start = (tf.constant(0, tf.int32), list(guess), tf.zeros(batch, dtype), false, false, tf.zeros(batch, tf.int32))
+    _, y, _, done, _, count = tf.while_loop(cond, body, start, maximum_iterations=max_iterations)
+    k = [(a - b) / h for a, b, h in zip(y, known, hgs)]
+    return y, k, done, count

@@ -20,7 +20,7 @@ from odezoo._errors import SolverError
 from odezoo.ode.gate import across_replicas
 
 # reasons (tfp's ``diagnostics.status`` is 0 on success and -1 on failure; ours adds why)
-OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED, NEWTON, DRIFT = 0, 1, 2, 3, 4, 5, 6
+OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED, NEWTON, DRIFT, NO_EVENT = 0, 1, 2, 3, 4, 5, 6, 7
 REASONS = {
     OK: "success",
     MAX_STEPS: "the step budget (max_steps attempted steps) was exhausted",
@@ -31,6 +31,8 @@ REASONS = {
     "(a field too nonlinear or not smooth for the implicit solver, or NaN/Inf inside the iteration)",
     DRIFT: "the adjoint's backward re-integration of the state drifted from the forward solution "
     "(the field is unstable backward in time, e.g. stiff and dissipative): use gradient='checkpoint'",
+    NO_EVENT: "the event function did not cross zero (in the requested direction) before the end of the "
+    "interval (t1, or t_max) or within the step budget",
 }
 
 
