@@ -107,6 +107,7 @@ _loaded: list[PluginRecord] = []
 _failures: list[dict] = []
 _warnings: list[str] = []
 _autoload = True
+_attempted: set[str] = set()  # sources of the plugins discovery has loaded or failed (ensure_discovered's defer)
 
 
 def _current_plugin() -> PluginRecord | None:
@@ -576,7 +577,7 @@ def _normalize(name: str) -> str:
 
 
 def _entry_point_plugins(autoload: bool = True) -> list:
-    """``(name, source, importer)`` of every entry point: odezoo's built-ins first, then third parties.
+    """``(name, source, importer, module)`` of every entry point: odezoo's built-ins first, then third parties.
 
     A built-in is an entry point of the distribution named ``odezoo`` whose value is a
     module of ``odezoo.plugins``; no other distribution can claim that, whatever it
@@ -605,7 +606,7 @@ def _entry_point_plugins(autoload: bool = True) -> list:
         if value in seen:  # a module listed twice (or a built-in's listed by another distribution) loads once
             continue
         seen.add(value)
-        plugins.append((name, source, load))
+        plugins.append((name, source, load, value.partition(":")[0].strip()))
     return plugins
 
 
@@ -670,14 +671,19 @@ def set_pending_hook(hook: Callable[[], object] | None) -> None:
     _pending_hook = hook
 
 
-def ensure_discovered() -> None:
+def ensure_discovered(defer: Callable[[str], bool] | None = None) -> None:
     """Load every plugin once (thread-safe, re-entrant for plugins that query the registry).
 
     Built-ins load first, then third-party entry points, then ``ODEZOO_PLUGIN_PATH``
     files; with ``ODEZOO_DISABLE_PLUGIN_AUTOLOAD=1`` only the built-ins.
+
+    ``defer`` (for ``odezoo._keras_hook``): a predicate on an entry point's module
+    name; the first plugin it holds back, and every plugin after it (so the order,
+    and with it who owns a contested name, does not change), load at the next
+    call. Those loaded so far are kept.
     """
     global _discovered, _discovering_thread, _autoload
-    if _pending_hook is not None:
+    if _pending_hook is not None and defer is None:
         _pending_hook()  # Keras was imported by a module still importing then; register now if it is done
     if _discovered:
         return
@@ -688,10 +694,19 @@ def ensure_discovered() -> None:
         _discovering_thread = threading.get_ident()
         try:
             _autoload = autoload
-            plugins = _entry_point_plugins(autoload) + (list(_path_plugins()) if autoload else [])
-            for name, source, importer in plugins:
+            held_back = False
+            for name, source, importer, module in _entry_point_plugins(autoload):
+                if source in _attempted:
+                    continue
+                if defer is not None and defer(module):
+                    held_back = True
+                    break
+                _attempted.add(source)
                 _load_one(name, source, importer)
-            _discovered = True
+            if not held_back:
+                for name, source, importer in _path_plugins() if autoload else ():
+                    _load_one(name, source, importer)
+            _discovered = not held_back
             _load_pending_keras_objects()  # the core's, and those declared before Keras was imported
         finally:
             _discovering_thread = None

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -278,3 +279,64 @@ def test_a_third_party_module_that_imports_keras_then_odezoo_layers_loads_the_pl
     )
     assert out["cls"] == "odezoo.plugins.ode.model.ODEClassifier"
     assert out["failures"] == [] and out["models"] == odezoo.list_models()
+
+
+def test_a_users_module_that_imports_keras_and_odezoo_loads_at_once():
+    # pytest imports a test module that starts with `import keras; import odezoo` and then calls
+    # load_model in a test function, with no import or registry call between: the registration waited
+    # for the half-built test module and the load failed ("Could not locate class 'Normalize'").
+    code = FIRST_IMPORT.replace("import keras\nmodel", "import keras  # noqa\nmodel")
+    module = "import keras\nimport odezoo\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "usermodule.py").write_text(module)
+        out = _run(
+            code,
+            ["usermodule", str(REPO / "tests" / "fixtures" / "pre_move" / "odenet.keras")],
+            {"PYTHONPATH": os.pathsep.join(p for p in [tmp, os.environ.get("PYTHONPATH")] if p)},
+        )
+    assert out["cls"] == "odezoo.plugins.ode.model.ODEClassifier"
+    assert out["failures"] == [] and out["models"] == odezoo.list_models()
+
+
+HALF_BUILT_PLUGIN = {
+    "authorplug-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: authorplug\nVersion: 0.1\n",
+    "authorplug-0.1.dist-info/entry_points.txt": "[odezoo.plugins]\nauthorplug = authorplug.plugin\n",
+    "authorplug/__init__.py": "import keras\nimport odezoo\n\nREADY = True  # the plugin needs its package complete\n",
+    "authorplug/plugin.py": """
+        import odezoo
+        from authorplug import READY  # noqa: F401  (fails on a half-built package)
+
+        @odezoo.register_scheme("test_half_built_euler")
+        class HalfBuiltEuler(odezoo.Scheme):
+            order, num_fields = 1, 1
+
+            def step(self, fields, t, y, h):
+                return y + h * fields[0](t, y)
+    """,
+}
+
+
+def test_a_plugin_whose_own_package_is_half_built_waits_and_the_built_ins_do_not(tmp_path):
+    for rel, source in HALF_BUILT_PLUGIN.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(textwrap.dedent(source))
+    code = """
+import json, sys
+import authorplug  # imports Keras and odezoo while it is half-built
+from odezoo import _registry
+waited = "test_half_built_euler" not in _registry._schemes  # the third party's plugin: not yet
+builtins = "odenet" in _registry._models and "dopri5" in _registry._schemes  # the built-ins: already
+import keras
+model = keras.models.load_model(sys.argv[1])
+import odezoo
+print(json.dumps({"cls": type(model).__name__, "waited": waited, "builtins": builtins, "schemes": odezoo.list_schemes(),
+                  "failures": odezoo.plugin_report()["failures"]}))
+"""
+    out = _run(
+        code,
+        [str(REPO / "tests" / "fixtures" / "pre_move" / "odenet.keras")],
+        {"PYTHONPATH": os.pathsep.join(p for p in [str(tmp_path), os.environ.get("PYTHONPATH")] if p)},
+    )
+    assert out["cls"] == "ODEClassifier"
+    assert out["waited"] is True and out["builtins"] is True
+    assert "test_half_built_euler" in out["schemes"] and out["failures"] == []
