@@ -174,11 +174,14 @@ def test_newton_that_cannot_converge_fails_with_its_own_status():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stiff, gradient", [(-2.0, "adjoint"), (-1000.0, "checkpoint"), (-1000.0, "backprop")])
+@pytest.mark.parametrize(
+    "stiff, gradient", [(-2.0, "adjoint"), (-1000.0, "adjoint"), (-1000.0, "checkpoint"), (-1000.0, "backprop")]
+)
 def test_a_stiff_field_trained_through_kvaerno5(stiff, gradient):
     """The gradient of a loss through kvaerno5 in a field's parameters against central
-    differences: the adjoint where the backward state is stable, the checkpoint gradient and
-    backprop on the stiff dissipative problem where the adjoint refuses."""
+    differences, every gradient on the stiff dissipative field (eigenvalue -1000): the adjoint
+    of an implicit pair reads y off the forward solve (odezoo.ode.interpolated), where
+    re-integrating it backward drifts (explicit pairs' adjoint: status 6, the test above)."""
     w = tf.Variable([[stiff, 1.0], [0.0, -0.5]], dtype=F64)
     y0 = tf.constant([[1.0, 2.0], [0.5, -1.0]], F64)
     ts = tf.constant([0.0, 0.5, 1.0], F64)
@@ -211,3 +214,83 @@ def test_odeblock_backprop_solves_newton_with_the_true_jacobian():
         solved[gradient] = (block(x).numpy(), int(block.nfe_forward.numpy()))
     np.testing.assert_allclose(solved["backprop"][0], solved["checkpoint"][0], rtol=1e-6)
     assert solved["backprop"][1] == solved["checkpoint"][1]
+
+
+@pytest.mark.parametrize("solver", ["kvaerno3", pytest.param("kvaerno5", marks=pytest.mark.slow)])
+def test_the_adjoint_of_a_stiff_linear_field_against_the_frechet_derivative(solver):
+    """y' = W y with eigenvalues -1000 and -0.5 (non-normal), two rows, a loss on three solution
+    times: d/dW of sum_i c_i . expm(t_i W) y0 is sum_i c_i . L(t_i W, t_i E) y0 (scipy's Fréchet
+    derivative of expm), d/dy0 sum_i expm(t_i W)^T c_i. The adjoint of an implicit pair reads y
+    off the forward solve; the explicit pairs' backsolve drifts here (status 6)."""
+    from scipy.linalg import expm, expm_frechet
+
+    w0 = np.array([[-1000.0, 1.0], [0.0, -0.5]])
+    y0 = np.array([[1.0, 2.0], [0.5, -1.0]])
+    ts = np.array([0.0, 0.01, 0.5, 1.0])
+    c = np.random.default_rng(0).normal(size=(3, 2, 2))
+    w = tf.Variable(w0)
+    x = tf.constant(y0)
+
+    @tf.function(jit_compile=True)
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = odezoo.odeint(lambda t, y: tf.linalg.matvec(w, y), x, tf.constant(ts), solver=solver, rtol=1e-8,
+                              atol=1e-10, gradient="adjoint")  # fmt: skip
+            loss = tf.reduce_sum(y[1:] * c)
+        return tape.gradient(loss, [w, x])
+
+    g_w, g_x = (g.numpy() for g in grads())
+    want_w = np.zeros((2, 2))
+    want_x = np.zeros((2, 2))
+    for t, ci in zip(ts[1:], c):
+        for j in range(2):
+            for k in range(2):
+                e = np.zeros((2, 2))
+                e[j, k] = 1.0
+                want_w[j, k] += np.sum(ci * (expm_frechet(t * w0, t * e, compute_expm=False) @ y0.T).T)
+        want_x += ci @ expm(t * w0)
+    np.testing.assert_allclose(g_w, want_w, rtol=1e-5)
+    np.testing.assert_allclose(g_x, want_x, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_robertson_rate_sensitivities_by_the_adjoint_against_scipy():
+    """Training a stiff model's parameters: the log-sensitivities k_j dL/dk_j of a loss on
+    Robertson's kinetics (stiffness ratio ~1e11) to its three rate constants, by kvaerno5's
+    adjoint and by the checkpoint gradient, against central differences of scipy's Radau at
+    rtol 1e-12."""
+    k0 = np.array([0.04, 1e4, 3e7])
+    k = tf.Variable(k0)
+    ts = np.array([0.0, 1.0, 10.0, 100.0])
+
+    def field(t, y):
+        return tf.stack([-k[0] * y[0] + k[1] * y[1] * y[2], k[0] * y[0] - k[1] * y[1] * y[2] - k[2] * y[1] ** 2,
+                         k[2] * y[1] ** 2])  # fmt: skip
+
+    def sensitivities(gradient):
+        @tf.function(jit_compile=True)
+        def run():
+            with tf.GradientTape() as tape:
+                y = odezoo.odeint(field, tf.constant([1.0, 0.0, 0.0], F64), tf.constant(ts), solver="kvaerno5",
+                                  rtol=1e-8, atol=1e-12, gradient=gradient)  # fmt: skip
+                loss = tf.reduce_sum(y[1:, 0]) + 1e4 * tf.reduce_sum(y[1:, 1])
+            return tape.gradient(loss, k)
+
+        return run().numpy() * k0
+
+    def loss_np(kk):
+        def f(t, y):
+            return [-kk[0] * y[0] + kk[1] * y[1] * y[2], kk[0] * y[0] - kk[1] * y[1] * y[2] - kk[2] * y[1] ** 2,
+                    kk[2] * y[1] ** 2]  # fmt: skip
+
+        s = solve_ivp(f, (0.0, ts[-1]), [1.0, 0.0, 0.0], method="Radau", t_eval=ts[1:], rtol=1e-12, atol=1e-16)
+        return s.y[0].sum() + 1e4 * s.y[1].sum()
+
+    want = []
+    for j in range(3):
+        e = np.zeros(3)
+        e[j] = 1e-5 * k0[j]
+        want.append((loss_np(k0 + e) - loss_np(k0 - e)) / (2 * e[j]) * k0[j])
+    for gradient in ("adjoint", "checkpoint"):
+        np.testing.assert_allclose(sensitivities(gradient), want, rtol=1e-5, err_msg=gradient)

@@ -106,7 +106,7 @@ def test_a_failed_row_leaves_the_others_solved():
         (dict(t=[[0.0, 1.0, 2.0]]), r"shape \(batch, T\)"),
         (dict(solver="rk4"), "solver='rk4'.*embedded pair.*'kvaerno5'"),
         (dict(solver="euler"), "solver='euler'.*embedded pair"),
-        (dict(gradient="adjoint"), "'auto' or 'backprop'"),
+        (dict(gradient="checkpoint"), r"'auto' \(the adjoint\), 'adjoint' or 'backprop'"),
         (dict(batch_mode="rows"), "shared.*independent"),
     ],
 )
@@ -215,3 +215,79 @@ def test_an_esdirk_pair_solves_every_row_with_its_own_newton():
     _, explicit = _solve_rows("dopri5", lam, y0, times)
     nfe, nfe_explicit = info["nfe"].numpy(), explicit["nfe"].numpy()
     assert nfe[-1] * 10 < nfe_explicit[-1], (nfe, nfe_explicit)  # λ = 1e4: implicit steps are not stability-bound
+
+
+# ------------------------------------------------------------ the adjoint, every row on its own steps
+_SLOW_PAIRS = ("tsit5", "bosh3", "dopri8", "kvaerno5")
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "kvaerno3"] + [pytest.param(s, marks=pytest.mark.slow) for s in _SLOW_PAIRS])
+def test_every_rows_adjoint_against_the_frechet_derivative(solver):
+    """y_b' = s_b·W y_b, the rows' stiffness s_b = 1, 30, 1000 (W's eigenvalues -2, -0.5), their
+    own times, one row shorter (t_mask), a loss on every solution time: d/dW of
+    sum c·expm((t - t_b0) s_b W) y_b0 by scipy's Fréchet derivative of expm, d/dy_b0 by expm's
+    transpose. The explicit pairs on the two mild rows only (the stiff one would take ~1e4 steps)."""
+    from scipy.linalg import expm, expm_frechet
+
+    implicit = solver.startswith("kvaerno")
+    w0 = np.array([[-2.0, 1.0], [0.0, -0.5]])
+    scale = np.array([1.0, 30.0, 1000.0])[: 3 if implicit else 2]
+    y0 = np.array([[1.0, 2.0], [0.5, -1.0], [2.0, 0.3]])[: scale.size]
+    t = np.array([[0.0, 0.3, 1.0, 1.2], [0.5, 0.7, 2.0, 0.0], [0.0, 0.01, 0.2, 1.0]])[: scale.size]
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], bool)[: scale.size]
+    c = np.random.default_rng(1).normal(size=(3, scale.size, 2)) * mask.T[1:, :, None]
+    w, x = tf.Variable(w0), tf.constant(y0)
+
+    @tf.function(jit_compile=True)
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = odezoo.odeint(lambda t, y: tf.linalg.matvec(w, y) * tf.constant(scale)[:, None], x, tf.constant(t),
+                              solver=solver, rtol=1e-9, atol=1e-11, batch_mode="independent", t_mask=mask,
+                              gradient="adjoint")  # fmt: skip
+            loss = tf.reduce_sum(tf.where(tf.constant(mask.T[1:, :, None]), y[1:] * c, 0.0))
+        return tape.gradient(loss, [w, x])
+
+    g_w, g_x = (g.numpy() for g in grads())
+    want_w, want_x = np.zeros((2, 2)), np.zeros_like(y0)
+    for b, s in enumerate(scale):
+        for j in np.flatnonzero(mask[b])[1:]:
+            a = (t[b, j] - t[b, 0]) * s * w0
+            for p in range(2):
+                for q in range(2):
+                    e = np.zeros((2, 2))
+                    e[p, q] = (t[b, j] - t[b, 0]) * s
+                    want_w[p, q] += c[j - 1, b] @ expm_frechet(a, e, compute_expm=False) @ y0[b]
+            want_x[b] += c[j - 1, b] @ expm(a)
+    np.testing.assert_allclose(g_w, want_w, rtol=1e-6)
+    np.testing.assert_allclose(g_x, want_x, rtol=1e-6, atol=1e-10)
+
+
+def test_odeblock_trains_by_every_rows_adjoint():
+    """ODEBlock(batch_mode="independent") differentiates by every row's adjoint unless told
+    "backprop": the weights' and the input's gradients equal backprop's through the same rows'
+    solves (to the tolerance), and the backward solve's field calls are counted."""
+    import keras
+
+    class Field(keras.layers.Layer):
+        def build(self, t_shape, y_shape):
+            self.w = self.add_weight(shape=(y_shape[-1], y_shape[-1]), initializer="orthogonal")
+
+        def call(self, t, y):
+            return tf.tanh(tf.matmul(y, self.w)) * (1.0 + 0.5 * tf.sin(t))
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 3)))
+    keras.utils.set_random_seed(0)
+    field = Field(dtype="float64")
+    grads = {}
+    for gradient in ("auto", "backprop"):
+        block = odezoo.ODEBlock(field, batch_mode="independent", gradient=gradient, rtol=1e-10, atol=1e-12,
+                                dtype="float64")  # fmt: skip
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(block(x) ** 2)
+        grads[gradient] = [g.numpy() for g in tape.gradient(loss, [x, field.w])]
+        if gradient == "auto":
+            assert int(block.nfe_backward.numpy()) > 0
+    for adjoint, backprop in zip(grads["auto"], grads["backprop"]):
+        np.testing.assert_allclose(adjoint, backprop, rtol=1e-5)

@@ -2,26 +2,29 @@
 
 One concern per module:
 
-======================  ================================================================
-``status``              reason codes, :class:`Diagnostics`, :func:`raise_for_status`,
-                        the :class:`SolverStatus` mixin, :class:`SolverChecked`
-``options``             the solver table (:data:`SOLVERS`), embedded pairs, the option checks
-``tableau``             :class:`ButcherTableau`, :data:`DOPRI5`, :func:`tableau_of` (a pair's data)
-``controllers``         step-size controllers: predictive (default), PI, PID (:class:`Controller` objects)
-``integrator``          the adaptive integrator over a tableau
-``independent``         ``batch_mode="independent"``: every row its own adaptive solve
-``newton``              Newton's method for implicit (ESDIRK) stages: per-row Jacobians, JFNK/GMRES
-``adjoint``             the continuous adjoint and :func:`solve_flat`
-``fixed_grid``          registered schemes as fixed-grid solvers
-``tfp``                 tfp's solvers behind guards
-``dispatch``            the :func:`solve` dispatcher and :func:`odeint`
-``events``              :func:`odeint_event`: terminal events, the event time differentiable
-``settings``            :class:`Setting`: solver options settable on a built or loaded layer
-``compilation``         ``compile=``: a solve compiled by XLA or by TensorFlow's graph executor
-``block``               :class:`ODEBlock`
-``gate``                a failed solve applies no optimizer update (also under tf.distribute)
-``dormand_prince``      :class:`DormandPrince`, tfp's ``Solver.solve`` interface
-======================  ================================================================
+=========================  ================================================================
+``status``                 reason codes, :class:`Diagnostics`, :func:`raise_for_status`,
+                           the :class:`SolverStatus` mixin, :class:`SolverChecked`
+``options``                the solver table (:data:`SOLVERS`), embedded pairs, the option checks
+``tableau``                :class:`ButcherTableau`, :data:`DOPRI5`, :func:`tableau_of` (a pair's data)
+``controllers``            step-size controllers: predictive (default), PI, PID (:class:`Controller` objects)
+``integrator``             the adaptive integrator over a tableau
+``independent``            ``batch_mode="independent"``: every row its own adaptive solve
+``newton``                 Newton's method for implicit (ESDIRK) stages: per-row Jacobians, JFNK/GMRES
+``adjoint``                the continuous adjoint and :func:`solve_flat`
+``checkpoint``             ``gradient="checkpoint"``: the discrete solve's gradient by checkpointed replay
+``interpolated``           the implicit pairs' adjoint: y read off the forward solve, not re-integrated
+``independent_adjoint``    ``batch_mode="independent"``'s adjoint: every row's on its own steps
+``fixed_grid``             registered schemes as fixed-grid solvers
+``tfp``                    tfp's solvers behind guards
+``dispatch``               the :func:`solve` dispatcher and :func:`odeint`
+``events``                 :func:`odeint_event`: terminal events, the event time differentiable
+``settings``               :class:`Setting`: solver options settable on a built or loaded layer
+``compilation``            ``compile=``: a solve compiled by XLA or by TensorFlow's graph executor
+``block``                  :class:`ODEBlock`
+``gate``                   a failed solve applies no optimizer update (also under tf.distribute)
+``dormand_prince``         :class:`DormandPrince`, tfp's ``Solver.solve`` interface
+=========================  ================================================================
 
 Names are resolved lazily: ``odezoo.ode.options``, ``odezoo.ode.tableau`` and
 ``odezoo.ode.settings`` need no TensorFlow, the rest import it on first use.

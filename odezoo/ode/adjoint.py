@@ -79,11 +79,22 @@ def adjoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, on_
             whatever ops it returns are made control dependencies of the results.
 
     Returns ``(outputs, info)`` as :func:`integrate`.
+
+    With an implicit pair (``options["tableau"]``, the ESDIRK ones), the problem is taken to be
+    stiff, where re-integrating y backward is unstable: :mod:`odezoo.ode.interpolated` solves
+    the adjoint with y read off the forward solve instead.
     """
     ny = len(y0)
     options = dict(options)
     adjoint_rtol = options.pop("adjoint_rtol", None)
     adjoint_atol = options.pop("adjoint_atol", None)
+    if getattr(options.get("tableau"), "implicit", False):
+        from odezoo.ode.interpolated import interpolated_adjoint_solve
+
+        rtol = ADJOINT_TOL_FACTOR * options["rtol"] if adjoint_rtol is None else adjoint_rtol
+        atol = ADJOINT_TOL_FACTOR * options["atol"] if adjoint_atol is None else adjoint_atol
+        return interpolated_adjoint_solve(fn, t0, y0, times, constants, options=options, rtol=rtol, atol=atol,
+                                          on_forward=on_forward, on_backward=on_backward)  # fmt: skip
     checkpoints = int(options.pop("adjoint_checkpoints", ADJOINT_CHECKPOINTS))
     first_steps = options.pop("adjoint_first_step", ADJOINT_FIRST_STEP)
     if first_steps not in ADJOINT_FIRST_STEPS:

@@ -12,7 +12,15 @@ import tensorflow as tf
 from odezoo import checks
 from odezoo.ode.compilation import check_compile, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.controllers import CONTROLLERS
-from odezoo.ode.options import TFP_SOLVERS, check_options, check_solver, embedded_pair, is_adaptive, resolve_gradient
+from odezoo.ode.options import (
+    INDEPENDENT_GRADIENTS,
+    TFP_SOLVERS,
+    check_options,
+    check_solver,
+    embedded_pair,
+    is_adaptive,
+    resolve_gradient,
+)
 from odezoo.ode.dispatch import solve
 from odezoo.ode.settings import Setting, Settings
 from odezoo.ode.status import SolverStatus
@@ -53,8 +61,9 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             then returns the states there, shape (batch, len(times), ...).
         batch_mode: "shared" (default: one step size for the batch) or "independent": every
             row its own steps, error norm and accept/reject decision (:mod:`odezoo.ode.independent`;
-            embedded pairs, the ESDIRK ones with per-row Newton; gradient "backprop"; the field then receives t of shape
-            (batch, 1, ..., 1); ``nfe_forward`` counts the batch's field calls).
+            embedded pairs, the ESDIRK ones with per-row Newton; gradient "auto" = "adjoint", every row's
+            adjoint on its own steps (:mod:`odezoo.ode.independent_adjoint`), or "backprop"; the field then
+            receives t of shape (batch, 1, ..., 1); ``nfe_forward`` counts the batch's field calls).
         num_steps, step_size: grid of a fixed-grid solver (exactly one).
         first_step: None (Hairer's selection for dopri5) or a first step size.
         max_steps: hard budget of attempted steps (10000).
@@ -233,9 +242,15 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
                 "'bosh3', 'heun_euler', 'dopri8', 'kvaerno3', 'kvaerno5' or a registered one)"
             )  # fmt: skip
         if getattr(self, "batch_mode", "shared") == "independent":
-            if self.gradient not in ("auto", "backprop"):
-                raise checks.bad_value("gradient", self.gradient, "'auto' or 'backprop' with batch_mode='independent'")
-            return "backprop"
+            if getattr(self, "event_fn", None) is not None:
+                if self.gradient not in ("auto", "backprop"):
+                    raise checks.bad_value("gradient", self.gradient, "'auto' or 'backprop' with batch_mode="
+                                           "'independent' and an event_fn")  # fmt: skip
+                return "backprop"
+            if self.gradient not in INDEPENDENT_GRADIENTS:
+                raise checks.bad_value("gradient", self.gradient, "'auto' (the adjoint), 'adjoint' or 'backprop' "
+                                       "with batch_mode='independent'")  # fmt: skip
+            return "backprop" if self.gradient == "backprop" else "adjoint"
         return resolve_gradient(self.solver, self.gradient, num_steps=self.num_steps, step_size=self.step_size)
 
     # -- Keras plumbing -------------------------------------------------------------------

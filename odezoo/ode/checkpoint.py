@@ -43,6 +43,16 @@ def checkpoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, 
     Gradients reach ``y0``, the ``constants`` and the ``tf.Variable``s the field reads; a
     failed forward solve (non-OK reason) gives NaN gradients, never plausible numbers.
     """
+    return recorded_solve(fn, t0, y0, times, constants, options=options, backward=_replay_backward,
+                          on_forward=on_forward, on_backward=on_backward)  # fmt: skip
+
+
+@tf.autograph.experimental.do_not_convert
+def recorded_solve(fn, t0, y0, times, constants, *, options, backward, on_forward=None, on_backward=None):
+    """:func:`integrate`, recording its accepted steps and checkpoints, under the custom gradient
+    ``backward(fn, tableau, t0, times, record, info, dys, constants, variables, options, stride)``
+    -> ``(g_y0, g_constants, g_variables, backward info)`` (this module's replay, or
+    :mod:`odezoo.ode.interpolated`'s adjoint)."""
     ny = len(y0)
     options = {k: v for k, v in options.items() if not k.startswith("adjoint_")}
     stride = checkpoint_stride(options.get("max_steps", 10000))
@@ -61,7 +71,7 @@ def checkpoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, 
         def grad_fn(*dys, variables=None):
             variables = list(variables or [])
             dys = [tf.zeros_like(o) if d is None else d for d, o in zip(dys[:ny], outputs)]
-            grads_y, grads_c, grads_v, binfo = _replay_backward(
+            grads_y, grads_c, grads_v, binfo = backward(
                 fn, tableau, t0, times, record, info, dys, cs, variables, options, stride
             )
             with tf.control_dependencies(run_hook(on_backward, binfo)):
@@ -74,17 +84,25 @@ def checkpoint_solve(fn, t0, y0, times, constants, *, options, on_forward=None, 
     return list(res[:ny]), dict(zip(_INFO_KEYS, res[ny:]))
 
 
-def _step(tableau, call, t, h, y, options):
-    """One accepted step replayed as the forward solve took it: ``(y_new, stages, f(t_new, y_new))``.
+def replay_step(tableau, call, t, h, y, k1, options):
+    """One accepted step replayed as the forward solve took it, from ``k1`` = f(t, y):
+    ``(y_new, ks, f_new, calls)``, ``calls`` the field evaluations it made.
 
     An implicit pair's stages are replayed by the same Newton iterations (the same count, as
     the inputs are the same), and differentiated through them with the step's Jacobian held
     constant, as the forward solve held it."""
-    attempt = attempt_implicit_step if tableau.implicit else attempt_step
     mask = options.get("norm_mask") or [True] * len(y)
-    y_new, ks, f_new = attempt(tableau, call, t, y, call(t, y), h, rtol=options["rtol"], atol=options["atol"],
-                               mask=mask)[:3]  # fmt: skip
-    return y_new, ks, f_new
+    options = dict(rtol=options["rtol"], atol=options["atol"], mask=mask)
+    if tableau.implicit:
+        y_new, ks, f_new, _, _, _, calls = attempt_implicit_step(tableau, call, t, y, k1, h, **options)
+        return y_new, ks, f_new, calls
+    y_new, ks, f_new = attempt_step(tableau, call, t, y, k1, h, **options)[:3]
+    return y_new, ks, f_new, tableau.evaluations_per_step
+
+
+def _step(tableau, call, t, h, y, options):
+    """:func:`replay_step` from ``y`` alone: ``(y_new, stages, f(t_new, y_new))``."""
+    return replay_step(tableau, call, t, h, y, call(t, y), options)[:3]
 
 
 @tf.autograph.experimental.do_not_convert
@@ -187,4 +205,4 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
     return [blank(g) for g in a], [blank(g) for g in g_c], [blank(g) for g in g_v], binfo
 
 
-__all__ = ["checkpoint_solve", "checkpoint_stride"]
+__all__ = ["checkpoint_solve", "checkpoint_stride", "recorded_solve", "replay_step"]

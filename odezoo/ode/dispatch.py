@@ -30,6 +30,7 @@ from odezoo.ode.compilation import check_compile, compiled_function, resolve_com
 from odezoo.ode.fixed_grid import fixed_grid_solve, static_times
 from odezoo.ode.integrator import integrate
 from odezoo.ode.options import (
+    INDEPENDENT_GRADIENTS,
     TFP_SOLVERS,
     check_options,
     check_solver,
@@ -70,8 +71,8 @@ def solve(
     """
     if batch_mode == "independent":
         return _solve_independent(f, y0, t0, times, solver=solver, rtol=rtol, atol=atol, first_step=first_step,
-                                  max_steps=max_steps, controller=controller, on_forward=on_forward,
-                                  on_backward=on_backward)  # fmt: skip
+                                  max_steps=max_steps, controller=controller, gradient=gradient,
+                                  on_forward=on_forward, on_backward=on_backward)  # fmt: skip
     gradient = resolve_gradient(solver, gradient, num_steps=num_steps, step_size=step_size)
     dtype = y0.dtype
     if solver not in TFP_SOLVERS and is_adaptive(solver, num_steps, step_size):
@@ -141,28 +142,42 @@ def solve(
     return states, info
 
 
-def _solve_independent(f, y0, t0, times, *, solver, on_forward, on_backward, **options):
+def _solve_independent(f, y0, t0, times, *, solver, gradient, on_forward, on_backward, **options):
     """:func:`solve` with every row of ``y0`` solved on its own over the shared ``times``; the
     info summarises the rows (the worst reason, the batch's field calls, the most steps)."""
-    from odezoo.ode.independent import integrate_independent
-
     dtype = y0.dtype
     if solver != "dopri5":
         options["tableau"] = tableau_of(embedded_pair(solver))
     grid = tf.concat([tf.reshape(tf.cast(t0, dtype), [1]), tf.cast(tf.reshape(times, [-1]), dtype)], 0)
     batch = tf.shape(y0)[0]
-    (out,), rows = integrate_independent(lambda t, y: [f(t, y[0])], [y0], tf.tile(grid[None], [batch, 1]),
-                                         tf.fill([batch], grid.shape[0]), **options)  # fmt: skip
+    out, rows = _independent(lambda t, y: f(t, y), y0, tf.tile(grid[None], [batch, 1]), tf.fill([batch], grid.shape[0]),
+                             gradient=gradient, options=options, on_backward=on_backward)  # fmt: skip
     per_step = options.get("tableau", DOPRI5).evaluations_per_step
     start = 2 if options.get("first_step") is None else 1  # f(t0), and Hairer's probe
     info = dict(reason=tf.reduce_max(rows["reason"]), nfe=rows["iterations"] * per_step + start,
                 steps=tf.reduce_max(rows["steps"]), accepted=tf.reduce_max(rows["accepted"]),
                 t=tf.reduce_min(rows["t"]))  # fmt: skip
-    zero = tf.constant(0)
-    deps = run_hook(on_forward, info) + run_hook(on_backward, dict(nfe=zero, reason=zero, steps=zero, t=grid[0]))
+    deps = run_hook(on_forward, info)
+    if gradient == "backprop":
+        zero = tf.constant(0)
+        deps += run_hook(on_backward, dict(nfe=zero, reason=zero, steps=zero, t=grid[0]))
     with tf.control_dependencies(deps):
         out = tf.identity(out[1:])
     return out, info
+
+
+def _independent(f, y0, times, lengths, *, gradient, options, on_backward=None):
+    """Every row solved on its own: ``(states (T, batch, ...), per-row info)``; ``gradient`` "auto"
+    or "adjoint" (:mod:`odezoo.ode.independent_adjoint`), or "backprop" (through the loop)."""
+    from odezoo.ode.independent import integrate_independent
+    from odezoo.ode.independent_adjoint import independent_adjoint_solve
+
+    if gradient == "backprop":
+        (out,), rows = integrate_independent(lambda t, y: [f(t, y[0])], [y0], times, lengths, **options)
+    else:
+        (out,), rows = independent_adjoint_solve(lambda t, y, cs: [f(t, y[0])], [y0], times, lengths, [],
+                                                 options=options, on_backward=on_backward)  # fmt: skip
+    return out, rows
 
 
 # --------------------------------------------------------------------------- odeint
@@ -223,8 +238,9 @@ def odeint(f, y0, t, *, solver="dopri5", rtol=1e-7, atol=1e-9, **options):
             row of ``y0`` its own steps, times and status, :mod:`odezoo.ode.independent`; ``t``
             may then be (batch, T), each row starting at its own ``t[b, 0]``, with ``t_mask``,
             a (batch, T) boolean prefix mask, for ragged lengths; the field then receives t of
-            shape (batch, 1, ..., 1); embedded pairs (the ESDIRK ones per row), gradient "backprop"; NaN past a
-            row's length).
+            shape (batch, 1, ..., 1); embedded pairs (the ESDIRK ones per row); gradient "auto" =
+            "adjoint", every row's adjoint on its own steps (:mod:`odezoo.ode.independent_adjoint`), or
+            "backprop"; NaN past a row's length).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape); ``[0]`` is ``y0``.
@@ -329,8 +345,6 @@ def _static_rows_check(tv, mv):
 
 def _odeint_independent(f, y0, t, *, solver, rtol, atol, **options):
     """:func:`odeint` with ``batch_mode="independent"`` (:mod:`odezoo.ode.independent`)."""
-    from odezoo.ode.independent import integrate_independent
-
     pair = embedded_pair(solver)
     if pair is None:
         raise checks.bad_value(
@@ -340,10 +354,10 @@ def _odeint_independent(f, y0, t, *, solver, rtol, atol, **options):
     if options.get("num_steps") is not None or options.get("step_size") is not None:
         raise ValueError("batch_mode='independent' solves adaptively: give rtol and atol, not num_steps/step_size.")
     gradient = options.get("gradient", "auto")
-    if gradient not in ("auto", "backprop"):
+    if gradient not in INDEPENDENT_GRADIENTS:
         raise checks.bad_value(
-            "gradient", gradient, "'auto' or 'backprop' with batch_mode='independent' (the adjoint and the "
-            "checkpoint gradient do not run per row yet)"
+            "gradient", gradient, "'auto' (the adjoint), 'adjoint' or 'backprop' with batch_mode='independent' "
+            "(the checkpoint gradient does not run per row)"
         )  # fmt: skip
     max_steps = options.get("max_steps", 10000)
     checks.positive("rtol", rtol)
@@ -378,14 +392,17 @@ def _odeint_independent(f, y0, t, *, solver, rtol, atol, **options):
         opts["tableau"] = tableau
 
     def run(y0, t, lengths):
-        (out,), info = integrate_independent(lambda tt, yy: [f(tt, yy[0])], [y0], t, lengths, **opts)
-        return out, info
+        return _independent(f, y0, t, lengths, gradient=gradient, options=opts)
 
     if not tf.executing_eagerly():
         return run(y0, t, lengths)[0]
     compile_mode = check_compile("compile", options.get("compile", "auto"))
-    mode = "graph" if compile_mode == "auto" else compile_mode  # backprop's stacks cannot leave an XLA cluster
-    key = ("independent", solver, tuple(sorted((k, repr(v)) for k, v in opts.items())), mode)
+    if gradient == "backprop":  # backprop's stacks cannot leave an XLA cluster
+        mode = "graph" if compile_mode == "auto" else compile_mode
+    else:
+        specs = tf.TensorSpec((None,) + (1,) * (y0.shape.rank - 1), y0.dtype), tf.TensorSpec(y0.shape, y0.dtype)
+        mode = resolve_compile(compile_mode, lambda: uses_convolution(f, *specs))
+    key = ("independent", solver, gradient, tuple(sorted((k, repr(v)) for k, v in opts.items())), mode)
     compiled = _odeint_compiled(f, key, run, cacheable=True, mode=mode)
     out, info = compiled(y0, t, lengths)
     reasons = info["reason"].numpy()

@@ -127,6 +127,7 @@ class _State(NamedTuple):
     g: tf.Tensor  # the event function at (t, y), per row (zeros without an event)
     found: tf.Tensor  # the row's accepted step would have crossed its event: it stopped before it
     h_event: tf.Tensor  # that step
+    record: tuple = ()  # with a checkpoint stride: each row's accepted steps and checkpoints (_record)
 
 
 def integrate_independent(
@@ -143,6 +144,7 @@ def integrate_independent(
     first_step=None,
     event=None,
     event_direction=0.0,
+    checkpoint_stride=None,
 ):
     """Integrate every row of ``y0`` from ``times[b, 0]`` through ``times[b, :lengths[b]]``.
 
@@ -160,6 +162,12 @@ def integrate_independent(
             would change the sign of its event (as :func:`~odezoo.ode.integrator.integrate`'s
             ``event``, per row); ``info["event"]`` then holds, per row, ``found`` and the step that
             crossed: ``t``, ``y``, ``k1`` and ``h``.
+        checkpoint_stride: None, or record what the per-row adjoint
+            (:mod:`odezoo.ode.independent_adjoint`) replays: ``info["record"]`` holds, per row, each
+            accepted step's start ``t``, size ``h``, end ``t_new`` and solution-time index after it
+            ``idx`` ((max_steps + 1, batch), slot k the row's k-th accepted step), and
+            ``checkpoints``, the state at the start of every ``checkpoint_stride``-th accepted
+            step ((max_steps // stride + 2, batch, ...); unwritten slots hold y0).
 
     Returns:
         ``(outputs, info)``: outputs a list of (T, batch, ...) tensors (row b NaN past its length
@@ -229,6 +237,14 @@ def integrate_independent(
     start = _State(t=t0, y=list(y0), k1=f0, h=h, h_prev=h, err_prev=small, err_prev2=small, streak=zero, idx=idx,
                    out=out, steps=zero, accepted=zero, nfe=tf.fill(tf.shape(lengths), nfe0), reason=reason,
                    active=active, g=g0, found=tf.zeros_like(active), h_event=tf.zeros_like(h))  # fmt: skip
+    if checkpoint_stride is not None:
+        if event is not None:
+            raise ValueError("An event cannot be combined with checkpoint_stride.")
+        slots = max_steps + 1  # the last one a scratch slot for the rows that did not accept
+        rows_t0 = tf.tile(t0[None], [slots, 1])
+        checkpoints = [tf.tile(y[None], [max_steps // checkpoint_stride + 2] + [1] * y.shape.rank) for y in y0]
+        ids = tf.zeros([slots, tf.shape(t0)[0]], tf.int32)
+        start = start._replace(record=(rows_t0, tf.zeros_like(rows_t0), rows_t0, ids, *checkpoints))
     t_grid = tf.transpose(times)  # (T, batch)
 
     def body(s: _State) -> _State:
@@ -294,6 +310,7 @@ def integrate_independent(
         active = tf.logical_and(tf.logical_and(s.active, tf.equal(reason, OK)),
                                 tf.logical_and(idx < lengths, steps < max_steps))  # fmt: skip
         active = tf.logical_and(active, tf.logical_not(found))
+        record = s.record if checkpoint_stride is None else _record(s, accept, h, t_new, idx, checkpoint_stride)
         return _State(
             t=t, y=_where(keep, s.y, y_new), k1=_where(keep, s.k1, f_new),
             h=tf.where(s.active, h_next, s.h), h_prev=tf.where(s.active, h_prev, s.h_prev),
@@ -302,7 +319,7 @@ def integrate_independent(
             streak=tf.where(accept, s.streak + 1, tf.where(s.active, 0, s.streak)), idx=idx, out=out,
             steps=steps, accepted=s.accepted + tf.cast(accept, tf.int32),
             nfe=s.nfe + counted * calls, reason=reason, active=active,
-            g=g, found=found, h_event=h_event,
+            g=g, found=found, h_event=h_event, record=record,
         )  # fmt: skip
 
     s, iterations = tf.while_loop(
@@ -321,4 +338,25 @@ def integrate_independent(
     info = dict(reason=reason, nfe=s.nfe, steps=s.steps, accepted=s.accepted, t=s.t, iterations=iterations)
     if event is not None:
         info["event"] = dict(found=s.found, t=s.t, y=list(s.y), k1=list(s.k1), h=s.h_event)
+    if checkpoint_stride is not None:
+        ts, hs, ends, ids, *checkpoints = s.record
+        info["record"] = dict(t=ts, h=hs, t_new=ends, idx=ids, checkpoints=checkpoints)
     return outputs, info
+
+
+def _record(s: _State, accept, h, t_new, idx, stride):
+    """Write each accepting row's step at its slot ``accepted`` (the others at the scratch slot,
+    the last) and, at its every ``stride``-th accepted step, its starting state to its checkpoint."""
+    ts, hs, ends, ids, *checkpoints = s.record
+    rows = tf.range(tf.shape(accept)[0])
+    scratch = ts.shape[0] - 1
+    at = tf.stack([tf.where(accept, s.accepted, scratch), rows], 1)
+    due = tf.logical_and(accept, tf.equal(s.accepted % stride, 0))
+    at_ckpt = tf.stack([tf.where(due, s.accepted // stride, checkpoints[0].shape[0] - 1), rows], 1)
+    return (
+        tf.tensor_scatter_nd_update(ts, at, s.t),
+        tf.tensor_scatter_nd_update(hs, at, h),
+        tf.tensor_scatter_nd_update(ends, at, t_new),
+        tf.tensor_scatter_nd_update(ids, at, idx),
+        *[tf.tensor_scatter_nd_update(c, at_ckpt, y) for c, y in zip(checkpoints, s.y)],
+    )

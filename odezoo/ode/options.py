@@ -43,6 +43,8 @@ SOLVERS = {
 ADAPTIVE = tuple(SOLVERS)
 TFP_SOLVERS = tuple(name for name, s in SOLVERS.items() if s.tfp)
 GRADIENTS = ("auto", "adjoint", "backprop", "checkpoint")
+# batch_mode="independent": "auto" is the per-row adjoint (odezoo.ode.independent_adjoint)
+INDEPENDENT_GRADIENTS = ("auto", "adjoint", "backprop")
 # the ``compile=`` choices (odezoo.ode.compilation), here so that they are read without TensorFlow
 COMPILE_MODES = ("auto", "xla", "graph")
 

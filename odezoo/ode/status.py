@@ -30,7 +30,8 @@ REASONS = {
     NEWTON: "an implicit stage's Newton iteration kept failing until the step size underflowed "
     "(a field too nonlinear or not smooth for the implicit solver, or NaN/Inf inside the iteration)",
     DRIFT: "the adjoint's backward re-integration of the state drifted from the forward solution "
-    "(the field is unstable backward in time, e.g. stiff and dissipative): use gradient='checkpoint'",
+    "(the field is unstable backward in time, e.g. stiff and dissipative): use gradient='checkpoint', "
+    "or an implicit pair (kvaerno3, kvaerno5), whose adjoint reads the state off the forward solve",
     NO_EVENT: "the event function did not cross zero (in the requested direction) before the end of the "
     "interval (t1, or t_max) or within the step budget",
 }
