@@ -218,10 +218,11 @@ def test_an_esdirk_pair_solves_every_row_with_its_own_newton():
 
 
 # ------------------------------------------------------------ the adjoint, every row on its own steps
-_SLOW_PAIRS = ("tsit5", "bosh3", "dopri8", "kvaerno5")
+_SLOW = ("tsit5", "bosh3", "dopri8", "kvaerno5")
+_PAIRS = ["dopri5", "kvaerno3"] + [pytest.param(s, marks=pytest.mark.slow) for s in _SLOW]
 
 
-@pytest.mark.parametrize("solver", ["dopri5", "kvaerno3"] + [pytest.param(s, marks=pytest.mark.slow) for s in _SLOW_PAIRS])
+@pytest.mark.parametrize("solver", _PAIRS)
 def test_every_rows_adjoint_against_the_frechet_derivative(solver):
     """y_b' = s_b·W y_b, the rows' stiffness s_b = 1, 30, 1000 (W's eigenvalues -2, -0.5), their
     own times, one row shorter (t_mask), a loss on every solution time: d/dW of
