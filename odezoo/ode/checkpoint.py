@@ -1,20 +1,23 @@
 """``gradient="checkpoint"``: exact gradients of the discrete adaptive solve, by checkpointed replay.
 
 The forward solve (:func:`odezoo.ode.integrator.integrate` with ``checkpoint_stride``)
-records every accepted step's start, size and end (scalars) and the state at the start of
-every ``stride``-th accepted step, ``stride = ceil(sqrt(max_steps))``. The backward pass
-takes the segments of ``stride`` steps from the last to the first: it replays a segment
-from its checkpoint (keeping its states), then walks it backward, one vector-Jacobian
-product of a whole step (its stages, and the dense output at any solution time inside it)
-at a time. The gradient is that of the computation the forward pass did, to rounding:
-the step sizes are constants of it (the controller's choices are not differentiated, as in
+records every accepted step's start, size and end (scalars), the state at the start of
+every ``stride``-th accepted step, ``stride = ceil(sqrt(max_steps))``, and a ring of the
+last ``stride`` states. The backward pass takes the segments of ``stride`` steps from the
+last to the first: the last one's states are the ring's, an earlier one's are rebuilt from
+its checkpoint; it then walks the segment backward, one vector-Jacobian product of a whole
+step (its stages, and the dense output at any solution time strictly inside it) at a time.
+The gradient is that of the computation the forward pass did, to rounding: the step sizes
+are constants of it (the controller's choices are not differentiated, as in
 ``"backprop"``), rejected attempts do not enter it.
 
-Memory: the checkpoints and one segment's states, ``2·sqrt(max_steps)`` states at most
-(fixed when the solve is compiled: XLA sizes its buffers statically), and the states of one
-step's stages for its VJP; ``"backprop"`` keeps every stage of every attempted step
-(``max_steps·s`` states under XLA). Cost: the forward solve, then per accepted step two
-replays of it (one to rebuild the segment, one under the tape) and its VJP.
+Memory: the checkpoints and one segment's states (the ring), ``2·sqrt(max_steps)`` states
+at most (fixed when the solve is compiled: XLA sizes its buffers statically), and the
+states of one step's stages for its VJP; ``"backprop"`` keeps every stage of every
+attempted step (``max_steps·s`` states under XLA). Cost: the forward solve, then per
+accepted step one replay under the tape (an explicit pair's stages, without its error
+estimate or, unless a solution time lies inside, its last FSAL stage) and its VJP, and for
+a solve longer than ``stride`` steps one more replay of the earlier segments' steps.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 
 import tensorflow as tf
 
-from odezoo.ode.integrator import attempt_implicit_step, attempt_step, dense_output, integrate
+from odezoo.ode.integrator import attempt_implicit_step, attempt_step, dense_output, integrate, lincomb
 from odezoo.ode.status import OK, run_hook
 from odezoo.ode.tableau import DOPRI5
 
@@ -100,23 +103,31 @@ def replay_step(tableau, call, t, h, y, k1, options):
     return y_new, ks, f_new, tableau.evaluations_per_step
 
 
-def _step(tableau, call, t, h, y, options):
-    """:func:`replay_step` from ``y`` alone: ``(y_new, stages, f(t_new, y_new))``."""
-    return replay_step(tableau, call, t, h, y, call(t, y), options)[:3]
+def explicit_stages(tableau, call, t, h, y, k1):
+    """An explicit pair's step from ``k1`` = f(t, y), without what only its error estimate and
+    dense output use (an FSAL pair's last stage, f at the new point): ``(y_new, ks)``."""
+    ks = [k1]
+    for i in range(1, tableau.stages - int(tableau.fsal)):
+        ks.append(call(t + tableau.c[i] * h, lincomb(y, h, tableau.a[i], ks)))
+    return lincomb(y, h, tableau.b, ks), ks  # an FSAL pair's last weight is 0
 
 
 @tf.autograph.experimental.do_not_convert
 def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variables, options, stride):
-    """Walk the accepted steps backward, segment by segment; ``(g_y0, g_c, g_v, info)``."""
+    """Walk the accepted steps backward, segment by segment; ``(g_y0, g_c, g_v, info)``.
+
+    The last segment's states are the forward solve's ring of recent states; an earlier one is
+    rebuilt from its checkpoint. Each step is then replayed under a tape from its state (its
+    stages, and f at its end only where a solution time lies strictly inside it, for the dense
+    output) and its vector-Jacobian product taken.
+    """
     ny = len(dys)
     dtype = dys[0].dtype
     n_times = times.shape[0]
     times = tf.cast(times, dtype)
     n = info["accepted"]
-    calls = []
 
     def call(t, y, cs=consts):
-        calls.append(None)  # counted once per traced call site: field evaluations per replayed step
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y, cs)]
 
     ts, hs, ends, ids = record["t"], record["h"], record["t_new"], record["idx"]
@@ -124,31 +135,45 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
     first_idx = tf.concat([[record["idx0"]], ids], 0)  # step k fills solution times [first_idx[k], ids[k])
     index = tf.range(n_times)
 
-    def forward(k, y):
-        y_new, _, _ = _step(tableau, call, ts[k], hs[k], y, options)
-        return y_new
-
-    per_replay = []  # field calls in the taped replay of a step (the rest of `calls`: the rebuild's)
+    def forward(k, y, f):
+        """Step k again from y and f(t_k, y): ``(y_{k+1}, f(t_{k+1}, y_{k+1}), calls)``."""
+        if tableau.implicit:
+            y_new, _, f_new, calls = replay_step(tableau, call, ts[k], hs[k], y, f, options)
+            return y_new, f_new, calls
+        y_new, _ = explicit_stages(tableau, call, ts[k], hs[k], y, f)
+        return y_new, call(ts[k] + hs[k], y_new), tableau.stages - int(tableau.fsal)
 
     def vjp(k, y, a, g_c, g_v):
-        """The cotangent of y_k from that of y_{k+1} and of the solution times inside step k."""
-        inside = tf.logical_and(index >= first_idx[k], index < ids[k])
+        """The cotangent of y_k from that of y_{k+1} and of the solution times step k reached."""
+        reached = tf.logical_and(index >= first_idx[k], index < ids[k])
+        at_end = tf.logical_and(reached, tf.equal(times, ends[k]))  # the value there is y_{k+1} itself
+        inside = tf.logical_and(reached, tf.logical_not(at_end))
+        a = [ai + _masked_sum(at_end, d) for ai, d in zip(a, dys)]
+        t, h = ts[k], hs[k]
         with tf.GradientTape() as tape:
             tape.watch(y)
             tape.watch(consts)
             for v in variables:
                 tape.watch(v)
-            start = len(calls)
-            y_new, ks, f_new = _step(tableau, call, ts[k], hs[k], y, options)
-            per_replay.append(len(calls) - start)
-            total = tf.add_n([tf.reduce_sum(ai * yi) for ai, yi in zip(a, y_new)])
-            # the solution times inside this step: the dense output at all of them at once, masked
-            shape = [n_times] + [1] * y[0].shape.rank
-            t_i = tf.reshape(times, shape)
-            vals = dense_output(tableau, ts[k], hs[k], y, y_new, ks, t_i, ends[k], f_new)
-            for d, v in zip(dys, vals):
-                weight = tf.reshape(tf.cast(inside, dtype), shape)
-                total += tf.reduce_sum(weight * d * tf.broadcast_to(v, tf.shape(d)))
+            k1 = call(t, y)
+            if tableau.implicit:  # its steps end on the solution times: nothing strictly inside
+                y_new, _, _, calls = replay_step(tableau, call, t, h, y, k1, options)
+                total = _dot(a, y_new)
+                calls += 1
+            else:
+                y_new, ks = explicit_stages(tableau, call, t, h, y, k1)
+                calls = tableau.stages - int(tableau.fsal)
+
+                def dense():  # the solution times strictly inside the step, all at once, masked
+                    f_new = call(t + h, y_new)
+                    t_i = tf.reshape(times, [n_times] + [1] * y[0].shape.rank)
+                    vals = dense_output(tableau, t, h, y, y_new, ks + [f_new] * tableau.fsal, t_i, ends[k], f_new)
+                    return tf.add_n([_dot([_masked(inside, d)], [tf.broadcast_to(v, tf.shape(d))])
+                                     for d, v in zip(dys, vals)])  # fmt: skip
+
+                needed = tf.reduce_any(inside)
+                total = _dot(a, y_new) + tf.cond(needed, dense, lambda: tf.zeros([], dtype))
+                calls += tf.cast(needed, tf.int32)
         grads = tape.gradient(
             total, list(y) + list(consts) + list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
@@ -158,51 +183,74 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
             g_y,
             [a_ + b_ for a_, b_ in zip(g_c, rest[: len(consts)])],
             [a_ + b_ for a_, b_ in zip(g_v, rest[len(consts) :])],
+            calls,
         )
 
-    segment_states = [tf.TensorArray(d.dtype, size=stride, element_shape=d.shape[1:]) for d in dys]
+    segments = (n + stride - 1) // stride
 
-    def segment(j, a, g_c, g_v):
+    def segment(j, a, g_c, g_v, tas, nfe):
         lo = j * stride
         hi = tf.minimum(lo + stride, n)
+        rebuilt = j < segments - 1  # the last segment's states are the forward's ring
 
-        def rebuild(k, y, tas):
+        def rebuild(k, y, f, tas, nfe):
             tas = [ta.write(k - lo, yi) for ta, yi in zip(tas, y)]
-            return k + 1, forward(k, y), tas
+            y, f, calls = forward(k, y, f)
+            return k + 1, y, f, tas, nfe + calls
 
-        _, _, tas = tf.while_loop(
-            lambda k, y, tas: k < hi, rebuild, (lo, [c[j] for c in ckpts], segment_states), maximum_iterations=stride
+        y_lo = [c[j] for c in ckpts]
+        f_lo = tf.cond(rebuilt, lambda: call(ts[lo], y_lo), lambda: [tf.zeros_like(v) for v in y_lo])
+        _, _, _, tas, nfe = tf.while_loop(
+            lambda k, *_: tf.logical_and(rebuilt, k < hi),
+            rebuild,
+            (lo, y_lo, f_lo, tas, nfe + tf.cast(rebuilt, tf.int32)),
+            maximum_iterations=stride,
         )
 
-        def back(k, a, g_c, g_v):
-            y = [ta.read(k - lo) for ta in tas]
-            a, g_c, g_v = vjp(k, y, a, g_c, g_v)
-            return k - 1, a, g_c, g_v
+        def back(k, a, g_c, g_v, nfe):
+            a, g_c, g_v, calls = vjp(k, [ta.read(k - lo) for ta in tas], a, g_c, g_v)
+            return k - 1, a, g_c, g_v, nfe + calls
 
-        _, a, g_c, g_v = tf.while_loop(lambda k, *_: k >= lo, back, (hi - 1, a, g_c, g_v), maximum_iterations=stride)
-        return j - 1, a, g_c, g_v
+        _, a, g_c, g_v, nfe = tf.while_loop(
+            lambda k, *_: k >= lo, back, (hi - 1, a, g_c, g_v, nfe), maximum_iterations=stride
+        )
+        return j - 1, a, g_c, g_v, tas, nfe
 
     a0 = [tf.zeros(d.shape[1:], dtype) for d in dys]
     g_c0 = [tf.zeros_like(c) for c in consts]
     g_v0 = [tf.zeros(v.shape, dtype) for v in variables]
-    segments = (n + stride - 1) // stride
+    ring = [tf.TensorArray(d.dtype, size=stride, element_shape=d.shape[1:]).unstack(r)
+            for d, r in zip(dys, record["recent"])]  # fmt: skip
     max_segments = ckpts[0].shape[0] - 1
-    _, a, g_c, g_v = tf.while_loop(
-        lambda j, *_: j >= 0, segment, (segments - 1, a0, g_c0, g_v0), maximum_iterations=max_segments
+    _, a, g_c, g_v, _, nfe = tf.while_loop(
+        lambda j, *_: j >= 0,
+        segment,
+        (segments - 1, a0, g_c0, g_v0, ring, tf.constant(0, tf.int32)),
+        maximum_iterations=max_segments,
     )
     # solution times at t0 itself are y0
-    at_start = tf.cast(index < record["idx0"], dtype)
-    a = [ai + tf.reduce_sum(tf.reshape(at_start, [n_times] + [1] * ai.shape.rank) * d, 0) for ai, d in zip(a, dys)]
+    a = [ai + _masked_sum(index < record["idx0"], d) for ai, d in zip(a, dys)]
     failed = tf.not_equal(info["reason"], OK)
 
     def blank(g):
         return tf.where(failed, tf.cast(float("nan"), g.dtype), g)
 
-    replay_calls = sum(per_replay) // max(len(per_replay), 1)
-    rebuild_calls = len(calls) - sum(per_replay)
-    nfe = n * (replay_calls + rebuild_calls)
     binfo = dict(nfe=nfe, reason=info["reason"], steps=n, t=tf.cast(t0, dtype))
     return [blank(g) for g in a], [blank(g) for g in g_c], [blank(g) for g in g_v], binfo
+
+
+def _masked(mask, d):
+    """``d`` (times, ...) with the times where ``mask`` is False zeroed."""
+    return tf.reshape(tf.cast(mask, d.dtype), [-1] + [1] * (d.shape.rank - 1)) * d
+
+
+def _masked_sum(mask, d):
+    """The sum over the times where ``mask`` holds of ``d`` (times, ...)."""
+    return tf.reduce_sum(_masked(mask, d), 0)
+
+
+def _dot(a, b):
+    return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)])
 
 
 __all__ = ["checkpoint_solve", "checkpoint_stride", "recorded_solve", "replay_step"]

@@ -77,12 +77,6 @@ def independent_adjoint_solve(fn, y0, times, lengths, constants, *, options, on_
     return list(res[:ny]), dict(zip(_INFO_KEYS, res[ny:]))
 
 
-def _used_stages(tableau):
-    """The stages the backward step needs: those with a weight, or feeding a later stage."""
-    s = tableau.stages
-    return [i for i in range(s) if tableau.b[i] != 0.0 or any(tableau.a[j][i] != 0.0 for j in range(i + 1, s))]
-
-
 @tf.autograph.experimental.do_not_convert
 def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
     """Walk every row's accepted steps backward; ``(g_y0, g_c, g_v, info)``."""
@@ -94,7 +88,7 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
     n = info["accepted"]
     ts, hs, ends, ids, ckpts = record["t"], record["h"], record["t_new"], record["idx"], record["checkpoints"]
     rtol, atol = options["rtol"], options["atol"]
-    used = _used_stages(tableau)
+    weighted = [i for i in range(tableau.stages) if tableau.b[i] != 0.0]  # the stages in the parameter integral
 
     def call(t, y):
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(row_shaped(t, y[0]), y, consts)]
@@ -129,9 +123,7 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
         # the parameter integral: sum over stages and rows of (H b_i)·a_i·∂f/∂θ at the stage
         hb = row_shaped(h, a[0])
         stages_t, stages_a, weights = [], [], []
-        for i in used:
-            if tableau.b[i] == 0.0:
-                continue
+        for i in weighted:
             row = tuple(tableau.a[i]) + (0.0,) * (tableau.stages - len(tableau.a[i]))
             stages_t.append(t_hi + tableau.c[i] * h)
             stages_a.append(lincomb(a, hb, row[: len(ks)], ks))

@@ -294,7 +294,10 @@ def _start(p, t0, y0, first_step):
         record = [tf.TensorArray(h.dtype, size=slots, element_shape=()) for _ in range(3)]
         record.append(tf.TensorArray(tf.int32, size=slots, element_shape=()))
         checkpoints = -(-p.max_steps // p.stride) + 1
-        record += [tf.TensorArray(y.dtype, size=checkpoints, element_shape=y.shape) for y in y0]
+        record.append([tf.TensorArray(y.dtype, size=checkpoints, element_shape=y.shape) for y in y0])
+        # the states of the last `stride` accepted steps, slot k % stride: the last segment's, which the
+        # backward pass then need not rebuild (all of them when the solve takes at most `stride` steps)
+        record.append([tf.TensorArray(y.dtype, size=p.stride, element_shape=y.shape) for y in y0])
     event = ()
     if p.event is not None:
         g0 = tf.cast(tf.reshape(p.event(t0, list(y0)), []), h.dtype)
@@ -363,16 +366,17 @@ class _Loop(NamedTuple):
 
 def _record(p: _Problem, s: _Loop, h, t_new, idx):
     """Write this attempt's step at slot ``accepted`` (a rejected one is overwritten by the next
-    attempt) and, at every ``stride``-th accepted step, its starting state to the checkpoints
-    (other attempts write a scratch slot past the end)."""
+    attempt), its starting state to the ring of recent states at ``accepted % stride`` and, at
+    every ``stride``-th accepted step, to the checkpoints (other attempts write a scratch slot past
+    the end)."""
     if p.stride is None:
         return ()
-    ts, hs, ends, ids, *ckpts = s.record
+    ts, hs, ends, ids, ckpts, recent = s.record
     k = s.accepted
     slot = tf.where(tf.equal(k % p.stride, 0), k // p.stride, ckpts[0].size() - 1)
-    return [ts.write(k, s.t), hs.write(k, h), ends.write(k, t_new), ids.write(k, idx)] + [
-        ta.write(slot, y) for ta, y in zip(ckpts, s.y)
-    ]
+    return [ts.write(k, s.t), hs.write(k, h), ends.write(k, t_new), ids.write(k, idx),
+            [ta.write(slot, y) for ta, y in zip(ckpts, s.y)],
+            [ta.write(k % p.stride, y) for ta, y in zip(recent, s.y)]]  # fmt: skip
 
 
 def _advance(p: _Problem, s: _Loop) -> _Loop:
@@ -469,8 +473,9 @@ def integrate(
         tableau: the embedded pair, :data:`odezoo.ode.tableau.DOPRI5` by default (a registered
             pair's :func:`odezoo.ode.tableau.tableau_of`; FSAL or not).
         checkpoint_stride: None, or record what :mod:`odezoo.ode.checkpoint` replays: every
-            accepted step's start, size, end and solution-time index, and the state at the start
-            of every ``checkpoint_stride``-th accepted step (``info["record"]``, a dict).
+            accepted step's start, size, end and solution-time index, the state at the start
+            of every ``checkpoint_stride``-th accepted step, and those of the last
+            ``checkpoint_stride`` accepted steps, at slot k % stride (``info["record"]``, a dict).
         event, event_direction: None, or ``event(t, flat) -> scalar``: the solve stops before
             the first step whose end would have the event's sign change (from < 0 to >= 0,
             or > 0 to <= 0; ``event_direction`` +1 / -1 keeps one of the two); that step is
@@ -533,7 +538,8 @@ def integrate(
     if event is not None:
         info["event"] = dict(found=s.event[1], t=s.t, y=list(s.y), k1=list(s.k1), h=s.event[2])
     if stride is not None:
-        ts, hs, ends, ids, *ckpts = s.record
+        ts, hs, ends, ids, ckpts, recent = s.record
         info["record"] = dict(t=ts.stack(), h=hs.stack(), t_new=ends.stack(), idx=ids.stack(),
-                              checkpoints=[ta.stack() for ta in ckpts], idx0=start.idx)  # fmt: skip
+                              checkpoints=[ta.stack() for ta in ckpts], recent=[ta.stack() for ta in recent],
+                              idx0=start.idx)  # fmt: skip
     return outputs, info
