@@ -151,7 +151,7 @@ def main():
             with open(os.path.join(args.floor, f"p1_odezoo_{mode}_{float(tol):g}.json")) as fh:
                 counted = json.load(fh)
             nf, nb = counted["nfe_fwd"], counted["nfe_bwd"]
-            vjps = nb / 2 if mode.endswith("+checkpoint") else nb
+            vjps = nb  # "+checkpoint" too (peer_floor.py's rule)
             floor = (nf + nb - vjps) * chains["t_f_ms"] + vjps * chains["t_vjp_ms"]
             state_floor = (nf + nb - vjps) * chains["t_f_ms"] + vjps * chains["t_vjp_state_ms"]
             summary[name].update(nfe=[nf, nb], over_floor_quartiles=quartiles(np.array(ts) / floor),

@@ -8,9 +8,11 @@ floor of issue 15's first table, which understated a backward evaluation by the 
 the parameter cotangent, so the ratios it gave were too high). Each is timed as a chain of N
 calls inside one XLA-compiled ``tf.while_loop`` (h <- h + 1e-3 f(h), the cotangents
 accumulated the same way, so nothing is folded away), divided by N; the median of 7 runs. The
-floor of a configuration is NFE_fwd·t_f + NFE_bwd·t_vjp (for ``+checkpoint``, half of the
-backward evaluations are plain replays: (NFE_fwd + NFE_bwd/2)·t_f + NFE_bwd/2·t_vjp), and its
-ratio is the measured forward + gradient time over that floor: what the integrator itself adds.
+floor of a configuration is NFE_fwd·t_f + NFE_bwd·t_vjp (``+checkpoint`` too: since 7023b93 its
+backward evaluations are the taped replay's, each with its VJP, on a solve of at most
+sqrt(max_steps) steps like this one; before, half were plain replays: (NFE_fwd + NFE_bwd/2)·t_f +
+NFE_bwd/2·t_vjp, the rule of the earlier tables), and its ratio is the measured forward +
+gradient time over that floor: what the integrator itself adds.
 
     python benchmarks/ode/peer_floor.py --peers /tmp/peers15/..json-dir [--json OUT]
 
@@ -100,7 +102,7 @@ def main():
         if r["mode"] == "tfp_dopri5" or "nfe_fwd" not in r:
             continue
         nf, nb = r["nfe_fwd"], r["nfe_bwd"]  # counted inside the field
-        vjp_evals = nb / 2 if r["mode"].endswith("+checkpoint") else nb
+        vjp_evals = nb
         replays = nb - vjp_evals
 
         def floor_with(t_vjp, nf=nf, replays=replays, vjp_evals=vjp_evals):
