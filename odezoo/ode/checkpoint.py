@@ -216,7 +216,7 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
         )
         return j - 1, a, g_c, g_v, tas, nfe
 
-    a0 = [tf.zeros(d.shape[1:], dtype) for d in dys]
+    a0 = [tf.zeros_like(d[0]) for d in dys]
     g_c0 = [tf.zeros_like(c) for c in consts]
     g_v0 = [tf.zeros(v.shape, dtype) for v in variables]
     ring = [tf.TensorArray(d.dtype, size=stride, element_shape=d.shape[1:]).unstack(r)

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from odezoo.ode.controllers import StepMemory, make_controller
 from odezoo.ode.integrator import dense_output, end_of_interval, lincomb, next_step, step_reason
-from odezoo.ode.newton import DENSE_LIMIT, linearise, resolve_linear_solver, solve_stage_rows
+from odezoo.ode.newton import DENSE_LIMIT, linearise, newton_tolerance, resolve_linear_solver, solve_stage_rows
 from odezoo.ode.status import MAX_STEPS, NONFINITE, OK, UNORDERED
 from odezoo.ode.tableau import DOPRI5, ButcherTableau
 
@@ -97,7 +97,7 @@ def row_implicit_stages(tableau, call, t, y, k1, h, *, rtol, atol):
         guess = lincomb(known, _rows(hg, y[0]), weights, ks)
         stage, k, ok, iterations = solve_stage_rows(
             call, t + tableau.c[i] * h, known, hg, guess, lin, scale,
-            kappa=settings["kappa"], max_iterations=settings["max_iterations"],
+            kappa=newton_tolerance(settings["kappa"], rtol, y[0].dtype), max_iterations=settings["max_iterations"],
         )  # fmt: skip
         ks.append(k)
         converged = tf.logical_and(converged, ok)

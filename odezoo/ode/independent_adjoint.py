@@ -27,7 +27,7 @@ import tensorflow as tf
 from odezoo.ode.checkpoint import checkpoint_stride
 from odezoo.ode.independent import integrate_independent, row_implicit_stages, row_shaped, row_stages
 from odezoo.ode.integrator import lincomb
-from odezoo.ode.interpolated import hermite, read_at, second_derivative, write_at
+from odezoo.ode.interpolated import adjoint_jacobian, hermite, read_at, second_derivative, write_at
 from odezoo.ode.status import NEWTON, OK, run_hook
 from odezoo.ode.tableau import DOPRI5
 
@@ -112,6 +112,7 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
             vjp = tape.gradient(fy, y, output_gradients=adj, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return [-tf.convert_to_tensor(v) for v in vjp]
 
+        adjoint_field.jacobian = adjoint_jacobian(call, y_at)
         h = -span
         k1 = adjoint_field(t_hi, a)
         if tableau.implicit:

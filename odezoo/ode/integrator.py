@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from odezoo.ode.controllers import StepMemory, make_controller
-from odezoo.ode.newton import linearise, resolve_linear_solver, solve_stage, stage_calls
+from odezoo.ode.newton import linearise, newton_tolerance, resolve_linear_solver, solve_stage, stage_calls
 from odezoo.ode.status import MAX_STEPS, NEWTON, NONFINITE, OK, UNDERFLOW, UNORDERED, times_ordered
 from odezoo.ode.tableau import DOPRI5, ButcherTableau
 
@@ -218,7 +218,7 @@ def attempt_implicit_step(tableau, call, t, y, k1, h, *, rtol, atol, mask):
         guess = lincomb(known, hg, weights, ks)
         stage, k, ok, iterations = solve_stage(
             call, t + tableau.c[i] * h, known, hg, guess, lin, scale,
-            kappa=settings["kappa"], max_iterations=settings["max_iterations"],
+            kappa=newton_tolerance(settings["kappa"], rtol, y[0].dtype), max_iterations=settings["max_iterations"],
         )  # fmt: skip
         ks.append(k)
         converged = tf.logical_and(converged, ok)
@@ -510,6 +510,8 @@ def integrate(
     # compiling: the same computation (float64 results identical; float32 to rounding, as the
     # graph optimiser may order ops differently) at the same step time.
     call = tf.function(evaluate, autograph=False) if FIELD_TRACED_ONCE else evaluate
+    if getattr(fn, "jacobian", None) is not None:  # a field that gives its own Jacobian (newton.jacobian)
+        call.jacobian = fn.jacobian
 
     direction = tf.where(t_end >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
     mask = [True] * len(y0) if norm_mask is None else list(norm_mask)

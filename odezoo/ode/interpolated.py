@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from odezoo.ode.checkpoint import recorded_solve, replay_step
 from odezoo.ode.integrator import integrate
+from odezoo.ode.newton import jacobian
 from odezoo.ode.status import OK
 
 
@@ -102,10 +103,13 @@ def _interpolated_backward(fn, tableau, t0, times, record, info, dys, consts, va
     def call(t, y):
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y, consts)]
 
+    def interpolant(k_interp, t):
+        t0_, t1_, y0_, f0_, d0_, y1_, f1_, d1_ = k_interp
+        return hermite(t0_, t1_, y0_, f0_, y1_, f1_, t, d0_, d1_)
+
     def adjoint_field(t, state, k_interp):
         a = state[:ny]
-        t0_, t1_, y0_, f0_, d0_, y1_, f1_, d1_ = k_interp
-        y = hermite(t0_, t1_, y0_, f0_, y1_, f1_, t, d0_, d1_)
+        y = interpolant(k_interp, t)
         with tf.GradientTape() as tape:
             tape.watch(y)
             tape.watch(consts)
@@ -119,10 +123,15 @@ def _interpolated_backward(fn, tableau, t0, times, record, info, dys, consts, va
     def backward_solve(k_interp, tau, target, state, first_step):
         """(a, ∫) from ``tau`` back to ``target`` (nothing when they are equal): ``(state, nfe, reason)``."""
 
+        def field(t, s):
+            return adjoint_field(t, s, k_interp)
+
+        field.jacobian = adjoint_jacobian(call, lambda t: interpolant(k_interp, t))
+
         def run():
-            outs, binfo = integrate(lambda t, s: adjoint_field(t, s, k_interp), tau, state, tf.reshape(target, [1]),
-                                    rtol=options["rtol"], atol=options["atol"], first_step=first_step,
-                                    norm_mask=mask, **solve_options)  # fmt: skip
+            outs, binfo = integrate(field, tau, state, tf.reshape(target, [1]), rtol=options["rtol"],
+                                    atol=options["atol"], first_step=first_step, norm_mask=mask,
+                                    **solve_options)  # fmt: skip
             return [o[0] for o in outs], binfo["nfe"], binfo["reason"]
 
         def skip():
@@ -186,7 +195,7 @@ def _interpolated_backward(fn, tableau, t0, times, record, info, dys, consts, va
         )
         return j - 1, state, nfe, reason
 
-    state0 = [tf.zeros(d.shape[1:], dtype) for d in dys]
+    state0 = [tf.zeros_like(d[0]) for d in dys]
     state0 += [tf.zeros_like(c) for c in consts] + [tf.zeros(v.shape, dtype) for v in variables]
     segments = (n + stride - 1) // stride
     max_segments = ckpts[0].shape[0] - 1
@@ -210,6 +219,17 @@ def _interpolated_backward(fn, tableau, t0, times, record, info, dys, consts, va
     return [blank(g) for g in a], [blank(g) for g in g_c], [blank(g) for g in g_v], binfo
 
 
+def adjoint_jacobian(call, y_at):
+    """The ``jacobian`` of an adjoint field a' = -a·∂f/∂y(t, y_at(t)) (:func:`odezoo.ode.newton.jacobian`'s
+    hook): linear in a, its Jacobian over a is -(∂f/∂y)ᵀ, taken from f itself."""
+
+    def jac(t, state, mask, kind):
+        y = y_at(t)
+        return -tf.linalg.matrix_transpose(jacobian(call, t, y, [True] * len(y), kind))
+
+    return jac
+
+
 def write_at(tas, i, values):
     """Write ``values`` at ``i`` (None, an implicit pair's absent second derivatives: nothing)."""
     return tas if values is None else [ta.write(i, v) for ta, v in zip(tas, values)]
@@ -220,4 +240,4 @@ def read_at(tas, i):
     return [ta.read(i) for ta in tas] if tas else None
 
 
-__all__ = ["interpolated_adjoint_solve", "hermite", "second_derivative", "read_at", "write_at"]
+__all__ = ["interpolated_adjoint_solve", "hermite", "second_derivative", "adjoint_jacobian", "read_at", "write_at"]

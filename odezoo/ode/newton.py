@@ -119,7 +119,15 @@ def _unflatten(kind, flat, like):
 
 
 def jacobian(call, t, y, mask, kind):
-    """∂f/∂y over the masked components at (t, y): (rows, d, d) ("rows") or (1, n, n) ("full")."""
+    """∂f/∂y over the masked components at (t, y): (rows, d, d) ("rows") or (1, n, n) ("full").
+
+    A ``call`` with a ``jacobian`` attribute, ``jacobian(t, y, mask, kind)``, gives it itself: the
+    adjoint fields do (:mod:`odezoo.ode.interpolated`), whose Jacobian -(∂f/∂y)ᵀ needs one order of
+    differentiation fewer than autodiff of the adjoint field would (a field that holds a gradient
+    itself, the flow's trace, has none of a third order)."""
+    custom = getattr(call, "jacobian", None)
+    if custom is not None:
+        return tf.stop_gradient(custom(t, y, mask, kind))
     solved = [p for p, m in zip(y, mask) if m]
     x = _flatten(kind, solved)
     with tf.GradientTape() as tape:
@@ -192,6 +200,15 @@ def _correction(lin, call, t, y, fy, hg, residual):
 def stage_calls(lin):
     """Field evaluations per Newton iteration: one, plus GMRES's ``krylov`` JVPs."""
     return 1 + (lin.krylov if lin.kind == "krylov" else 0)
+
+
+def newton_tolerance(kappa, rtol, dtype):
+    """The Newton iteration's stopping tolerance in the error norm's units: ``kappa``, but no less
+    than 10·eps/rtol (Hairer's RADAU5 floors it so): near the dtype's precision (float32 at rtol
+    1e-6) a correction cannot shrink below rounding, and the iteration would stall, be judged
+    divergent and halve the step to underflow (status 5) on a problem it had solved."""
+    eps = np.finfo(tf.as_dtype(dtype).as_numpy_dtype).eps
+    return tf.maximum(tf.cast(kappa, dtype), 10.0 * eps / tf.cast(rtol, dtype))
 
 
 def _judge(m, size, prev, kappa):
