@@ -66,7 +66,7 @@ def recorded_solve(fn, t0, y0, times, constants, *, options, backward, on_forwar
     def _solve(*args):
         ys, cs = list(args[:ny]), list(args[ny:])
         outputs, info = integrate(lambda t, y: fn(t, y, cs), t0, ys, times, checkpoint_stride=stride, **options)
-        record = info.pop("record")
+        record = dict(info.pop("record"), y0=ys)
         with tf.control_dependencies(run_hook(on_forward, info)):
             outputs = [tf.identity(o) for o in outputs]
         info_flat = [info[k] for k in _INFO_KEYS]
@@ -119,9 +119,12 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
     The last segment's states are the forward solve's ring of recent states; an earlier one is
     rebuilt from its checkpoint. Each step is then replayed under a tape from its state (its
     stages, and f at its end only where a solution time lies strictly inside it, for the dense
-    output) and its vector-Jacobian product taken.
+    output) and its vector-Jacobian product taken. An implicit pair's step also starts from the
+    first stage the forward solve carried into it (the last step's (Y - known)/(hγ), which is not
+    f(t, y)); its cotangent is carried backward beside y's, and at t0 it goes through f(t0, y0).
     """
     ny = len(dys)
+    implicit = tableau.implicit
     dtype = dys[0].dtype
     n_times = times.shape[0]
     times = tf.cast(times, dtype)
@@ -136,32 +139,32 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
     index = tf.range(n_times)
 
     def forward(k, y, f):
-        """Step k again from y and f(t_k, y): ``(y_{k+1}, f(t_{k+1}, y_{k+1}), calls)``."""
-        if tableau.implicit:
+        """Step k again from y and its first stage f: ``(y_{k+1}, its first stage, calls)``."""
+        if implicit:
             y_new, _, f_new, calls = replay_step(tableau, call, ts[k], hs[k], y, f, options)
             return y_new, f_new, calls
         y_new, _ = explicit_stages(tableau, call, ts[k], hs[k], y, f)
         return y_new, call(ts[k] + hs[k], y_new), tableau.stages - int(tableau.fsal)
 
-    def vjp(k, y, a, g_c, g_v):
-        """The cotangent of y_k from that of y_{k+1} and of the solution times step k reached."""
+    def vjp(k, kept, adj, g_c, g_v):
+        """The cotangents of step k's start (y_k, and an implicit pair's first stage) from those of its
+        end and of the solution times it reached."""
+        y, k1_kept = kept[:ny], kept[ny:]
         reached = tf.logical_and(index >= first_idx[k], index < ids[k])
         at_end = tf.logical_and(reached, tf.equal(times, ends[k]))  # the value there is y_{k+1} itself
         inside = tf.logical_and(reached, tf.logical_not(at_end))
-        a = [ai + _masked_sum(at_end, d) for ai, d in zip(a, dys)]
+        a = [ai + _masked_sum(at_end, d) for ai, d in zip(adj[:ny], dys)]
         t, h = ts[k], hs[k]
         with tf.GradientTape() as tape:
-            tape.watch(y)
+            tape.watch(kept)
             tape.watch(consts)
             for v in variables:
                 tape.watch(v)
-            k1 = call(t, y)
-            if tableau.implicit:  # its steps end on the solution times: nothing strictly inside
-                y_new, _, _, calls = replay_step(tableau, call, t, h, y, k1, options)
-                total = _dot(a, y_new)
-                calls += 1
+            if implicit:  # its steps end on the solution times: nothing strictly inside
+                y_new, _, f_new, calls = replay_step(tableau, call, t, h, y, k1_kept, options)
+                total = _dot(a, y_new) + _dot(adj[ny:], f_new)
             else:
-                y_new, ks = explicit_stages(tableau, call, t, h, y, k1)
+                y_new, ks = explicit_stages(tableau, call, t, h, y, call(t, y))
                 calls = tableau.stages - int(tableau.fsal)
 
                 def dense():  # the solution times strictly inside the step, all at once, masked
@@ -175,12 +178,12 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
                 total = _dot(a, y_new) + tf.cond(needed, dense, lambda: tf.zeros([], dtype))
                 calls += tf.cast(needed, tf.int32)
         grads = tape.gradient(
-            total, list(y) + list(consts) + list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO
+            total, list(kept) + list(consts) + list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         grads = [tf.convert_to_tensor(g) for g in grads]
-        g_y, rest = grads[:ny], grads[ny:]
+        g_kept, rest = grads[: len(kept)], grads[len(kept) :]
         return (
-            g_y,
+            g_kept,
             [a_ + b_ for a_, b_ in zip(g_c, rest[: len(consts)])],
             [a_ + b_ for a_, b_ in zip(g_v, rest[len(consts) :])],
             calls,
@@ -188,46 +191,64 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
 
     segments = (n + stride - 1) // stride
 
-    def segment(j, a, g_c, g_v, tas, nfe):
+    def segment(j, adj, g_c, g_v, tas, nfe):
         lo = j * stride
         hi = tf.minimum(lo + stride, n)
         rebuilt = j < segments - 1  # the last segment's states are the forward's ring
 
         def rebuild(k, y, f, tas, nfe):
-            tas = [ta.write(k - lo, yi) for ta, yi in zip(tas, y)]
+            tas = [ta.write(k - lo, v) for ta, v in zip(tas, y + (f if implicit else []))]
             y, f, calls = forward(k, y, f)
             return k + 1, y, f, tas, nfe + calls
 
-        y_lo = [c[j] for c in ckpts]
-        f_lo = tf.cond(rebuilt, lambda: call(ts[lo], y_lo), lambda: [tf.zeros_like(v) for v in y_lo])
+        y_lo = [c[j] for c in ckpts[:ny]]
+        if implicit:
+            f_lo = [c[j] for c in ckpts[ny:]]
+        else:
+            f_lo = tf.cond(rebuilt, lambda: call(ts[lo], y_lo), lambda: [tf.zeros_like(v) for v in y_lo])
         _, _, _, tas, nfe = tf.while_loop(
             lambda k, *_: tf.logical_and(rebuilt, k < hi),
             rebuild,
-            (lo, y_lo, f_lo, tas, nfe + tf.cast(rebuilt, tf.int32)),
+            (lo, y_lo, f_lo, tas, nfe + tf.cast(tf.logical_and(rebuilt, not implicit), tf.int32)),
             maximum_iterations=stride,
         )
 
-        def back(k, a, g_c, g_v, nfe):
-            a, g_c, g_v, calls = vjp(k, [ta.read(k - lo) for ta in tas], a, g_c, g_v)
-            return k - 1, a, g_c, g_v, nfe + calls
+        def back(k, adj, g_c, g_v, nfe):
+            adj, g_c, g_v, calls = vjp(k, [ta.read(k - lo) for ta in tas], adj, g_c, g_v)
+            return k - 1, adj, g_c, g_v, nfe + calls
 
-        _, a, g_c, g_v, nfe = tf.while_loop(
-            lambda k, *_: k >= lo, back, (hi - 1, a, g_c, g_v, nfe), maximum_iterations=stride
+        _, adj, g_c, g_v, nfe = tf.while_loop(
+            lambda k, *_: k >= lo, back, (hi - 1, adj, g_c, g_v, nfe), maximum_iterations=stride
         )
-        return j - 1, a, g_c, g_v, tas, nfe
+        return j - 1, adj, g_c, g_v, tas, nfe
 
-    a0 = [tf.zeros_like(d[0]) for d in dys]
+    adj0 = [tf.zeros_like(d[0]) for d in dys] * (2 if implicit else 1)  # y's cotangent (and the first stage's)
     g_c0 = [tf.zeros_like(c) for c in consts]
     g_v0 = [tf.zeros(v.shape, dtype) for v in variables]
-    ring = [tf.TensorArray(d.dtype, size=stride, element_shape=d.shape[1:]).unstack(r)
-            for d, r in zip(dys, record["recent"])]  # fmt: skip
+    ring = [tf.TensorArray(r.dtype, size=stride, element_shape=r.shape[1:]).unstack(r) for r in record["recent"]]
     max_segments = ckpts[0].shape[0] - 1
-    _, a, g_c, g_v, _, nfe = tf.while_loop(
+    _, adj, g_c, g_v, _, nfe = tf.while_loop(
         lambda j, *_: j >= 0,
         segment,
-        (segments - 1, a0, g_c0, g_v0, ring, tf.constant(0, tf.int32)),
+        (segments - 1, adj0, g_c0, g_v0, ring, tf.constant(0, tf.int32)),
         maximum_iterations=max_segments,
     )
+    a = adj[:ny]
+    if implicit:  # the first step's first stage is f(t0, y0)
+        y0 = record["y0"]
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            tape.watch(consts)
+            for v in variables:
+                tape.watch(v)
+            f0 = call(tf.cast(t0, dtype), y0)
+        grads = tape.gradient(f0, list(y0) + list(consts) + list(variables), output_gradients=adj[ny:],
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        a = [ai + g for ai, g in zip(a, grads[:ny])]
+        g_c = [x + g for x, g in zip(g_c, grads[ny : ny + len(consts)])]
+        g_v = [x + g for x, g in zip(g_v, grads[ny + len(consts) :])]
+        nfe += 1
     # solution times at t0 itself are y0
     a = [ai + _masked_sum(index < record["idx0"], d) for ai, d in zip(a, dys)]
     failed = tf.not_equal(info["reason"], OK)

@@ -294,10 +294,11 @@ def _start(p, t0, y0, first_step):
         record = [tf.TensorArray(h.dtype, size=slots, element_shape=()) for _ in range(3)]
         record.append(tf.TensorArray(tf.int32, size=slots, element_shape=()))
         checkpoints = -(-p.max_steps // p.stride) + 1
-        record.append([tf.TensorArray(y.dtype, size=checkpoints, element_shape=y.shape) for y in y0])
+        kept = _kept(p, y0, f0)
+        record.append([tf.TensorArray(y.dtype, size=checkpoints, element_shape=y.shape) for y in kept])
         # the states of the last `stride` accepted steps, slot k % stride: the last segment's, which the
         # backward pass then need not rebuild (all of them when the solve takes at most `stride` steps)
-        record.append([tf.TensorArray(y.dtype, size=p.stride, element_shape=y.shape) for y in y0])
+        record.append([tf.TensorArray(y.dtype, size=p.stride, element_shape=y.shape) for y in kept])
     event = ()
     if p.event is not None:
         g0 = tf.cast(tf.reshape(p.event(t0, list(y0)), []), h.dtype)
@@ -374,9 +375,17 @@ def _record(p: _Problem, s: _Loop, h, t_new, idx):
     ts, hs, ends, ids, ckpts, recent = s.record
     k = s.accepted
     slot = tf.where(tf.equal(k % p.stride, 0), k // p.stride, ckpts[0].size() - 1)
+    kept = _kept(p, s.y, s.k1)
     return [ts.write(k, s.t), hs.write(k, h), ends.write(k, t_new), ids.write(k, idx),
-            [ta.write(slot, y) for ta, y in zip(ckpts, s.y)],
-            [ta.write(k % p.stride, y) for ta, y in zip(recent, s.y)]]  # fmt: skip
+            [ta.write(slot, y) for ta, y in zip(ckpts, kept)],
+            [ta.write(k % p.stride, y) for ta, y in zip(recent, kept)]]  # fmt: skip
+
+
+def _kept(p: _Problem, y, k1):
+    """What a checkpoint keeps of a step's start: the state, and for an implicit pair also the first
+    stage it carries over from the step before (its last stage's (Y - known)/(hγ), not f(t, y)), so
+    that a replay takes the step exactly as the forward solve did."""
+    return list(y) + (list(k1) if p.tableau.implicit else [])
 
 
 def _advance(p: _Problem, s: _Loop) -> _Loop:
@@ -475,7 +484,9 @@ def integrate(
         checkpoint_stride: None, or record what :mod:`odezoo.ode.checkpoint` replays: every
             accepted step's start, size, end and solution-time index, the state at the start
             of every ``checkpoint_stride``-th accepted step, and those of the last
-            ``checkpoint_stride`` accepted steps, at slot k % stride (``info["record"]``, a dict).
+            ``checkpoint_stride`` accepted steps, at slot k % stride (``info["record"]``, a dict;
+            an implicit pair's "state" is the state's components followed by its carried first
+            stage's).
         event, event_direction: None, or ``event(t, flat) -> scalar``: the solve stops before
             the first step whose end would have the event's sign change (from < 0 to >= 0,
             or > 0 to <= 0; ``event_direction`` +1 / -1 keeps one of the two); that step is

@@ -156,11 +156,13 @@ def _interpolated_backward(fn, tableau, t0, times, record, info, dys, consts, va
             y_new, _, f_new, step_calls = replay_step(tableau, call, ts[k], hs[k], y, f, options)
             return k + 1, y_new, f_new, tas_y, tas_f, tas_d, calls + step_calls + quintic
 
-        y_lo = [c[j] for c in ckpts]
+        y_lo = [c[j] for c in ckpts[:ny]]
+        # an implicit pair's checkpoint keeps the first stage the forward solve carried into the step
+        f_lo, start_calls = ([c[j] for c in ckpts[ny:]], 0) if tableau.implicit else (call(ts[lo], y_lo), 1)
         _, y_hi, f_hi, tas_y, tas_f, tas_d, segment_nfe = tf.while_loop(
             lambda k, *_: k < hi,
             rebuild,
-            (lo, y_lo, call(ts[lo], y_lo), seg_y, seg_f, seg_d, tf.constant(1 + quintic, tf.int32)),
+            (lo, y_lo, f_lo, seg_y, seg_f, seg_d, tf.constant(start_calls + quintic, tf.int32)),
             maximum_iterations=stride,
         )
         tas_y = [ta.write(hi - lo, yi) for ta, yi in zip(tas_y, y_hi)]
