@@ -85,6 +85,7 @@ def run_odezoo(repeats):
     rows = []
     for rtol in TOLS:
         for gradient in ("adjoint", "checkpoint", "backprop"):
+
             @tf.function(jit_compile=True)
             def run(gradient=gradient, rtol=rtol):
                 counts = {}
