@@ -88,8 +88,9 @@ def recorded_solve(fn, t0, y0, times, constants, *, options, backward, on_forwar
 
 
 def replay_step(tableau, call, t, h, y, k1, options):
-    """One accepted step replayed as the forward solve took it, from ``k1`` = f(t, y):
-    ``(y_new, ks, f_new, calls)``, ``calls`` the field evaluations it made.
+    """One accepted step replayed as the forward solve took it, from its first stage ``k1`` (f(t, y);
+    an implicit pair's, the one the forward solve carried in): ``(y_new, ks, f_new, calls)``,
+    ``calls`` the field evaluations it made.
 
     An implicit pair's stages are replayed by the same Newton iterations (the same count, as
     the inputs are the same), and differentiated through them with the step's Jacobian held
