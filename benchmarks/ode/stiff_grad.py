@@ -24,12 +24,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+from stiff import timed  # this folder (the script's own)
 
 K0 = np.array([0.04, 1e4, 3e7])
 TS = np.array([0.0, 1.0, 1e2, 1e4, 1e5])
@@ -60,16 +60,6 @@ def reference():
     return np.array(out)
 
 
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def run_odezoo(repeats):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
@@ -98,7 +88,7 @@ def run_odezoo(repeats):
                     loss = tf.reduce_sum(ys[:, 0]) + 1e4 * tf.reduce_sum(ys[:, 1])
                 return tape.gradient(loss, k) * K0, counts["fwd"], counts["bwd"]
 
-            seconds, (sens, nfe_fwd, nfe_bwd) = timed(lambda run=run: [x.numpy() for x in run()], repeats)
+            (sens, nfe_fwd, nfe_bwd), seconds = timed(lambda run=run: [x.numpy() for x in run()], repeats)
             rows.append(dict(solver="odezoo kvaerno5", gradient=gradient, rtol=rtol, seconds=seconds,
                              sensitivities=sens.tolist(), nfe_fwd=int(nfe_fwd), nfe_bwd=int(nfe_bwd)))  # fmt: skip
     import keras
@@ -133,7 +123,7 @@ def run_diffrax(repeats):
                 return jnp.sum(sol.ys[:, 0]) + 1e4 * jnp.sum(sol.ys[:, 1])
 
             grad = jax.jit(jax.grad(loss))
-            seconds, g = timed(lambda grad=grad: np.asarray(jax.block_until_ready(grad(jnp.array(K0)))), repeats)
+            g, seconds = timed(lambda grad=grad: np.asarray(jax.block_until_ready(grad(jnp.array(K0)))), repeats)
             rows.append(dict(solver="diffrax Kvaerno5", gradient=name, rtol=rtol, seconds=seconds,
                              sensitivities=(g * K0).tolist()))  # fmt: skip
     return rows, dict(jax=jax.__version__, diffrax=diffrax.__version__)

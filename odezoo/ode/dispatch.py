@@ -150,7 +150,7 @@ def _solve_independent(f, y0, t0, times, *, solver, gradient, on_forward, on_bac
         options["tableau"] = tableau_of(embedded_pair(solver))
     grid = tf.concat([tf.reshape(tf.cast(t0, dtype), [1]), tf.cast(tf.reshape(times, [-1]), dtype)], 0)
     batch = tf.shape(y0)[0]
-    out, rows = _independent(lambda t, y: f(t, y), y0, tf.tile(grid[None], [batch, 1]), tf.fill([batch], grid.shape[0]),
+    out, rows = _independent(f, y0, tf.tile(grid[None], [batch, 1]), tf.fill([batch], grid.shape[0]),
                              gradient=gradient, options=options, on_backward=on_backward)  # fmt: skip
     per_step = options.get("tableau", DOPRI5).evaluations_per_step
     start = 2 if options.get("first_step") is None else 1  # f(t0), and Hairer's probe

@@ -10,10 +10,13 @@ one copy of it per row. Here the adjoint equations
 are integrated per row over the row's own accepted forward steps, backward, one step of the same
 pair per forward step (the ESDIRK pairs' stages by per-row Newton), so every row's step is taken
 and the parameter integral is one vector-Jacobian product of the whole batch per stage, summed
-over the rows. The forward steps were sized by the error control on y; the adjoint has the same
-Jacobian, hence the same time scales, and no error control of its own. y inside a step is the
-cubic Hermite interpolant of the step's ends (as in :mod:`odezoo.ode.interpolated`, never
-re-integrated backward: stable on stiff rows), read by replaying the row's steps from
+over the rows (an explicit pair's stage gives its derivative and its parameter share from one
+evaluation of f). The forward steps were sized by the error control on y; the adjoint has the
+same Jacobian, hence the same time scales, and no error control of its own. y inside a step is
+read off the forward solve, never re-integrated backward (stable on stiff rows): the quintic
+Hermite interpolant of the step's ends (y, f and y'' by one Jacobian-vector product) for an
+explicit pair, the cubic for an implicit one (:mod:`odezoo.ode.interpolated` says why), the
+ends found by replaying the row's steps from
 checkpoints every ``ceil(sqrt(max_steps))`` accepted steps. The forward steps end on each row's
 solution times (the pair's ``hit_times``), where the cotangents enter.
 """
@@ -27,7 +30,7 @@ import tensorflow as tf
 from odezoo.ode.checkpoint import checkpoint_stride
 from odezoo.ode.independent import integrate_independent, row_implicit_stages, row_shaped, row_stages
 from odezoo.ode.integrator import lincomb
-from odezoo.ode.interpolated import adjoint_jacobian, hermite, read_at, second_derivative, write_at
+from odezoo.ode.interpolated import adjoint_jacobian, hermite
 from odezoo.ode.status import NEWTON, OK, run_hook
 from odezoo.ode.tableau import DOPRI5
 
@@ -96,53 +99,64 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
     def adjoint_step(k, a, g, y_k, f_k, d_k, y_k1, f_k1, d_k1):
         """One backward step of every row over its step k: ``(a, g, converged, calls)``."""
         act = k < n
+        on = row_shaped(act, a[0])  # a finished row's stages (its step 0) must not reach the sum
         t_lo, t_hi = ts[k], ends[k]
         span = tf.where(act, t_hi - t_lo, tf.zeros_like(t_hi))
         safe_hi = tf.where(act, t_hi, t_lo + 1.0)  # a finished row: any finite interval (its step is 0)
+        h = -span
+        hb = row_shaped(h, a[0])
 
         def y_at(t):
             return hermite(row_shaped(t_lo, y_k[0]), row_shaped(safe_hi, y_k[0]), y_k, f_k, y_k1, f_k1,
                            row_shaped(t, y_k[0]), d_k, d_k1)  # fmt: skip
 
-        def adjoint_field(t, adj):
+        def derivative(t, adj, weight=None):
+            """The adjoint's derivative -adj·∂f/∂y at (t, y_at(t)); with a (batch,) ``weight``, also its
+            share of the parameter integral, weight·adj·∂f/∂θ summed over the rows, from the same f."""
             y = y_at(t)
-            with tf.GradientTape() as tape:
+            with tf.GradientTape(persistent=weight is not None) as tape:
                 tape.watch(y)
+                tape.watch(consts)
+                for v in variables:
+                    tape.watch(v)
                 fy = call(t, y)
-            vjp = tape.gradient(fy, y, output_gradients=adj, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return [-tf.convert_to_tensor(v) for v in vjp]
+            zero = tf.UnconnectedGradients.ZERO
+            k = [-tf.convert_to_tensor(v) for v in tape.gradient(fy, y, adj, unconnected_gradients=zero)]
+            if weight is None:
+                return k
+            cot = [tf.where(on, row_shaped(weight, x) * x, tf.zeros_like(x)) for x in adj]
+            share = tape.gradient(fy, list(consts) + list(variables), cot, unconnected_gradients=zero)
+            return k, [tf.convert_to_tensor(d) for d in share]
 
-        adjoint_field.jacobian = adjoint_jacobian(call, y_at)
-        h = -span
-        k1 = adjoint_field(t_hi, a)
-        if tableau.implicit:
-            a_new, ks, _, converged, calls = row_implicit_stages(tableau, adjoint_field, t_hi, a, k1, h,
-                                                                 rtol=rtol, atol=atol)  # fmt: skip
-        else:
-            a_new, ks, _ = row_stages(tableau, adjoint_field, t_hi, a, k1, h)
-            converged, calls = tf.ones(tf.shape(act), tf.bool), tf.fill(tf.shape(act), tableau.evaluations_per_step)
-        # the parameter integral: sum over stages and rows of (H b_i)·a_i·∂f/∂θ at the stage
-        hb = row_shaped(h, a[0])
-        stages_t, stages_a, weights = [], [], []
-        for i in weighted:
-            row = tuple(tableau.a[i]) + (0.0,) * (tableau.stages - len(tableau.a[i]))
-            stages_t.append(t_hi + tableau.c[i] * h)
-            stages_a.append(lincomb(a, hb, row[: len(ks)], ks))
-            weights.append(row_shaped(span * tableau.b[i], a[0]))
-        with tf.GradientTape() as tape:
-            tape.watch(consts)
-            for v in variables:
-                tape.watch(v)
-            outs = [call(t_i, y_at(t_i)) for t_i in stages_t]
-        on = row_shaped(act, a[0])  # a finished row's stages (its step 0, k = 0/0) must not reach the sum
-        cotangents = [[tf.where(on, w * ai, tf.zeros_like(ai)) for ai in adj] for w, adj in zip(weights, stages_a)]
-        flat_out = [o for out in outs for o in out]
-        flat_cot = [c for cot in cotangents for c in cot]
-        dg = tape.gradient(flat_out, list(consts) + list(variables), output_gradients=flat_cot,
-                           unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip
-        g = [gi + tf.convert_to_tensor(d) for gi, d in zip(g, dg)]
-        a_new = [tf.where(row_shaped(act, x), x, y) for x, y in zip(a_new, a)]
-        return a_new, g, tf.logical_or(converged, tf.logical_not(act)), calls + len(stages_t) + 1
+        def adjoint_field(t, adj):
+            return derivative(t, adj)
+
+        def stage_time(i):
+            return t_hi + tableau.c[i] * h
+
+        if tableau.implicit:  # Newton's stages first (each iterate a field call), then the parameter shares
+            adjoint_field.jacobian = adjoint_jacobian(call, y_at)
+            k1 = adjoint_field(t_hi, a)
+            a_new, ks, _, converged, calls = row_implicit_stages(tableau, adjoint_field, t_hi, a, k1, h, rtol=rtol,
+                                                                 atol=atol)  # fmt: skip
+            shares = [derivative(stage_time(i), lincomb(a, hb, tableau.a[i], ks), span * tableau.b[i])[1]
+                      for i in weighted]  # fmt: skip
+            calls = calls + 1 + len(weighted)
+        else:  # one evaluation a stage gives both (an FSAL pair's last stage is not needed)
+            ks, shares = [], []
+            for i in range(tableau.stages - int(tableau.fsal)):
+                stage_a = lincomb(a, hb, tableau.a[i], ks)
+                if tableau.b[i] != 0.0:
+                    k_i, share = derivative(stage_time(i), stage_a, span * tableau.b[i])
+                    shares.append(share)
+                else:
+                    k_i = derivative(stage_time(i), stage_a)
+                ks.append(k_i)
+            a_new = lincomb(a, hb, tableau.b, ks)
+            converged, calls = tf.ones(tf.shape(act), tf.bool), tf.fill(tf.shape(act), len(ks))
+        g = [gi + tf.add_n([sh[j] for sh in shares]) for j, gi in enumerate(g)]
+        a_new = [tf.where(on, x, y) for x, y in zip(a_new, a)]
+        return a_new, g, tf.logical_or(converged, tf.logical_not(act)), calls
 
     seg_y = [tf.TensorArray(dtype, size=stride + 1, element_shape=d.shape[1:]) for d in dys]
     seg_f = [tf.TensorArray(dtype, size=stride + 1, element_shape=d.shape[1:]) for d in dys]
@@ -169,7 +183,7 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
         def rebuild(k, y, f, tas_y, tas_f, tas_d, nfe):
             tas_y = [ta.write(k - lo, v) for ta, v in zip(tas_y, y)]
             tas_f = [ta.write(k - lo, v) for ta, v in zip(tas_f, f)]
-            tas_d = write_at(tas_d, k - lo, second_derivative(call, ts[k], y, f, tableau))
+            tas_d = _write(tas_d, k - lo, second_derivative(call, ts[k], y, f) if quintic else None)
             y, f, calls = replay(k, y, f)
             return k + 1, y, f, tas_y, tas_f, tas_d, nfe + calls + quintic
 
@@ -184,7 +198,7 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
         t_hi = tf.gather_nd(ends, tf.stack([tf.maximum(tf.minimum(hi, n) - 1, 0), rows], 1))
         tas_y = [ta.write(hi - lo, v) for ta, v in zip(tas_y, y_hi)]
         tas_f = [ta.write(hi - lo, v) for ta, v in zip(tas_f, f_hi)]
-        tas_d = write_at(tas_d, hi - lo, second_derivative(call, t_hi, y_hi, f_hi, tableau))
+        tas_d = _write(tas_d, hi - lo, second_derivative(call, t_hi, y_hi, f_hi) if quintic else None)
 
         def back(k, a, g, reason, nfe):
             act = k < n
@@ -193,8 +207,8 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
             ended = tf.logical_and(act, ids[k] > before)
             at = tf.stack([tf.maximum(ids[k] - 1, 0), rows], 1)
             a = [ai + tf.where(row_shaped(ended, ai), tf.gather_nd(d, at), tf.zeros_like(ai)) for ai, d in zip(a, dys)]
-            read = (read_at(tas, k - lo) for tas in (tas_y, tas_f, tas_d))
-            after = (read_at(tas, k - lo + 1) for tas in (tas_y, tas_f, tas_d))
+            read = (_read(tas, k - lo) for tas in (tas_y, tas_f, tas_d))
+            after = (_read(tas, k - lo + 1) for tas in (tas_y, tas_f, tas_d))
             a, g, converged, calls = adjoint_step(k, a, g, *read, *after)
             reason = tf.where(tf.logical_and(tf.equal(reason, OK), tf.logical_not(converged)), NEWTON, reason)
             return k - 1, a, g, reason, nfe + tf.reduce_max(tf.cast(act, tf.int32) * calls)
@@ -221,6 +235,26 @@ def _rows_backward(fn, options, record, info, dys, consts, variables, stride):
     g = [tf.where(tf.reduce_any(failed), nan, gi) for gi in g]
     binfo = dict(nfe=nfe, reason=tf.reduce_max(reason), steps=tf.reduce_max(n), t=tf.reduce_min(ts[0]))
     return a, g[:nc], g[nc:], binfo
+
+
+def second_derivative(call, t, y, f):
+    """y'' = ∂f/∂t + (∂f/∂y)·f at (t, y), f = f(t, y): one Jacobian-vector product of the field (the
+    quintic Hermite's end data; an explicit pair's only: see :mod:`odezoo.ode.interpolated` on why
+    the implicit pairs keep the cubic)."""
+    t = tf.convert_to_tensor(t)
+    with tf.autodiff.ForwardAccumulator([t] + list(y), [tf.ones_like(t)] + list(f)) as acc:
+        out = call(t, y)
+    return [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) for o in out]
+
+
+def _write(tas, i, values):
+    """Write ``values`` at ``i`` (None, an implicit pair's absent second derivatives: nothing)."""
+    return tas if values is None else [ta.write(i, v) for ta, v in zip(tas, values)]
+
+
+def _read(tas, i):
+    """The values at ``i``, or None where nothing is kept (``_write``)."""
+    return [ta.read(i) for ta in tas] if tas else None
 
 
 __all__ = ["independent_adjoint_solve"]

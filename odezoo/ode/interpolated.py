@@ -13,9 +13,13 @@ equations", Chaos 31, 2021, on why training stiff Neural ODEs needs it).
 How y is read: the forward solve records its accepted steps and a checkpoint every
 ``stride = ceil(sqrt(max_steps))`` of them (as ``gradient="checkpoint"`` does). The
 backward pass takes the segments from the last to the first, replays one from its
-checkpoint to get y_k and f(t_k, y_k) at its step ends, and walks its steps backward: in
-step k, y(t) is the cubic Hermite interpolant of (y_k, f_k, y_{k+1}, f_{k+1}) (fourth
-order in the forward step), and (a, ∫) are integrated adaptively with the same pair from
+checkpoint (from the first stage the forward solve carried into it) to get y_k and the pair's
+slope f_k at its step ends, and walks its steps backward: in step k, y(t) is the cubic Hermite
+interpolant of (y_k, f_k, y_{k+1}, f_{k+1}) (fourth order in the forward step; not the quintic
+with y'' at the ends: on a stiff field a computed state's small error δ off the slow solution
+comes back from f(t, y) as J·δ and from y'' as J²·δ, J the stiffness, and Robertson's
+sensitivities through kvaerno5 were 8e-2 off with it, 1e-6 with the cubic on the pair's slopes
+(Y - known)/(hγ)), and (a, ∫) are integrated adaptively with the same pair from
 t_{k+1} to t_k, stopping at each solution time inside to add its cotangent. The backward
 solves are integrated with error control on a only (the seminorm), their first step the
 forward step's length. Memory: as the checkpoint gradient's (the checkpoints and one
@@ -54,28 +58,14 @@ def hermite(t0, t1, y0, f0, y1, f1, t, d0=None, d1=None):
             for a, fa, da, b, fb, db in zip(y0, f0, d0, y1, f1, d1)]  # fmt: skip
 
 
-def second_derivative(call, t, y, f, tableau):
-    """y'' = ∂f/∂t + (∂f/∂y)·f at (t, y), f = f(t, y): one Jacobian-vector product of the field; None
-    for an implicit pair. A pair chosen for a stiff field gets the cubic: there a computed state's
-    small error δ off the slow solution comes back from f as J·δ and from y'' as J²·δ, J the
-    stiffness (Robertson's sensitivities through kvaerno5: 1e-6 off with the cubic, 8e-2 with the
-    quintic); the implicit pairs' own slopes, (Y - known)/(hγ), do not amplify it."""
-    if tableau.implicit:
-        return None
-    t = tf.convert_to_tensor(t)
-    with tf.autodiff.ForwardAccumulator([t] + list(y), [tf.ones_like(t)] + list(f)) as acc:
-        out = call(t, y)
-    return [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) for o in out]
-
-
 @tf.autograph.experimental.do_not_convert
 def interpolated_adjoint_solve(fn, t0, y0, times, constants, *, options, rtol, atol, on_forward=None,
                                on_backward=None):  # fmt: skip
     """:func:`~odezoo.ode.integrator.integrate` under the interpolated continuous adjoint.
 
     Arguments as :func:`odezoo.ode.adjoint.adjoint_solve`'s (which calls this for an implicit
-    pair, ``options["tableau"]``), but the backward solves' tolerances ``rtol`` and ``atol``
-    given resolved; ``adjoint_*`` options have no use here.
+    pair, ``options["tableau"]``, the only kind it serves), but the backward solves' tolerances
+    ``rtol`` and ``atol`` given resolved; ``adjoint_*`` options have no use here.
     """
 
     def backward(fn, tableau, t0, times, record, info, dys, consts, variables, solve_options, stride):
@@ -104,8 +94,7 @@ def _interpolated_backward(fn, tableau, t0, times, record, info, dys, consts, va
         return [tf.cast(tf.convert_to_tensor(o), dtype) for o in fn(t, y, consts)]
 
     def interpolant(k_interp, t):
-        t0_, t1_, y0_, f0_, d0_, y1_, f1_, d1_ = k_interp
-        return hermite(t0_, t1_, y0_, f0_, y1_, f1_, t, d0_, d1_)
+        return hermite(*k_interp, t)
 
     def adjoint_field(t, state, k_interp):
         a = state[:ny]
@@ -142,35 +131,31 @@ def _interpolated_backward(fn, tableau, t0, times, record, info, dys, consts, va
     index = tf.range(n_times)
     seg_y = [tf.TensorArray(d.dtype, size=stride + 1, element_shape=d.shape[1:]) for d in dys]
     seg_f = [tf.TensorArray(d.dtype, size=stride + 1, element_shape=d.shape[1:]) for d in dys]
-    quintic = int(not tableau.implicit)  # y'' at the step ends, one field call each (second_derivative)
-    seg_d = [tf.TensorArray(d.dtype, size=stride + 1, element_shape=d.shape[1:]) for d in dys] if quintic else []
 
     def segment(j, state, nfe, reason):
         lo = j * stride
         hi = tf.minimum(lo + stride, n)
 
-        def rebuild(k, y, f, tas_y, tas_f, tas_d, calls):
+        def rebuild(k, y, f, tas_y, tas_f, calls):
             tas_y = [ta.write(k - lo, yi) for ta, yi in zip(tas_y, y)]
             tas_f = [ta.write(k - lo, fi) for ta, fi in zip(tas_f, f)]
-            tas_d = write_at(tas_d, k - lo, second_derivative(call, ts[k], y, f, tableau))
             y_new, _, f_new, step_calls = replay_step(tableau, call, ts[k], hs[k], y, f, options)
-            return k + 1, y_new, f_new, tas_y, tas_f, tas_d, calls + step_calls + quintic
+            return k + 1, y_new, f_new, tas_y, tas_f, calls + step_calls
 
-        y_lo = [c[j] for c in ckpts[:ny]]
-        # an implicit pair's checkpoint keeps the first stage the forward solve carried into the step
-        f_lo, start_calls = ([c[j] for c in ckpts[ny:]], 0) if tableau.implicit else (call(ts[lo], y_lo), 1)
-        _, y_hi, f_hi, tas_y, tas_f, tas_d, segment_nfe = tf.while_loop(
+        # an implicit pair's checkpoint: the state, and the first stage the forward solve carried into the step
+        y_lo, f_lo = [c[j] for c in ckpts[:ny]], [c[j] for c in ckpts[ny:]]
+        _, y_hi, f_hi, tas_y, tas_f, segment_nfe = tf.while_loop(
             lambda k, *_: k < hi,
             rebuild,
-            (lo, y_lo, f_lo, seg_y, seg_f, seg_d, tf.constant(start_calls + quintic, tf.int32)),
+            (lo, y_lo, f_lo, seg_y, seg_f, tf.constant(0, tf.int32)),
             maximum_iterations=stride,
         )
         tas_y = [ta.write(hi - lo, yi) for ta, yi in zip(tas_y, y_hi)]
         tas_f = [ta.write(hi - lo, fi) for ta, fi in zip(tas_f, f_hi)]
-        tas_d = write_at(tas_d, hi - lo, second_derivative(call, ends[hi - 1], y_hi, f_hi, tableau))
 
         def step_back(k, state, nfe, reason):
-            k_interp = (ts[k], ends[k], *(read_at(tas, k - lo + e) for e in (0, 1) for tas in (tas_y, tas_f, tas_d)))
+            ends_k = ([ta.read(k - lo + e) for ta in tas] for e in (0, 1) for tas in (tas_y, tas_f))
+            k_interp = (ts[k], ends[k], *ends_k)  # t_k, t_{k+1}, y_k, f_k, y_{k+1}, f_{k+1}
             first_step = tf.abs(ends[k] - ts[k])
 
             def sub(i, tau, state, nfe, reason):
@@ -232,14 +217,4 @@ def adjoint_jacobian(call, y_at):
     return jac
 
 
-def write_at(tas, i, values):
-    """Write ``values`` at ``i`` (None, an implicit pair's absent second derivatives: nothing)."""
-    return tas if values is None else [ta.write(i, v) for ta, v in zip(tas, values)]
-
-
-def read_at(tas, i):
-    """The values at ``i``, or None where nothing is kept (``_write``)."""
-    return [ta.read(i) for ta in tas] if tas else None
-
-
-__all__ = ["interpolated_adjoint_solve", "hermite", "second_derivative", "adjoint_jacobian", "read_at", "write_at"]
+__all__ = ["interpolated_adjoint_solve", "hermite", "adjoint_jacobian"]
