@@ -176,7 +176,10 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, s
         vjps = [tf.convert_to_tensor(g) for g in vjps]
         return fy + [-g for g in vjps]
 
-    mask = [True] * (2 * ny) + [False] * (nc + nv)
+    # the forward solve's seminorm (components it left out of its error norm, such as the
+    # regularisation's integrals, which nothing depends on) holds for the state and its adjoint
+    forward_mask = list(options.get("norm_mask") or [True] * ny)
+    mask = forward_mask * 2 + [False] * (nc + nv)
     opts = dict(options)
     opts["norm_mask"] = mask
     zero = tf.constant(0, tf.int32)
@@ -199,7 +202,7 @@ def _adjoint_backward(fn, t0, times, outputs, dys, consts, variables, options, s
         if y0 is not None:  # at t0: the forward solve's initial state
             known = [tf.where(j > 0, k, tf.cast(y, dtype)) for k, y in zip(known, y0)]
         drift = rms(
-            [(s - k) / (opts["atol"] + opts["rtol"] * tf.abs(k)) for s, k in zip(state[:ny], known)], [True] * ny
+            [(s - k) / (opts["atol"] + opts["rtol"] * tf.abs(k)) for s, k in zip(state[:ny], known)], forward_mask
         )
         checked = tf.logical_or(j > 0, y0 is not None)
         drifted = tf.logical_and(checked, tf.logical_and(tf.equal(info["reason"], OK), drift > ADJOINT_DRIFT_LIMIT))

@@ -22,6 +22,7 @@ from odezoo.ode.options import (
     resolve_gradient,
 )
 from odezoo.ode.dispatch import solve
+from odezoo.ode.regularization import check_regularization, penalty, rademacher, regularized_solve
 from odezoo.ode.settings import Setting, Settings
 from odezoo.ode.status import SolverStatus
 from odezoo.ode.tfp import TFPGuard
@@ -83,6 +84,15 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             field sees (with ``augment_dims``). An event that does not happen by t1 fails the
             solve (status 7). Embedded pairs only, no ``solution_times``.
         event_direction: 0 (any crossing), +1 (upward only) or -1 (downward only).
+        regularization: None, or RNODE's penalties (Finlay et al., ICML 2020) as weights
+            ``{"kinetic": λ_k, "jacobian": λ_j}`` (either may be left out):
+            ``λ_k·mean_b ∫‖f‖² dt + λ_j·mean_b ∫‖∂f/∂y‖_F² dt`` over the solve's interval,
+            the Jacobian norm by Hutchinson's estimator with one Rademacher probe per row
+            held fixed over the solve. Both integrals are extra components of the same
+            forward solve (:mod:`odezoo.ode.regularization`). Only in training calls
+            (``training=True``, as ``fit`` makes them): the penalty is added with
+            ``add_loss`` and the batch means are kept in the ``kinetic`` and ``jacobian``
+            variables (logged by ODE-Net's ``fit``). Not with ``event_fn``.
         compile: how the solve is compiled (:mod:`odezoo.ode.compilation`): "auto"
             (default: TensorFlow's graph executor when the field contains a
             convolution and no GPU/TPU is visible, XLA otherwise), "xla" or "graph".
@@ -137,6 +147,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         batch_mode="shared",
         event_fn=None,
         event_direction=0,
+        regularization=None,
         dtype=None,
         **kwargs,
     ):
@@ -202,6 +213,12 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
                 raise ValueError("ODEBlock(event_fn=...) returns the state at the event: give no solution_times.")
             if t1 < t0:
                 raise checks.bad_value("t1", t1, f"a time after t0={t0!r} with event_fn (events are found forward)")
+        self.regularization = check_regularization(regularization)
+        if self.regularization is not None and event_fn is not None:
+            raise ValueError(
+                "ODEBlock(regularization=...) integrates the penalties over a known interval: it does not take "
+                "an event_fn (give one or the other)."
+            )
         self._compiled = {}
         self.settings_ready()
 
@@ -283,6 +300,14 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
                 keras.KerasTensor(y_shape, dtype=self.compute_dtype),
             )
         self.add_status_weights()  # nfe_forward, nfe_backward, solver_status, time_reached (in this order)
+        if self.regularization is not None:  # the last training batch's integrals (batch means)
+            self.kinetic, self.jacobian = (
+                self.add_weight(name=name, shape=(), dtype="float32", trainable=False, initializer="zeros",
+                                aggregation="only_first_replica")
+                for name in ("kinetic", "jacobian")
+            )  # fmt: skip
+            if self.regularization["jacobian"]:
+                self._probe_seed = keras.random.SeedGenerator(name="probe_seed")
         self._guard_state = self.add_weight(
             name="tfp_guard",
             shape=(3,),
@@ -325,7 +350,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         return shape
 
     # -- solving ----------------------------------------------------------------------------
-    def _solve(self, inputs, training, recompute=False):
+    def _solve(self, inputs, training, recompute=False, noise=None, regularize=False):
         dtype = inputs.dtype
         y0 = inputs
         if self.augment_dims:
@@ -340,7 +365,10 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         guard = TFPGuard(self._guard_state, 0) if self.solver in TFP_SOLVERS else None
         if self.event_fn is not None:
             return self._solve_to_event(field, y0, inputs, fwd, bwd)
-        states, info = solve(
+        how = solve
+        if regularize:
+            how = lambda *args, **options: regularized_solve(*args, noise=noise, **options)  # noqa: E731
+        out = how(
             field,
             y0,
             tf.constant(self.t0, dtype),
@@ -360,12 +388,14 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             on_forward=fwd,
             on_backward=bwd,
         )
+        states = out[0]
         if self.augment_dims:
             states = states[..., : inputs.shape[-1]]
         if self.solution_times is None:
-            return states[-1]
-        perm = [1, 0] + list(range(2, states.shape.rank))
-        return tf.transpose(states, perm)
+            states = states[-1]
+        else:
+            states = tf.transpose(states, [1, 0] + list(range(2, states.shape.rank)))
+        return (states, out[1], out[2]) if regularize else states
 
     def _solve_to_event(self, field, y0, inputs, on_forward, on_backward):
         from odezoo.ode.events import _wrapped, event_solve  # noqa: PLC0415  (events imports this package)
@@ -388,23 +418,35 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             inputs = tf.cast(inputs, self.compute_dtype)
         # a Python flag selects the trace; a symbolic one (rare) falls back to the call context
         training = bool(training) if isinstance(training, (bool, int, np.bool_)) else None
-        fn = self._compiled.get(training)
+        regularize = bool(training) and self.regularization is not None
+        extra = []  # the Hutchinson probe, an input of the compiled solve (backprop's recompute reuses it)
+        if regularize and self.regularization["jacobian"]:
+            shape = tf.concat([tf.shape(inputs)[:-1], [inputs.shape[-1] + self.augment_dims]], 0)
+            extra.append(rademacher(shape, inputs.dtype, self._probe_seed))
+        key = (training, regularize)
+        fn = self._compiled.get(key)
         if fn is None:
-            fn = compiled_function(lambda x: self._solve(x, training), self.compiled_by, reduce_retracing=True)
-            self._compiled[training] = fn
+            solve_fn = lambda x, *e: self._solve(x, training, noise=e[0] if e else None, regularize=regularize)  # noqa: E731
+            fn = compiled_function(solve_fn, self.compiled_by, reduce_retracing=True)
+            self._compiled[key] = fn
         if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
             # in a replica: the counters' ONLY_FIRST_REPLICA assignment is a merge_call, which a
             # nested tf.function cannot hold; the replica step is the compiled function here
-            out = self._solve(inputs, training)
+            out = self._solve(inputs, training, noise=extra[0] if extra else None, regularize=regularize)
         elif self._gradient_used() == "backprop":
-            out = self._backprop_call(fn, inputs, training)
+            out = self._backprop_call(fn, inputs, extra, training, regularize)
         else:
-            out = fn(inputs)
+            out = fn(inputs, *extra)
+        if regularize:
+            out, kinetic, jacobian = out
+            self.add_loss(penalty(self.regularization, kinetic, jacobian))
+            self.kinetic.assign(tf.cast(tf.reduce_mean(kinetic), tf.float32))
+            self.jacobian.assign(tf.cast(tf.reduce_mean(jacobian), tf.float32))
         if tf.executing_eagerly():
             self.check_status(direction="forward")
         return out
 
-    def _backprop_call(self, fn, inputs, training):
+    def _backprop_call(self, fn, inputs, extra, training, regularize):
         """Backprop through the steps, compiled whatever the caller's context.
 
         Differentiating a nested ``jit_compile`` function whose while_loop keeps
@@ -412,18 +454,20 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         boundary"), so the gradient is a second compiled function (compiled as the
         solve is, by :attr:`compiled_by`) that recomputes the solve under a tape and
         returns the VJP (the recompute's field calls are counted in ``nfe_backward``).
+        ``extra``: the solve's further inputs (the regularisation's probe), held fixed.
         """
-        key = ("vjp", training)
+        key = ("vjp", training, regularize)
         vjp = self._compiled.get(key)
         if vjp is None:
 
-            def vjp_fn(x, dy, variables):
+            def vjp_fn(x, dys, variables, *e):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
-                    y = self._solve(x, training, recompute=True)
+                    y = self._solve(x, training, recompute=True, noise=e[0] if e else None, regularize=regularize)
                 gx, *gv = tape.gradient(
-                    y, [x] + list(variables), output_gradients=dy, unconnected_gradients=tf.UnconnectedGradients.ZERO
-                )
+                    tf.nest.flatten(y), [x] + list(variables), output_gradients=list(dys),
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )  # fmt: skip
                 return gx, gv
 
             vjp = compiled_function(vjp_fn, self.compiled_by, reduce_retracing=True)
@@ -440,21 +484,20 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
                 tf.identity(v)
             # Trace first, while tapes record: a tape made inside the solve (the Newton Jacobian of
             # an implicit pair, an event's ∂g/∂y) would see nothing if traced under stop_recording.
-            fn.get_concrete_function(x)
+            fn.get_concrete_function(x, *extra)
             with record.stop_recording():
-                y = fn(x)
+                outs = tf.nest.flatten(fn(x, *extra))
 
-            def grad(dy, variables=None):
+            def grad(*dys, variables=None):
                 variables = list(variables or [])
-                if not variables:
-                    gx, _ = vjp(x, dy, [])
-                    return gx, []
-                gx, gv = vjp(x, dy, variables)
+                dys = [tf.zeros_like(o) if d is None else d for d, o in zip(dys, outs)]
+                gx, gv = vjp(x, dys, variables, *extra)
                 return gx, list(gv)
 
-            return y, grad
+            return outs, grad
 
-        return run(inputs)
+        outs = run(inputs)
+        return tuple(outs) if regularize else outs[0]
 
     def status_label(self):
         return f"ODEBlock {self.name!r}"
@@ -480,6 +523,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             batch_mode=self.batch_mode,
             event_fn=None if self.event_fn is None else keras.saving.serialize_keras_object(self.event_fn),
             event_direction=self.event_direction,
+            regularization=self.regularization,
         )
         return config
 

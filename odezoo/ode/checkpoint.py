@@ -170,10 +170,14 @@ def _replay_backward(fn, tableau, t0, times, record, info, dys, consts, variable
 
                 def dense():  # the solution times strictly inside the step, all at once, masked
                     f_new = call(t + h, y_new)
-                    t_i = tf.reshape(times, [n_times] + [1] * y[0].shape.rank)
-                    vals = dense_output(tableau, t, h, y, y_new, ks + [f_new] * tableau.fsal, t_i, ends[k], f_new)
-                    return tf.add_n([_dot([_masked(inside, d)], [tf.broadcast_to(v, tf.shape(d))])
-                                     for d, v in zip(dys, vals)])  # fmt: skip
+                    stages = ks + [f_new] * tableau.fsal
+                    terms = []
+                    for i, d in enumerate(dys):  # each component with the times shaped for its rank
+                        t_i = tf.reshape(times, [n_times] + [1] * y[i].shape.rank)
+                        (v,) = dense_output(tableau, t, h, [y[i]], [y_new[i]], [[s[i]] for s in stages], t_i,
+                                            ends[k], [f_new[i]])  # fmt: skip
+                        terms.append(_dot([_masked(inside, d)], [tf.broadcast_to(v, tf.shape(d))]))
+                    return tf.add_n(terms)
 
                 needed = tf.reduce_any(inside)
                 total = _dot(a, y_new) + tf.cond(needed, dense, lambda: tf.zeros([], dtype))

@@ -76,27 +76,9 @@ def solve(
     gradient = resolve_gradient(solver, gradient, num_steps=num_steps, step_size=step_size)
     dtype = y0.dtype
     if solver not in TFP_SOLVERS and is_adaptive(solver, num_steps, step_size):
-        options = dict(rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps, controller=controller)
-        if solver != "dopri5":  # a registered embedded pair, on odezoo's integrator
-            options["tableau"] = tableau_of(embedded_pair(solver))
-
-        def flat_fn(t, y, cs):
-            return [f(t, y[0])]
-
-        if gradient in ("adjoint", "checkpoint"):
-            custom = adjoint_solve if gradient == "adjoint" else checkpoint_solve
-            outs, info = custom(
-                flat_fn, t0, [y0], times, [], options=options, on_forward=on_forward, on_backward=on_backward
-            )
-        else:
-            outs, info = integrate(lambda t, y: flat_fn(t, y, []), t0, [y0], times, **options)
-            info = dict(info)
-            deps = run_hook(on_forward, info)
-            deps += run_hook(
-                on_backward, dict(nfe=tf.constant(0), reason=tf.constant(0), steps=tf.constant(0), t=tf.cast(t0, dtype))
-            )
-            with tf.control_dependencies(deps):
-                outs = [tf.identity(o) for o in outs]
+        outs, info = solve_list(lambda t, y: [f(t, y[0])], [y0], t0, times, solver=solver, rtol=rtol, atol=atol,
+                                first_step=first_step, max_steps=max_steps, controller=controller, gradient=gradient,
+                                on_forward=on_forward, on_backward=on_backward)  # fmt: skip
         return outs[0], info
     if controller != "predictive":
         raise ValueError(
@@ -140,6 +122,35 @@ def solve(
     with tf.control_dependencies(deps):
         states = tf.identity(states)
     return states, info
+
+def solve_list(fn, ys, t0, times, *, solver, gradient, rtol=1e-3, atol=1e-6, first_step=None, max_steps=10000,
+               controller="predictive", norm_mask=None, on_forward=None, on_backward=None):  # fmt: skip
+    """An embedded pair on odezoo's integrator (shared batch mode) for a flat list of states.
+
+    ``fn(t, ys) -> list`` of derivatives; ``gradient`` resolved ("adjoint", "checkpoint" or
+    "backprop"); ``norm_mask``: per-component booleans, False ones integrated but left out of
+    the forward solve's error norm. Returns ``(outputs, info)``, every output (len(times), ...).
+    """
+    dtype = ys[0].dtype
+    options = dict(rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps, controller=controller)
+    if solver != "dopri5":  # a registered embedded pair, on odezoo's integrator
+        options["tableau"] = tableau_of(embedded_pair(solver))
+    if norm_mask is not None:
+        options["norm_mask"] = list(norm_mask)
+    if gradient in ("adjoint", "checkpoint"):
+        custom = adjoint_solve if gradient == "adjoint" else checkpoint_solve
+        return custom(lambda t, y, cs: fn(t, y), t0, list(ys), times, [], options=options, on_forward=on_forward,
+                      on_backward=on_backward)  # fmt: skip
+    outs, info = integrate(fn, t0, list(ys), times, **options)
+    info = dict(info)
+    deps = run_hook(on_forward, info)
+    deps += run_hook(
+        on_backward, dict(nfe=tf.constant(0), reason=tf.constant(0), steps=tf.constant(0), t=tf.cast(t0, dtype))
+    )
+    with tf.control_dependencies(deps):
+        outs = [tf.identity(o) for o in outs]
+    return outs, info
+
 
 
 def _solve_independent(f, y0, t0, times, *, solver, gradient, on_forward, on_backward, **options):

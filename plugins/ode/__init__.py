@@ -62,6 +62,7 @@ def odenet(
     classifier_activation="softmax",
     stem="same",
     compile="auto",
+    regularization=None,
 ):
     """ODE-Net, the Neural ODE paper's MNIST classifier (about 0.21M parameters at (28, 28, 1)).
 
@@ -71,7 +72,9 @@ def odenet(
     ``augment_dims`` > 0 gives ANODE (Dupont et al. 2019). ``stem="reference"`` follows
     torchdiffeq's example exactly (a 6x6 state at 28x28 instead of 7x7; see
     :func:`odezoo.plugins.ode.model._stem`); ``compile`` is the ODEBlock's
-    (:mod:`odezoo.ode.compilation`).
+    (:mod:`odezoo.ode.compilation`). ``regularization`` is the ODEBlock's too: RNODE's
+    ``{"kinetic": λ_k, "jacobian": λ_j}`` (:mod:`odezoo.ode.regularization`), added to the
+    training loss; ``fit`` then logs ``kinetic`` and ``jacobian``.
     """
     return ode_classifier(
         name="odenet",
@@ -89,6 +92,7 @@ def odenet(
         classifier_activation=classifier_activation,
         stem=stem,
         compile=compile,
+        regularization=regularization,
     )
 
 
@@ -113,8 +117,11 @@ def rknet(
     classifier_activation="softmax",
     stem="same",
     compile="auto",
+    regularization=None,
 ):
-    """RK-Net (Chen et al. 2018): ODE-Net's architecture on a fixed grid; scheme ``rk4``, order 4."""
+    """RK-Net (Chen et al. 2018): ODE-Net's architecture on a fixed grid; scheme ``rk4``, order 4.
+
+    ``regularization`` as ODE-Net's (the integrals by the same fixed grid)."""
     return ode_classifier(
         name="rknet",
         input_shape=input_shape,
@@ -131,4 +138,5 @@ def rknet(
         classifier_activation=classifier_activation,
         stem=stem,
         compile=compile,
+        regularization=regularization,
     )

@@ -122,7 +122,8 @@ class ODEClassifier(SolverChecked, keras.Model):
     """A functional classifier with :class:`ODEBlock` layers (ODE-Net, RK-Net).
 
     Adds ``nfe_forward`` / ``nfe_backward`` (summed over its ODE blocks) to the
-    ``fit`` / ``evaluate`` logs. A batch whose solve failed applies no update
+    ``fit`` / ``evaluate`` logs, and with regularised blocks ``kinetic`` / ``jacobian`` (their
+    integrals' batch means, summed over the blocks) to the ``fit`` logs. A batch whose solve failed applies no update
     (the optimizer's apply is gated on the blocks' ``solver_status`` inside the
     compiled step, on one device and under a ``tf.distribute`` strategy: see
     ``odezoo.ode.gate``), and ``fit``, ``evaluate``,
@@ -137,6 +138,9 @@ class ODEClassifier(SolverChecked, keras.Model):
         logs = {"nfe_forward": tf.add_n([tf.cast(b.nfe_forward.value, tf.float32) for b in blocks])}
         if backward:
             logs["nfe_backward"] = tf.add_n([tf.cast(b.nfe_backward.value, tf.float32) for b in blocks])
+            regularized = [b for b in blocks if b.regularization is not None]
+            for name in ("kinetic", "jacobian") if regularized else ():  # the training batch's integrals
+                logs[name] = tf.add_n([getattr(b, name).value for b in regularized])
         return logs
 
     def train_step(self, data):
@@ -207,6 +211,7 @@ def ode_classifier(
     t1=1.0,
     stem="same",
     compile="auto",
+    regularization=None,
 ):
     """ODE-Net / RK-Net (Chen et al. 2018, MNIST): conv stem, one ODE block, pooling, classifier.
 
@@ -242,6 +247,7 @@ def ode_classifier(
         augment_dims=augment_dims,
         t1=t1,
         compile=compile,
+        regularization=regularization,
         name="ode_block",
     )(x)
     x = keras.layers.GroupNormalization(groups, epsilon=1e-5, name="head_norm")(x)

@@ -1,0 +1,264 @@
+"""RNODE regularisation (odezoo.ode.regularization): the kinetic and Jacobian integrals of the solve.
+
+References: closed forms on linear fields (scipy's expm and quad), scipy's solve_ivp of the
+augmented system with the exact Jacobian, and central differences for every gradient path.
+"""
+
+import numpy as np
+import pytest
+import scipy.integrate as si
+import scipy.linalg as sl
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+import odezoo  # noqa: E402
+from odezoo.ode.regularization import check_regularization, regularized_solve  # noqa: E402
+from odezoo.ode.tfp import TFPGuard  # noqa: E402
+
+
+@keras.saving.register_keras_serializable(package="test_regularization")
+class Linear(keras.layers.Layer):
+    """f(t, y) = A y (float64)."""
+
+    def __init__(self, a, **kwargs):
+        kwargs["dtype"] = "float64"
+        super().__init__(**kwargs)
+        self.a = np.asarray(a, np.float64)
+
+    def get_config(self):
+        return {**super().get_config(), "a": self.a.tolist()}
+
+    def build(self, t_shape, y_shape):
+        self.w = self.add_weight(shape=self.a.shape, initializer=keras.initializers.Constant(self.a.T))
+
+    def call(self, t, y):
+        return y @ self.w
+
+
+class MLP(keras.layers.Layer):
+    """A small tanh field with t as an input (float64)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(dtype="float64", **kwargs)
+
+    def build(self, t_shape, y_shape):
+        d = y_shape[-1]
+        self.w1 = self.add_weight(shape=(d + 1, 5), initializer=keras.initializers.RandomNormal(stddev=0.7, seed=1))
+        self.b1 = self.add_weight(shape=(5,), initializer=keras.initializers.RandomNormal(stddev=0.3, seed=2))
+        self.w2 = self.add_weight(shape=(5, d), initializer=keras.initializers.RandomNormal(stddev=0.7, seed=3))
+
+    def call(self, t, y):
+        tt = tf.ones_like(y[..., :1]) * tf.cast(t, y.dtype)
+        return tf.tanh(tf.concat([y, tt], -1) @ self.w1 + self.b1) @ self.w2
+
+
+def _probe(shape, seed):
+    return np.where(np.random.default_rng(seed).random(shape) < 0.5, -1.0, 1.0)
+
+
+RNG = np.random.default_rng(0)
+Q, _ = np.linalg.qr(RNG.normal(size=(3, 3)))
+A_ROWS = np.diag([-1.0, 0.5, -2.0]) @ Q  # A Aᵀ diagonal: Hutchinson's estimate is exact for every ε
+Y0 = RNG.normal(size=(4, 3))
+
+# every path through regularized_solve: the flat one (odezoo's integrator, every gradient), an
+# implicit pair, independent rows, a fixed grid, tfp's reference
+PATHS = [
+    ("dopri5", {}),
+    ("tsit5", {"gradient": "checkpoint"}),
+    ("bosh3", {"gradient": "backprop"}),
+    ("kvaerno5", {}),
+    ("dopri5", {"batch_mode": "independent"}),
+    ("rk4", {"num_steps": 200}),
+    ("tfp_dopri5", {}),
+]
+
+
+def _solve_fn(field, solver, options, t0, t1, guard_var):
+    @tf.function
+    def run(y, e):
+        guard = TFPGuard(guard_var, 0) if solver == "tfp_dopri5" else None
+        t0_ = tf.constant(t0, tf.float64)
+        return regularized_solve(lambda t, y: field(t, y), y, t0_, tf.constant([t1], tf.float64), noise=e,
+                                 solver=solver, rtol=1e-10, atol=1e-10, guard=guard, **options)  # fmt: skip
+
+    return run
+
+
+@pytest.mark.parametrize("solver,options", PATHS, ids=[f"{s}-{'-'.join(map(str, o.values()))}" for s, o in PATHS])
+@pytest.mark.parametrize("t1", [1.5, -0.7])
+def test_linear_field_integrals_match_closed_forms(solver, options, t1):
+    """kinetic_b = ∫‖A e^{At} y_b‖² dt (quad of expm), jacobian = ‖A‖_F²·|t1 - t0| exactly (A Aᵀ diagonal)."""
+    if t1 < 0 and (options.get("batch_mode") == "independent" or solver == "tfp_dopri5"):
+        pytest.skip("independent rows and tfp's solver integrate forward in time only (a failed status otherwise)")
+    field = Linear(A_ROWS)
+    field.build((), (None, 3))
+    run = _solve_fn(field, solver, options, 0.0, t1, tf.Variable(tf.zeros(3, tf.int32)))
+    states, kin, jac, _ = run(tf.constant(Y0), tf.constant(_probe(Y0.shape, 1)))
+    lo, hi = sorted((0.0, t1))
+    want_kin = [
+        si.quad(lambda t, y=y: np.sum((A_ROWS @ sl.expm(A_ROWS * t) @ y) ** 2), lo, hi, epsabs=1e-13, epsrel=1e-12)[0]
+        for y in Y0
+    ]
+    tol = 1e-6 if solver == "tfp_dopri5" else 1e-8  # tfp's reference lands further from its tolerance
+    np.testing.assert_allclose(kin.numpy(), want_kin, rtol=tol)
+    np.testing.assert_allclose(jac.numpy(), np.full(4, np.sum(A_ROWS**2) * abs(t1)), rtol=tol)
+    np.testing.assert_allclose(states[-1].numpy(), Y0 @ sl.expm(A_ROWS * t1).T, atol=1e-6)
+
+
+def test_hutchinson_estimate_is_unbiased_for_a_general_matrix():
+    """A A^T not diagonal: per row the estimate is ‖Aᵀε‖²·t1; over many probes its mean is ‖A‖_F²·t1."""
+    a = np.random.default_rng(3).normal(size=(3, 3))
+    field = Linear(a)
+    field.build((), (None, 3))
+    n = 4000
+    eps = _probe((n, 3), 5)
+    run = _solve_fn(field, "dopri5", {}, 0.0, 2.0, None)
+    _, _, jac, _ = run(tf.constant(np.random.default_rng(6).normal(size=(n, 3))), tf.constant(eps))
+    np.testing.assert_allclose(jac.numpy(), 2.0 * np.sum((eps @ a) ** 2, 1), rtol=1e-8)  # each row exact
+    se = np.std(jac.numpy()) / np.sqrt(n)
+    assert abs(np.mean(jac.numpy()) - 2.0 * np.sum(a**2)) < 4 * se
+
+
+def test_nonlinear_field_integrals_match_scipy():
+    """A field with a diagonal Jacobian (the estimate is exact), t-dependent: scipy's solve_ivp of the
+    augmented system (y, ∫‖f‖², ∫‖∂f/∂y‖_F²) at rtol 1e-12."""
+
+    class Elementwise(keras.layers.Layer):
+        def call(self, t, y):
+            return -tf.sin(y) * (1.0 + tf.cast(t, y.dtype))
+
+    field = Elementwise(dtype="float64")
+    y0 = np.array([[0.3, -1.2], [2.0, 0.7]])
+
+    def rhs(t, z):
+        y = z[:2]
+        f = -np.sin(y) * (1 + t)
+        return np.concatenate([f, [np.sum(f**2), np.sum((np.cos(y) * (1 + t)) ** 2)]])
+
+    run = _solve_fn(field, "dopri5", {}, 0.0, 1.3, None)
+    _, kin, jac, _ = run(tf.constant(y0), tf.constant(_probe(y0.shape, 2)))
+    for b in range(2):
+        ref = si.solve_ivp(rhs, (0, 1.3), np.concatenate([y0[b], [0, 0]]), rtol=1e-12, atol=1e-13).y[:, -1]
+        np.testing.assert_allclose([kin[b].numpy(), jac[b].numpy()], ref[2:], rtol=1e-8)
+
+
+GRAD_PATHS = [
+    ("dopri5", {"gradient": "adjoint"}),
+    ("dopri5", {"gradient": "checkpoint"}),
+    ("dopri5", {"gradient": "backprop"}),
+    ("kvaerno3", {"gradient": "adjoint"}),
+    ("tsit5", {"gradient": "adjoint", "batch_mode": "independent"}),
+    ("rk4", {"num_steps": 20}),
+]
+
+
+@pytest.mark.parametrize("solver,options", GRAD_PATHS, ids=[f"{s}-{'-'.join(map(str, o.values()))}" for s, o in GRAD_PATHS])
+def test_penalty_gradient_matches_central_differences(solver, options):
+    """d/dθ and d/dy0 of  c·y(t1) + 0.7·Σ kinetic + 0.3·Σ jacobian  along random directions, fixed probe."""
+    field = MLP()
+    y0 = tf.constant(np.random.default_rng(4).normal(size=(3, 2)))
+    field.build((), (None, 2))
+    eps = tf.constant(_probe((3, 2), 7))
+    c = tf.constant(np.random.default_rng(5).normal(size=(3, 2)))
+    run = _solve_fn(field, solver, options, 0.0, 0.8, None)
+
+    def loss(y):
+        states, kin, jac, _ = run(y, eps)
+        return tf.reduce_sum(c * states[-1]) + 0.7 * tf.reduce_sum(kin) + 0.3 * tf.reduce_sum(jac)
+
+    with tf.GradientTape() as tape:
+        tape.watch(y0)
+        value = loss(y0)
+    grads = tape.gradient(value, [y0] + field.trainable_variables)
+    base = [v.numpy() for v in field.trainable_variables]
+    rng = np.random.default_rng(8)
+    h = 1e-5
+    for _ in range(2):
+        dirs = [rng.normal(size=g.shape) for g in grads]
+        analytic = sum(np.sum(g.numpy() * d) for g, d in zip(grads, dirs))
+        fd = []
+        for sign in (1, -1):
+            for v, b, d in zip(field.trainable_variables, base, dirs[1:]):
+                v.assign(b + sign * h * d)
+            fd.append(loss(y0 + sign * h * dirs[0]).numpy())
+        for v, b in zip(field.trainable_variables, base):
+            v.assign(b)
+        # the discrete solve at rtol 1e-10: the adjoint's continuous gradient agrees to ~1e-7
+        np.testing.assert_allclose(analytic, (fd[0] - fd[1]) / (2 * h), rtol=2e-6, atol=1e-7)
+
+
+def test_bad_regularization_names_the_value_and_the_choices():
+    with pytest.raises(ValueError, match=r"kinetc.*\('kinetic', 'jacobian'\)"):
+        check_regularization({"kinetc": 0.1})
+    with pytest.raises(ValueError, match=r"regularization\['jacobian'\].*-1.*>= 0"):
+        check_regularization({"jacobian": -1})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        check_regularization(0.1)
+    assert check_regularization({"kinetic": 1}) == {"kinetic": 1.0, "jacobian": 0.0}
+    with pytest.raises(ValueError, match="event_fn"):
+        odezoo.ODEBlock(MLP(), regularization={"kinetic": 0.1}, event_fn=lambda t, y: y[0, 0])
+
+
+# --------------------------------------------------------------------------- the layer
+def _block_model(regularization, **options):
+    inputs = keras.Input((3,), dtype="float64")
+    block = odezoo.ODEBlock(Linear(A_ROWS), dtype="float64", regularization=regularization, rtol=1e-8, atol=1e-8,
+                            name="ode", **options)  # fmt: skip
+    return keras.Model(inputs, block(inputs)), block
+
+
+@pytest.mark.parametrize("options", [{}, {"gradient": "backprop"}, {"solver": "rk4", "num_steps": 50}],
+                         ids=["adjoint", "backprop", "rk4"])  # fmt: skip
+def test_block_adds_the_penalty_in_training_calls_only(options):
+    lam = {"kinetic": 0.5, "jacobian": 0.25}
+    model, block = _block_model(lam, **options)
+    x = tf.constant(Y0)
+    model(x, training=False)
+    assert model.losses == []
+    model(x, training=True)
+    (loss,) = model.losses
+    want_kin = np.mean(
+        [si.quad(lambda t, y=y: np.sum((A_ROWS @ sl.expm(A_ROWS * t) @ y) ** 2), 0, 1, epsrel=1e-12)[0] for y in Y0]
+    )
+    want_jac = np.sum(A_ROWS**2)  # exact for every probe (A Aᵀ diagonal)
+    np.testing.assert_allclose(block.kinetic.numpy(), want_kin, rtol=1e-5)
+    np.testing.assert_allclose(block.jacobian.numpy(), want_jac, rtol=1e-5)
+    np.testing.assert_allclose(loss.numpy(), 0.5 * want_kin + 0.25 * want_jac, rtol=1e-5)
+    # the penalty's gradient reaches the field: kinetic energy falls as A shrinks
+    with tf.GradientTape() as tape:
+        model(x, training=True)
+        total = tf.add_n(model.losses)
+    (g,) = tape.gradient(total, block.field.trainable_variables)
+    np.testing.assert_allclose(np.sum(g.numpy() * block.field.w.numpy()) > 0, True)
+
+
+def test_block_kinetic_only_and_config_round_trip(tmp_path):
+    model, block = _block_model({"kinetic": 0.1})
+    assert not hasattr(block, "_probe_seed")  # no probe, no VJP: the kinetic term alone costs nothing more
+    model(tf.constant(Y0), training=True)
+    assert float(block.jacobian.numpy()) == 0.0
+    config = block.get_config()
+    assert config["regularization"] == {"kinetic": 0.1, "jacobian": 0.0}
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_layer("ode").regularization == {"kinetic": 0.1, "jacobian": 0.0}
+    np.testing.assert_allclose(loaded(tf.constant(Y0)).numpy(), model(tf.constant(Y0)).numpy(), rtol=1e-12)
+
+
+def test_odenet_fit_logs_the_integrals_and_the_penalty_shrinks_them():
+    """ODE-Net's fit logs kinetic and jacobian; with a large weight their sum falls within a few steps."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 16, size=(64, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=64)
+    model = odezoo.build("odenet", input_shape=(8, 8, 1), num_classes=10, channels=8,
+                         regularization={"kinetic": 1.0, "jacobian": 1.0})  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    hist = model.fit(x, y, batch_size=32, epochs=4, verbose=0).history
+    for key in ("kinetic", "jacobian", "nfe_forward", "nfe_backward"):
+        assert key in hist, hist.keys()
+    penalty = np.add(hist["kinetic"], hist["jacobian"])
+    assert penalty[-1] < 0.5 * penalty[0], hist
+    assert "kinetic" not in model.evaluate(x, y, verbose=0, return_dict=True)
