@@ -86,7 +86,11 @@ def _solve_fn(field, solver, options, t0, t1, guard_var):
     return run
 
 
-@pytest.mark.parametrize("solver,options", PATHS, ids=[f"{s}-{'-'.join(map(str, o.values()))}" for s, o in PATHS])
+def _ids(paths):
+    return [f"{s}-{'-'.join(map(str, o.values()))}" for s, o in paths]
+
+
+@pytest.mark.parametrize("solver,options", PATHS, ids=_ids(PATHS))
 @pytest.mark.parametrize("t1", [1.5, -0.7])
 def test_linear_field_integrals_match_closed_forms(solver, options, t1):
     """kinetic_b = ∫‖A e^{At} y_b‖² dt (quad of expm), jacobian = ‖A‖_F²·|t1 - t0| exactly (A Aᵀ diagonal)."""
@@ -154,7 +158,7 @@ GRAD_PATHS = [
 ]
 
 
-@pytest.mark.parametrize("solver,options", GRAD_PATHS, ids=[f"{s}-{'-'.join(map(str, o.values()))}" for s, o in GRAD_PATHS])
+@pytest.mark.parametrize("solver,options", GRAD_PATHS, ids=_ids(GRAD_PATHS))
 def test_penalty_gradient_matches_central_differences(solver, options):
     """d/dθ and d/dy0 of  c·y(t1) + 0.7·Σ kinetic + 0.3·Σ jacobian  along random directions, fixed probe."""
     field = MLP()

@@ -123,6 +123,7 @@ def solve(
         states = tf.identity(states)
     return states, info
 
+
 def solve_list(fn, ys, t0, times, *, solver, gradient, rtol=1e-3, atol=1e-6, first_step=None, max_steps=10000,
                controller="predictive", norm_mask=None, on_forward=None, on_backward=None):  # fmt: skip
     """An embedded pair on odezoo's integrator (shared batch mode) for a flat list of states.
@@ -150,7 +151,6 @@ def solve_list(fn, ys, t0, times, *, solver, gradient, rtol=1e-3, atol=1e-6, fir
     with tf.control_dependencies(deps):
         outs = [tf.identity(o) for o in outs]
     return outs, info
-
 
 
 def _solve_independent(f, y0, t0, times, *, solver, gradient, on_forward, on_backward, **options):
