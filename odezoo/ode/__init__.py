@@ -19,6 +19,7 @@ One concern per module:
 ``tfp``                    tfp's solvers behind guards
 ``dispatch``               the :func:`solve` dispatcher and :func:`odeint`
 ``events``                 :func:`odeint_event`: terminal events, the event time differentiable
+``regularization``         RNODE's kinetic and Jacobian integrals carried by the same solve
 ``settings``               :class:`Setting`: solver options settable on a built or loaded layer
 ``compilation``            ``compile=``: a solve compiled by XLA or by TensorFlow's graph executor
 ``block``                  :class:`ODEBlock`
@@ -85,6 +86,9 @@ _EXPORTS = {
     "compiled_function": "compilation",
     "resolve_compile": "compilation",
     "uses_convolution": "compilation",
+    "check_regularization": "regularization",
+    "regularized_solve": "regularization",
+    "regularization_penalty": "regularization",
 }
 _NEEDS_TF = {name for name, module in _EXPORTS.items() if module not in ("options", "tableau", "settings")}
 

@@ -22,7 +22,7 @@ from odezoo.ode.options import (
     resolve_gradient,
 )
 from odezoo.ode.dispatch import solve
-from odezoo.ode.regularization import check_regularization, penalty, rademacher, regularized_solve
+from odezoo.ode.regularization import check_regularization, rademacher, regularization_penalty, regularized_solve
 from odezoo.ode.settings import Setting, Settings
 from odezoo.ode.status import SolverStatus
 from odezoo.ode.tfp import TFPGuard
@@ -439,7 +439,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             out = fn(inputs, *extra)
         if regularize:
             out, kinetic, jacobian = out
-            self.add_loss(penalty(self.regularization, kinetic, jacobian))
+            self.add_loss(regularization_penalty(self.regularization, kinetic, jacobian))
             self.kinetic.assign(tf.cast(tf.reduce_mean(kinetic), tf.float32))
             self.jacobian.assign(tf.cast(tf.reduce_mean(jacobian), tf.float32))
         if tf.executing_eagerly():

@@ -128,7 +128,7 @@ def regularized_solve(f, y0, t0, times, *, noise=None, **options):
     return states, packed[-1, :, n], packed[-1, :, n + 1], info
 
 
-def penalty(weights, kinetic, jacobian):
+def regularization_penalty(weights, kinetic, jacobian):
     """λ_k·mean(kinetic) + λ_j·mean(jacobian): the batch means of the per-row integrals."""
     total = weights["kinetic"] * tf.reduce_mean(kinetic)
     if weights["jacobian"]:
@@ -136,4 +136,4 @@ def penalty(weights, kinetic, jacobian):
     return total
 
 
-__all__ = ["TERMS", "check_regularization", "rademacher", "rates", "regularized_solve", "penalty"]
+__all__ = ["TERMS", "check_regularization", "rademacher", "rates", "regularized_solve", "regularization_penalty"]

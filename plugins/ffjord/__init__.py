@@ -48,11 +48,13 @@ def ffjord(
     eval_probes=4,
     seed=None,
     controller="predictive",
+    regularization=None,
 ):
     """A FFJORD density model on ``data_dim``-dimensional data (:class:`odezoo.plugins.ffjord.flow.FFJORDFlow`).
 
     Returns a Keras model with ``log_prob``, ``sample``, ``to_latent``, ``to_data``;
-    ``fit(x)`` trains by maximum likelihood.
+    ``fit(x)`` trains by maximum likelihood; ``regularization={"kinetic": λ_k, "jacobian": λ_j}``
+    adds RNODE's penalties (Finlay et al., ICML 2020) to it.
     """
     odezoo.ode.require_tensorflow("The FFJORD model")
     from odezoo.plugins.ffjord.flow import FFJORDFlow
@@ -73,5 +75,6 @@ def ffjord(
         eval_probes=eval_probes,
         seed=seed,
         controller=controller,
+        regularization=regularization,
         name="ffjord",
     )

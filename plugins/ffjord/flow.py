@@ -29,7 +29,16 @@ import keras
 import tensorflow as tf
 
 from odezoo import checks
-from odezoo.ode import Setting, Settings, SolverChecked, SolverStatus, apply_if_solved, solve_flat
+from odezoo.ode import (
+    Setting,
+    Settings,
+    SolverChecked,
+    SolverStatus,
+    apply_if_solved,
+    check_regularization,
+    regularization_penalty,
+    solve_flat,
+)
 from odezoo.ode.compilation import COMPILE_MODES, compiled_function, resolve_compile, uses_convolution
 from odezoo.ode.controllers import CONTROLLERS
 from odezoo.ode.options import embedded_pair
@@ -97,23 +106,34 @@ class TimeMLPField(keras.layers.Layer):
 
 
 # --------------------------------------------------------------------------- traces
+def _with_penalties(state_and_logdet, f, squared_jacobian):
+    """The derivative tuple: (f, trace terms) and, when the solve carries RNODE's two integrals
+    (a 4-tuple state, :meth:`FFJORDFlow._ode_solve_fn`), their rates ‖f‖² and ‖∂f/∂z‖_F² (estimate)."""
+    if len(state_and_logdet) == 2:
+        return ()
+    return (tf.reduce_sum(tf.square(f), -1), squared_jacobian())
+
+
 def hutchinson_trace(noise):
     """A tfp ``trace_augmentation_fn``: Hutchinson's estimator with one probe ε per solve.
 
     ``noise(shape, dtype)`` draws ε (Rademacher or Gaussian); the per-coordinate
-    terms ε ⊙ (Jᵀε) are returned unreduced, as tfp's FFJORD expects.
+    terms ε ⊙ (Jᵀε) are returned unreduced, as tfp's FFJORD expects. With the
+    regularisation's integrals in the state, the same VJP gives ‖Jᵀε‖², the Jacobian
+    norm's estimate (RNODE reuses the trace's probe the same way).
     """
 
     def trace_fn(ode_fn, state_shape, dtype):
         eps = noise(state_shape, dtype)
 
         def augmented(time, state_and_logdet, **kwargs):
-            state, _ = state_and_logdet
+            state = state_and_logdet[0]
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(state)
                 f = ode_fn(time, state, **kwargs)
             vjp = tape.gradient(f, state, output_gradients=eps)
-            return f, eps * vjp
+            penalties = _with_penalties(state_and_logdet, f, lambda: tf.reduce_sum(tf.square(vjp), -1))
+            return (f, eps * vjp) + penalties
 
         return augmented
 
@@ -121,20 +141,25 @@ def hutchinson_trace(noise):
 
 
 def exact_trace(ode_fn, state_shape, dtype):
-    """A tfp ``trace_augmentation_fn`` with the exact diagonal of ∂f/∂z (d VJPs; for small d)."""
+    """A tfp ``trace_augmentation_fn`` with the exact diagonal of ∂f/∂z (d VJPs; for small d).
+
+    The d VJPs are the Jacobian's rows, so the regularisation's ‖∂f/∂z‖_F² is exact here too.
+    """
 
     def augmented(time, state_and_logdet, **kwargs):
-        state, _ = state_and_logdet
+        state = state_and_logdet[0]
         with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
             tape.watch(state)
             f = ode_fn(time, state, **kwargs)
         d = state.shape[-1]
-        diag = []
+        rows = []
         for i in range(d):
             unit = tf.one_hot(i, d, dtype=f.dtype) * tf.ones_like(f)
-            diag.append(tape.gradient(f, state, output_gradients=unit)[..., i])
+            rows.append(tape.gradient(f, state, output_gradients=unit))
         del tape
-        return f, tf.stack(diag, axis=-1)
+        diag = tf.stack([row[..., i] for i, row in enumerate(rows)], axis=-1)
+        penalties = _with_penalties(state_and_logdet, f, lambda: tf.add_n([tf.reduce_sum(r * r, -1) for r in rows]))
+        return (f, diag) + penalties
 
     return augmented
 
@@ -165,6 +190,12 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             ``bits_per_dim`` refers to the raw values (digits scaled by 1/17: log 17).
         eval_probes: Hutchinson probes averaged by ``evaluate`` when data_dim > 8.
         seed: seed of the Hutchinson noise and of unseeded sampling.
+        regularization: None, or RNODE's penalties (Finlay et al., ICML 2020) as weights
+            ``{"kinetic": λ_k, "jacobian": λ_j}``: in ``fit``, λ_k·mean ∫‖f‖² dt + λ_j·mean
+            ∫‖∂f/∂z‖_F² dt (summed over the blocks) is added to the NLL, the two integrals
+            carried by the same solves as extra components outside the error norm; the
+            Jacobian norm by the trace's own VJP (Hutchinson, the same probe; exact with
+            ``trace="exact"``). ``fit`` logs ``kinetic`` and ``jacobian``.
         controller: the step-size controller of odezoo's integrator, a name in
             ``odezoo.ode.controllers.CONTROLLERS`` ("predictive", "pi", "pid"; not with "tfp_dopri5").
         solver_compile: how ``log_prob``/``sample``/``to_latent``/``to_data`` compile their solves
@@ -175,7 +206,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     Methods: ``log_prob(x)``, ``sample(n, seed=None)``, ``to_latent(x)``,
     ``to_data(z)``; ``call``/``predict`` return log-densities; ``fit(x)``
     maximises likelihood, logging ``nll`` (nats), ``bits_per_dim``,
-    ``nfe_forward`` and ``nfe_backward``.
+    ``nfe_forward`` and ``nfe_backward`` (and ``kinetic``, ``jacobian`` when regularised).
     """
 
     # switchable after training or loading (odezoo.ode.settings); read while tracing, so a change has
@@ -206,6 +237,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         seed=None,
         solver_compile="auto",
         controller="predictive",
+        regularization=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -229,6 +261,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         self.trace, self.noise, self.solver, self.rtol, self.atol = trace, noise, solver, rtol, atol
         self.solver_compile = solver_compile
         self.controller = controller
+        self.regularization = check_regularization(regularization)
+        self.__dict__["_penalty_sink"] = None  # a list while fit's step collects the solves' integrals
         self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
         self._noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self._compiled = {}
@@ -264,7 +298,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         u = keras.random.uniform(shape, seed=self._noise_seed)
         return tf.cast(tf.where(u < 0.5, -1.0, 1.0), dtype)
 
-    def _ode_solve_fn(self, ode_fn, initial_time, initial_state, solution_times, constants=None, **unused):
+    def _ode_solve_fn(self, ode_fn, initial_time, initial_state, solution_times, constants=None, _mask=None, **unused):
         dtype = tf.nest.flatten(initial_state)[0].dtype
         times = tf.cast(tf.reshape(tf.convert_to_tensor(solution_times), [-1]), dtype)
         if self.solver == "tfp_dopri5":
@@ -273,6 +307,15 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol, max_num_steps=self.max_steps)
             return solver.solve(ode_fn, initial_time, initial_state, times, constants=constants)
 
+        sink = self.__dict__.get("_penalty_sink")
+        if sink is not None and isinstance(initial_state, tuple) and len(initial_state) == 2:
+            # a log-density solve in fit: carry RNODE's two integrals (the trace functions see a 4-tuple)
+            zero = tf.zeros_like(initial_state[0][..., 0])
+            results = self._ode_solve_fn(ode_fn, initial_time, tuple(initial_state) + (zero, zero), solution_times,
+                                         constants, _mask=[True, True, False, False])  # fmt: skip
+            state, logdet, kinetic, jacobian = results.states
+            sink.append((kinetic[-1], jacobian[-1]))
+            return _SolveResults(results.times, (state, logdet))
         on_forward, on_backward = self.status_hooks(accumulate=True)  # several solves per step
         constants = {} if constants is None else constants
         flat = [tf.convert_to_tensor(s) for s in tf.nest.flatten(initial_state)]
@@ -281,6 +324,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
                        controller=self.controller)  # fmt: skip
         if self.solver != "dopri5":  # a registered embedded pair
             options["tableau"] = tableau_of(embedded_pair(self.solver))
+        if _mask is not None:
+            options["norm_mask"] = _mask
         outputs, _ = solve_flat(
             ode_fn,
             initial_state,
@@ -443,6 +488,24 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             "nfe_backward": self.nfe_backward.value,
         }
 
+    def _penalized_nll(self, x):
+        """The batch's NLL, and with ``regularization`` the penalty and the integrals' batch means
+        (summed over the blocks): ``(loss, nll, {"kinetic": ..., "jacobian": ...} or {})``."""
+        if self.regularization is None:
+            nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
+            return nll, nll, {}
+        sink = self.__dict__["_penalty_sink"] = []
+        try:
+            nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
+        finally:
+            self.__dict__["_penalty_sink"] = None
+        if len(sink) != self.num_blocks:  # one log-density solve per block, as tfp's bijector caches them
+            raise RuntimeError(f"FFJORD's regularisation expected {self.num_blocks} solves, saw {len(sink)}.")
+        kinetic = tf.add_n([tf.reduce_mean(k) for k, _ in sink])
+        jacobian = tf.add_n([tf.reduce_mean(j) for _, j in sink])
+        loss = nll + regularization_penalty(self.regularization, kinetic, jacobian)
+        return loss, nll, {"kinetic": kinetic, "jacobian": jacobian}
+
     def train_step(self, data):
         x = data[0] if isinstance(data, (tuple, list)) else data
         x = tf.cast(x, tf.float32)
@@ -450,9 +513,9 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         self.nfe_backward.assign(0)
         self.reset_status()
         with tf.GradientTape() as tape:
-            nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
+            loss, nll, penalties = self._penalized_nll(x)
         variables = self.trainable_variables
-        grads = tape.gradient(nll, variables)
+        grads = tape.gradient(loss, variables)
         # a failed solve applies no update, on one device or under a strategy (odezoo.ode.gate)
         apply_if_solved(
             lambda: [self.solver_status.value],
@@ -462,7 +525,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         )
         self.nll_tracker.update_state(nll)
         self.bpd_tracker.update_state(self._bits_per_dim(nll))
-        return self._logs()
+        return {**self._logs(), **penalties}
 
     def test_step(self, data):
         x = data[0] if isinstance(data, (tuple, list)) else data
@@ -508,6 +571,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             seed=self.seed,
             solver_compile=self.solver_compile,
             controller=self.controller,
+            regularization=self.regularization,
         )
 
     @classmethod
