@@ -291,6 +291,7 @@ def _flow_reference(flow, x):
     return np.array(out)
 
 
+@pytest.mark.slow  # ~35 s: scipy's reference calls the field eagerly
 def test_flow_fit_step_carries_the_integrals_and_the_penalty():
     """With trace="exact" the Jacobian norm is exact: one training step's logged integrals match scipy's,
     and the step's gradient is the NLL's plus the penalty's."""
@@ -337,3 +338,72 @@ def test_flow_regularization_round_trips_and_checks_its_input(tmp_path):
     path = tmp_path / "flow.keras"
     flow.save(path)
     assert keras.models.load_model(path).regularization == {"kinetic": 0.01, "jacobian": 0.0}
+
+
+# --------------------------------------------------------------------------- XLA and tf.distribute
+@pytest.mark.slow  # ~25 s of XLA compilation
+def test_regularized_train_steps_compile_with_xla():
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    net = odezoo.build("odenet", input_shape=(8, 8, 1), num_classes=10, channels=8, compile="xla",
+                       regularization={"kinetic": 0.1, "jacobian": 0.1})  # fmt: skip
+    net.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
+    flow = odezoo.build("ffjord", data_dim=2, hidden=(8, 8), rtol=1e-3, atol=1e-3,
+                        regularization={"kinetic": 0.1, "jacobian": 0.1})  # fmt: skip
+    flow.compile(optimizer="adam", jit_compile=True)
+    for model, batch in (
+        (net, (rng.integers(0, 17, (16, 8, 8, 1)).astype("float32"), np.arange(16) % 10)),
+        (flow, (rng.normal(size=(16, 2)).astype("float32"),)),
+    ):
+        assert model.jit_compile is True
+        before = [np.array(w) for w in model.trainable_weights]
+        logs = model.train_on_batch(*batch, return_dict=True)
+        assert np.isfinite(logs["kinetic"]) and logs["kinetic"] > 0 and logs["jacobian"] > 0, logs
+        assert any(np.abs(np.array(w) - b).max() > 0 for w, b in zip(model.trainable_weights, before))
+
+
+_MIRRORED = r"""
+import json, sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, odezoo
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 17, (64, 8, 8, 1)).astype("float32"), np.arange(64) % 10
+out = {}
+for name in ("single", "mirrored"):
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored" else None
+    scope = strategy.scope() if strategy else tf.init_scope()
+    with scope:
+        model = odezoo.build("rknet", input_shape=(8, 8, 1), num_classes=10, channels=8, num_steps=3,
+                             regularization={"kinetic": 0.05})
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    hist = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0).history
+    out[name] = {k: [float(v) for v in hist[k]] for k in ("loss", "kinetic")}
+json.dump(out, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_regularized_training_is_the_same_mirrored(tmp_path):
+    """Two logical CPUs: the mirrored run's losses follow the single device's, penalty included (Keras sums
+    the replicas' add_loss values). On a fixed grid (RK-Net), where both runs take the same steps: an
+    adaptive solve steps differently on each replica's half batch. The kinetic term alone: the Jacobian
+    term's probes differ between the runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    result = tmp_path / "out.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED, str(result)], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(result.read_text())
+    assert out["single"]["kinetic"][1] < out["single"]["kinetic"][0]
+    # the logged integrals are the first replica's half batch's means: near the whole batch's
+    np.testing.assert_allclose(out["mirrored"]["kinetic"], out["single"]["kinetic"], rtol=0.2)
+    # the losses (the second after one update) agree: the penalty counted once, its gradient too
+    np.testing.assert_allclose(out["mirrored"]["loss"], out["single"]["loss"], rtol=1e-4)

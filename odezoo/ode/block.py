@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 
 import keras
 import numpy as np
@@ -90,9 +91,10 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             the Jacobian norm by Hutchinson's estimator with one Rademacher probe per row
             held fixed over the solve. Both integrals are extra components of the same
             forward solve (:mod:`odezoo.ode.regularization`). Only in training calls
-            (``training=True``, as ``fit`` makes them): the penalty is added with
-            ``add_loss`` and the batch means are kept in the ``kinetic`` and ``jacobian``
-            variables (logged by ODE-Net's ``fit``). Not with ``event_fn``.
+            (``training=True``, as ``fit`` makes them): the penalty joins the layer's
+            ``losses`` (as ``add_loss`` would, kept per replica) and the batch means are kept
+            in the ``kinetic`` and ``jacobian`` variables (logged by ODE-Net's ``fit``). Not
+            with ``event_fn``.
         compile: how the solve is compiled (:mod:`odezoo.ode.compilation`): "auto"
             (default: TensorFlow's graph executor when the field contains a
             convolution and no GPU/TPU is visible, XLA otherwise), "xla" or "graph".
@@ -439,12 +441,32 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             out = fn(inputs, *extra)
         if regularize:
             out, kinetic, jacobian = out
-            self.add_loss(regularization_penalty(self.regularization, kinetic, jacobian))
+            self._penalty_store().losses.append(regularization_penalty(self.regularization, kinetic, jacobian))
             self.kinetic.assign(tf.cast(tf.reduce_mean(kinetic), tf.float32))
             self.jacobian.assign(tf.cast(tf.reduce_mean(jacobian), tf.float32))
         if tf.executing_eagerly():
             self.check_status(direction="forward")
         return out
+
+    # -- the penalty as a Keras loss, per thread ----------------------------------------------
+    # Keras keeps add_loss values in one list per layer; MirroredStrategy traces its replicas in
+    # threads, each clearing and reading that list, so a replica's loss could hold another's penalty
+    # and miss its own (measured: half the penalty's gradient with two replicas). The block keeps its
+    # penalties per thread instead and hands them to Keras's ``losses`` (tests/test_regularization.py).
+    def _penalty_store(self):
+        store = self.__dict__.get("_penalties")
+        if store is None:
+            store = self.__dict__["_penalties"] = threading.local()
+        if not hasattr(store, "losses"):
+            store.losses = []
+        return store
+
+    def _get_own_losses(self):
+        return super()._get_own_losses() + list(self._penalty_store().losses)
+
+    def _clear_losses(self):
+        super()._clear_losses()
+        self._penalty_store().losses = []
 
     def _backprop_call(self, fn, inputs, extra, training, regularize):
         """Backprop through the steps, compiled whatever the caller's context.

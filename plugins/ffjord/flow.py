@@ -24,6 +24,7 @@ bijector's inverse, ``to_data`` its forward.
 from __future__ import annotations
 
 import math
+import threading
 
 import keras
 import tensorflow as tf
@@ -262,7 +263,9 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         self.solver_compile = solver_compile
         self.controller = controller
         self.regularization = check_regularization(regularization)
-        self.__dict__["_penalty_sink"] = None  # a list while fit's step collects the solves' integrals
+        # while fit's step runs, a list collecting its solves' integrals; per thread, as MirroredStrategy
+        # traces its replicas in threads
+        self.__dict__["_penalty_sink"] = threading.local()
         self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
         self._noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self._compiled = {}
@@ -307,7 +310,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol, max_num_steps=self.max_steps)
             return solver.solve(ode_fn, initial_time, initial_state, times, constants=constants)
 
-        sink = self.__dict__.get("_penalty_sink")
+        sink = getattr(self.__dict__["_penalty_sink"], "list", None)
         if sink is not None and isinstance(initial_state, tuple) and len(initial_state) == 2:
             # a log-density solve in fit: carry RNODE's two integrals (the trace functions see a 4-tuple)
             zero = tf.zeros_like(initial_state[0][..., 0])
@@ -494,11 +497,12 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         if self.regularization is None:
             nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
             return nll, nll, {}
-        sink = self.__dict__["_penalty_sink"] = []
+        local = self.__dict__["_penalty_sink"]
+        sink = local.list = []
         try:
             nll = -tf.reduce_mean(self._distribution(self.trace).log_prob(x))
         finally:
-            self.__dict__["_penalty_sink"] = None
+            local.list = None
         if len(sink) != self.num_blocks:  # one log-density solve per block, as tfp's bijector caches them
             raise RuntimeError(f"FFJORD's regularisation expected {self.num_blocks} solves, saw {len(sink)}.")
         kinetic = tf.add_n([tf.reduce_mean(k) for k, _ in sink])
