@@ -8,7 +8,7 @@ mean(log p_data(x) − log q(x)) with ``odezoo.data.toy_log_prob`` and the exact
 
 Training clock = ``time.process_time()`` (user + sys CPU of this process, all its threads) spent
 from the first training step on, minus the CPU spent in the KL evaluations (their compile
-included). Both TF thread pools are set to 1 thread, so on an idle core CPU time ≈ wall time;
+included). ``--kinetic``/``--jacobian`` train with RNODE's penalties (benchmarks/regularization). Both TF thread pools are set to 1 thread, so on an idle core CPU time ≈ wall time;
 on a shared machine CPU time is the fair clock.
 
     python benchmarks/flow/kl_train.py --data checkerboard --seed 0 --minutes 10 --out results/kl_cb_s0.json
@@ -36,6 +36,8 @@ ap.add_argument(
 ap.add_argument("--min-frac", type=float, default=0.0)
 ap.add_argument("--batch", type=int, default=512)
 ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--kinetic", type=float, default=0.0, help="RNODE's kinetic-energy weight (0: none)")
+ap.add_argument("--jacobian", type=float, default=0.0, help="RNODE's Jacobian-norm weight (0: none)")
 ap.add_argument("--out", required=True)
 args = ap.parse_args()
 
@@ -70,6 +72,7 @@ def main():
         rtol=1e-5,
         atol=1e-5,
         seed=args.seed,
+        regularization={"kinetic": args.kinetic, "jacobian": args.jacobian} if args.kinetic or args.jacobian else None,
     )
     for layer, (W, b) in zip(flow.fields[0].layers_, common.init_weights(args.seed)):
         layer.kernel.assign(W)
@@ -129,7 +132,8 @@ def main():
         logs = flow.train_on_batch(x, return_dict=True)
         dt = time.perf_counter() - t0
         clock = time.process_time() - cpu0 - excluded
-        res["steps"].append((dt, int(logs["nfe_forward"]), int(logs["nfe_backward"]), float(logs["nll"]), clock))
+        res["steps"].append((dt, int(logs["nfe_forward"]), int(logs["nfe_backward"]), float(logs["nll"]), clock,
+                             float(logs.get("kinetic", np.nan)), float(logs.get("jacobian", np.nan))))  # fmt: skip
         if not np.isfinite(logs["nll"]):
             print("non-finite loss; stopping", flush=True)
             break

@@ -17,6 +17,7 @@ ODEZOO_PLUGIN_API = 1
 odezoo.register_keras_objects(
     "odezoo.plugins.ffjord.flow:FFJORDFlow",
     "odezoo.plugins.ffjord.flow:TimeMLPField",
+    "odezoo.plugins.ffjord.flow:TimeConvField",
     package="odezoo",
     backend="tensorflow",
 )
@@ -49,12 +50,15 @@ def ffjord(
     seed=None,
     controller="predictive",
     regularization=None,
+    field="mlp",
+    image_shape=None,
 ):
     """A FFJORD density model on ``data_dim``-dimensional data (:class:`odezoo.plugins.ffjord.flow.FFJORDFlow`).
 
     Returns a Keras model with ``log_prob``, ``sample``, ``to_latent``, ``to_data``;
     ``fit(x)`` trains by maximum likelihood; ``regularization={"kinetic": λ_k, "jacobian": λ_j}``
-    adds RNODE's penalties (Finlay et al., ICML 2020) to it.
+    adds RNODE's penalties (Finlay et al., ICML 2020) to it. ``field="conv"`` with
+    ``image_shape=(h, w, c)`` (h·w·c = data_dim) is the paper's convolutional image field.
     """
     odezoo.ode.require_tensorflow("The FFJORD model")
     from odezoo.plugins.ffjord.flow import FFJORDFlow
@@ -76,5 +80,7 @@ def ffjord(
         seed=seed,
         controller=controller,
         regularization=regularization,
+        field=field,
+        image_shape=image_shape,
         name="ffjord",
     )

@@ -106,6 +106,58 @@ class TimeMLPField(keras.layers.Layer):
         return config
 
 
+@_serializable
+class TimeConvField(keras.layers.Layer):
+    """FFJORD's image field: 3x3 convolutions with t concatenated as a channel before each.
+
+    The paper's MNIST field (Grathwohl et al. 2019, single scale: "concat" layers, stride 1).
+    The flow's state is the flattened image; the field reshapes it to ``image_shape``, applies
+    ``len(hidden)`` convolutions of those widths with ``activation`` and a last one back to the
+    image's channels, and flattens again, so the flow's solves and traces are unchanged.
+
+    Args:
+        image_shape: (height, width, channels) of the data.
+        hidden: channels of the hidden convolutions (default (64, 64, 64)).
+        activation: hidden activation (smooth, as the trace needs; "softplus" in the paper).
+    """
+
+    def __init__(self, image_shape, hidden=(64, 64, 64), activation="softplus", **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation = activation
+        channels = self.image_shape[-1]
+        self.convs = [keras.layers.Conv2D(w, 3, padding="same", name=f"conv{i}") for i, w in enumerate(self.hidden)]
+        self.convs.append(keras.layers.Conv2D(channels, 3, padding="same", name=f"conv{len(self.hidden)}"))
+        self._act = keras.activations.get(activation)
+
+    def build(self, t_shape=None, z_shape=None):
+        height, width, channels = self.image_shape
+        for conv in self.convs:
+            conv.build((None, height, width, channels + 1))
+            channels = conv.filters
+
+    def call(self, t, z):
+        h = tf.reshape(z, (-1,) + self.image_shape)
+        t_map = tf.ones_like(h[..., :1]) * tf.cast(t, h.dtype)
+        for i, conv in enumerate(self.convs):
+            h = conv(tf.concat([h, t_map], axis=-1))
+            if i < len(self.convs) - 1:
+                h = self._act(h)
+        return tf.reshape(h, tf.shape(z))
+
+    def compute_output_shape(self, t_shape, z_shape):
+        return z_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(image_shape=list(self.image_shape), hidden=list(self.hidden), activation=self.activation)
+        return config
+
+
+FIELDS = ("mlp", "conv")
+
+
 # --------------------------------------------------------------------------- traces
 def _with_penalties(state_and_logdet, f, squared_jacobian):
     """The derivative tuple: (f, trace terms) and, when the solve carries RNODE's two integrals
@@ -178,7 +230,12 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
 
     Args:
         data_dim: dimension of the data.
-        hidden, activation: the field's MLP (on concat(z, t)).
+        hidden, activation: the field's hidden widths and activation (the MLP's units on concat(z, t),
+            or the convolutions' channels).
+        field: "mlp" (:class:`TimeMLPField`, default) or "conv" (:class:`TimeConvField`, the paper's
+            image field; needs ``image_shape``).
+        image_shape: (height, width, channels) with a product of ``data_dim``: the data are flattened
+            images, which the conv field sees as images (e.g. (8, 8, 1) for the digits).
         trace: "hutchinson" (training default) or "exact".
         noise: Hutchinson probe distribution, "rademacher" or "gaussian".
         solver: "dopri5" (odezoo's; default), "tfp_dopri5" (tfp's, the reference), or a registered
@@ -239,9 +296,27 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         solver_compile="auto",
         controller="predictive",
         regularization=None,
+        field="mlp",
+        image_shape=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        checks.choice("field", field, FIELDS)
+        if image_shape is not None:
+            try:
+                image_shape = tuple(int(d) for d in image_shape)
+            except (TypeError, ValueError):
+                raise checks.bad_value("image_shape", image_shape, "None or (height, width, channels)") from None
+            if len(image_shape) != 3 or min(image_shape) < 1 or math.prod(image_shape) != data_dim:
+                raise checks.bad_value(
+                    "image_shape",
+                    image_shape,
+                    f"(height, width, channels) of positive ints with product data_dim={data_dim}",
+                )
+        if field == "conv" and image_shape is None:
+            raise checks.bad_value("image_shape", image_shape, "(height, width, channels) with field='conv'")
+        self.field_kind = field
+        self.image_shape = image_shape
         checks.positive_int("data_dim", data_dim)
         checks.positive_int("num_blocks", num_blocks)
         hidden = tuple(hidden)
@@ -266,7 +341,10 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         # while fit's step runs, a list collecting its solves' integrals; per thread, as MirroredStrategy
         # traces its replicas in threads
         self.__dict__["_penalty_sink"] = threading.local()
-        self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
+        if field == "conv":
+            self.fields = [TimeConvField(image_shape, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
+        else:
+            self.fields = [TimeMLPField(data_dim, hidden, activation, name=f"field{i}") for i in range(num_blocks)]
         self._noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self._compiled = {}
         self.settings_ready()
@@ -576,6 +654,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             solver_compile=self.solver_compile,
             controller=self.controller,
             regularization=self.regularization,
+            field=self.field_kind,
+            image_shape=None if self.image_shape is None else list(self.image_shape),
         )
 
     @classmethod
