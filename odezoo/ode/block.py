@@ -367,14 +367,7 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
         guard = TFPGuard(self._guard_state, 0) if self.solver in TFP_SOLVERS else None
         if self.event_fn is not None:
             return self._solve_to_event(field, y0, inputs, fwd, bwd)
-        how = solve
-        if regularize:
-            how = lambda *args, **options: regularized_solve(*args, noise=noise, **options)  # noqa: E731
-        out = how(
-            field,
-            y0,
-            tf.constant(self.t0, dtype),
-            times,
+        options = dict(
             solver=self.solver,
             rtol=self.rtol,
             atol=self.atol,
@@ -390,6 +383,11 @@ class ODEBlock(SolverStatus, Settings, keras.layers.Layer):
             on_forward=fwd,
             on_backward=bwd,
         )
+        t0 = tf.constant(self.t0, dtype)
+        if regularize:  # (states, kinetic, jacobian, info)
+            out = regularized_solve(field, y0, t0, times, noise=noise, **options)
+        else:
+            out = solve(field, y0, t0, times, **options)
         states = out[0]
         if self.augment_dims:
             states = states[..., : inputs.shape[-1]]
