@@ -129,6 +129,19 @@ def flow_picture(out_dir: str, out) -> dict | None:
     return {"tag": entry["tag"], "metrics": measured, "png": path}
 
 
+def digits_samples(out_dir: str, out) -> str | None:
+    """A grid of 64 samples of the pretrained digits flow (8x8 images), as a PNG."""
+    if "digits" not in odezoo.describe("ffjord")["weights"]:
+        return None
+    from odezoo.plotting import plot_image_samples
+
+    flow = odezoo.build("ffjord", pretrained="digits")
+    path = os.path.join(out_dir, "ffjord_digits_samples.png")
+    plot_image_samples(flow, path, image_shape=(8, 8, 1), levels=_train.DIGITS_LEVELS)
+    out(f"  wrote {path} (64 samples of ffjord.digits, 8x8)")
+    return path
+
+
 def run(model: str = DEMO_MODEL, out=print, out_dir: str = "odezoo-demo") -> dict:
     """Run the tour; return what it measured (for tests)."""
     start = time.perf_counter()
@@ -146,6 +159,7 @@ def run(model: str = DEMO_MODEL, out=print, out_dir: str = "odezoo-demo") -> dic
     rows = evaluate_classifiers(out)
     _section("Pretrained FFJORD flow", out)
     flow = flow_picture(out_dir, out)
+    samples = digits_samples(out_dir, out)
 
     seconds = time.perf_counter() - start
     out("")
@@ -153,4 +167,4 @@ def run(model: str = DEMO_MODEL, out=print, out_dir: str = "odezoo-demo") -> dic
         f"Done in {seconds:.1f} s. Next: `odezoo describe {model}`, `odezoo eval {model}`, "
         f"`odezoo train {model} --dataset digits --epochs 30 --out my_zoo`."
     )
-    return {"model": model, "classifiers": rows, "flow": flow, "seconds": seconds}
+    return {"model": model, "classifiers": rows, "flow": flow, "digits_samples": samples, "seconds": seconds}

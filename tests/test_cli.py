@@ -140,6 +140,8 @@ def test_demo_end_to_end(tmp_path):
         assert abs(float(row[4]) - float(row[5])) <= 0.005, row
     if odezoo.describe("ffjord")["weights"]:
         assert list(tmp_path.glob("ffjord_*_density.png"))
+    if "digits" in odezoo.describe("ffjord")["weights"]:
+        assert (tmp_path / "ffjord_digits_samples.png").stat().st_size > 1000
     seconds = float(out.rsplit("Done in ", 1)[1].split()[0])
     assert seconds < 180
 

@@ -58,3 +58,14 @@ def test_conv_flow_trains_on_28x28_images(tmp_path):
 def test_conv_flow_bad_config_is_a_clear_error(config, match):
     with pytest.raises(ValueError, match=match):
         odezoo.build("ffjord", **config)
+
+
+def test_sample_grid_png(tmp_path):
+    from odezoo.plotting import plot_image_samples
+
+    flow = odezoo.build("ffjord", data_dim=16, field="conv", image_shape=(4, 4, 1), hidden=(4,), rtol=1e-3, atol=1e-3)
+    path = plot_image_samples(flow, str(tmp_path / "grid.png"), image_shape=(4, 4, 1), num_samples=9, levels=17)
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
+    with pytest.raises(ValueError, match=r"image_shape=\(4, 4, 2\)"):
+        plot_image_samples(flow, str(tmp_path / "bad.png"), image_shape=(4, 4, 2))

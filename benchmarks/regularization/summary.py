@@ -1,6 +1,6 @@
 """results/toy_*.json (benchmarks/flow/kl_train.py runs) -> the markdown tables of README.md.
 
-    python benchmarks/regularization/summary.py [--target 0.02]
+python benchmarks/regularization/summary.py [--target 0.02]
 """
 
 import argparse
