@@ -407,3 +407,19 @@ def test_regularized_training_is_the_same_mirrored(tmp_path):
     np.testing.assert_allclose(out["mirrored"]["kinetic"], out["single"]["kinetic"], rtol=0.2)
     # the losses (the second after one update) agree: the penalty counted once, its gradient too
     np.testing.assert_allclose(out["mirrored"]["loss"], out["single"]["loss"], rtol=1e-4)
+
+
+def test_flow_integrals_agree_across_its_solvers():
+    """tfp's reference solver and a registered pair carry the same integrals as dopri5 (which the slow
+    test checks against scipy); tfp's once skipped them (the run then refused: 0 solves collected)."""
+    x = np.random.default_rng(2).normal(size=(16, 2)).astype("float32")
+    logs = {}
+    for solver in ("dopri5", "tfp_dopri5", "bosh3"):
+        keras.utils.set_random_seed(0)
+        flow = odezoo.build("ffjord", data_dim=2, hidden=(8, 8), trace="exact", solver=solver, rtol=1e-6,
+                            atol=1e-6, regularization={"kinetic": 0.1, "jacobian": 0.1})  # fmt: skip
+        flow.compile(optimizer=keras.optimizers.SGD(0.0))
+        logs[solver] = flow.train_on_batch(x, return_dict=True)
+    for solver in ("tfp_dopri5", "bosh3"):
+        for key in ("kinetic", "jacobian", "nll"):
+            np.testing.assert_allclose(logs[solver][key], logs["dopri5"][key], rtol=1e-3, err_msg=f"{solver} {key}")

@@ -380,14 +380,6 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         return tf.cast(tf.where(u < 0.5, -1.0, 1.0), dtype)
 
     def _ode_solve_fn(self, ode_fn, initial_time, initial_state, solution_times, constants=None, _mask=None, **unused):
-        dtype = tf.nest.flatten(initial_state)[0].dtype
-        times = tf.cast(tf.reshape(tf.convert_to_tensor(solution_times), [-1]), dtype)
-        if self.solver == "tfp_dopri5":
-            import tensorflow_probability as tfp
-
-            solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol, max_num_steps=self.max_steps)
-            return solver.solve(ode_fn, initial_time, initial_state, times, constants=constants)
-
         sink = getattr(self.__dict__["_penalty_sink"], "list", None)
         if sink is not None and isinstance(initial_state, tuple) and len(initial_state) == 2:
             # a log-density solve in fit: carry RNODE's two integrals (the trace functions see a 4-tuple)
@@ -397,6 +389,14 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             state, logdet, kinetic, jacobian = results.states
             sink.append((kinetic[-1], jacobian[-1]))
             return _SolveResults(results.times, (state, logdet))
+        dtype = tf.nest.flatten(initial_state)[0].dtype
+        times = tf.cast(tf.reshape(tf.convert_to_tensor(solution_times), [-1]), dtype)
+        if self.solver == "tfp_dopri5":
+            import tensorflow_probability as tfp
+
+            solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol, max_num_steps=self.max_steps)
+            return solver.solve(ode_fn, initial_time, initial_state, times, constants=constants)
+
         on_forward, on_backward = self.status_hooks(accumulate=True)  # several solves per step
         constants = {} if constants is None else constants
         flat = [tf.convert_to_tensor(s) for s in tf.nest.flatten(initial_state)]
