@@ -29,6 +29,7 @@ def test_conv_flow_log_prob_is_the_change_of_variables():
     np.testing.assert_allclose(got, want, atol=2e-3)
 
 
+@pytest.mark.slow  # ~15 s
 def test_conv_flow_trains_on_28x28_images(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, size=(8, 784)).astype("float32")

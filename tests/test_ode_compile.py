@@ -102,7 +102,7 @@ def test_changing_compile_on_a_built_block_retraces_with_the_other_compiler():
     block = _conv_block("graph")
     x = tf.constant(np.random.default_rng(0).normal(size=(2, 4, 4, 3)))
     a = block(x).numpy()
-    assert set(block._compiled) == {None}
+    assert set(block._compiled) == {(None, False)}  # (training, regularized)
     block.compile = "xla"
     assert block._compiled == {} and block.compiled_by == "xla"
     np.testing.assert_allclose(block(x).numpy(), a, rtol=1e-9, atol=1e-9)
