@@ -252,6 +252,7 @@ def test_block_kinetic_only_and_config_round_trip(tmp_path):
     np.testing.assert_allclose(loaded(tf.constant(Y0)).numpy(), model(tf.constant(Y0)).numpy(), rtol=1e-12)
 
 
+@pytest.mark.slow  # ~10 s; the default suite checks the layer's penalty and variables directly
 def test_odenet_fit_logs_the_integrals_and_the_penalty_shrinks_them():
     """ODE-Net's fit logs kinetic and jacobian; with a large weight their sum falls within a few steps."""
     rng = np.random.default_rng(0)
