@@ -18,7 +18,8 @@ On odezoo's integrator (every embedded pair, shared batch mode) the two integral
 left out of the error norm: the steps are the unregularised solve's, and the integrals
 are as accurate as the method's quadrature of a smooth integrand along the solved path.
 The other solvers (fixed grids, tfp's, ``batch_mode="independent"``) see the state and
-the two integrals packed into one (batch, n + 2) tensor, error-controlled together.
+the two integrals packed into one (batch, n + 2) tensor, error-controlled together (tfp's BDF,
+which solves row by row, also carries each row's probe there, constant).
 """
 
 from __future__ import annotations
@@ -109,23 +110,30 @@ def regularized_solve(f, y0, t0, times, *, noise=None, **options):
             **{k: options[k] for k in keys if k in options},
         )  # fmt: skip
         return states, kin[-1], jac[-1], info
-    # every other solver: one packed (batch, n + 2) state
+    # every other solver: one packed (batch, n + 2) state. tfp's BDF solves row by row (batch_axis=0),
+    # where a row's probe cannot be looked up: it then rides in the state too, constant.
     shape = y0.shape[1:]
     n = shape.num_elements()
     batch = tf.shape(y0)[0]
+    carry = noise is not None and solver == "bdf" and options.get("batch_axis") == 0
+    width = 2 * n if carry else n
 
     def packed_fn(t, p):
-        y = tf.reshape(p[:, :n], tf.concat([[batch], shape], 0))
+        rows = tf.shape(p)[0]  # the batch, or one row
+        y = tf.reshape(p[:, :n], tf.concat([[rows], shape], 0))
+        probe = tf.reshape(p[:, n:width], tf.concat([[rows], shape], 0)) if carry else noise
         if t.shape.rank:  # independent mode: t is (batch, 1); the field expects (batch, 1, ..., 1)
             t = tf.reshape(t, [-1] + [1] * len(shape))
-        dy, kin, jac = rates(f, t, y, noise, sign)
-        return tf.concat([tf.reshape(dy, [batch, n]), kin[:, None], jac[:, None]], 1)
+        dy, kin, jac = rates(f, t, y, probe, sign)
+        parts = [tf.reshape(dy, [rows, n])] + ([tf.zeros([rows, n], dtype)] if carry else [])
+        return tf.concat(parts + [kin[:, None], jac[:, None]], 1)
 
-    p0 = tf.concat([tf.reshape(y0, [batch, n]), zero[:, None], zero[:, None]], 1)
+    parts = [tf.reshape(y0, [batch, n])] + ([tf.reshape(tf.cast(noise, dtype), [batch, n])] if carry else [])
+    p0 = tf.concat(parts + [zero[:, None], zero[:, None]], 1)
     packed, info = solve(packed_fn, p0, t0, times, **options)
     steps = tf.shape(packed)[0]
     states = tf.reshape(packed[..., :n], tf.concat([[steps, batch], shape], 0))
-    return states, packed[-1, :, n], packed[-1, :, n + 1], info
+    return states, packed[-1, :, width], packed[-1, :, width + 1], info
 
 
 def regularization_penalty(weights, kinetic, jacobian):
