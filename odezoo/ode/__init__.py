@@ -89,6 +89,7 @@ _EXPORTS = {
     "check_regularization": "regularization",
     "regularized_solve": "regularization",
     "regularization_penalty": "regularization",
+    "rademacher": "regularization",
 }
 _NEEDS_TF = {name for name, module in _EXPORTS.items() if module not in ("options", "tableau", "settings")}
 

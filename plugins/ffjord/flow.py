@@ -37,6 +37,7 @@ from odezoo.ode import (
     SolverStatus,
     apply_if_solved,
     check_regularization,
+    rademacher,
     regularization_penalty,
     solve_flat,
 )
@@ -376,8 +377,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     def _noise_fn(self, shape, dtype):
         if self.noise == "gaussian":
             return tf.cast(keras.random.normal(shape, seed=self._noise_seed), dtype)
-        u = keras.random.uniform(shape, seed=self._noise_seed)
-        return tf.cast(tf.where(u < 0.5, -1.0, 1.0), dtype)
+        return rademacher(shape, dtype, self._noise_seed)
 
     def _ode_solve_fn(self, ode_fn, initial_time, initial_state, solution_times, constants=None, _mask=None, **unused):
         sink = getattr(self.__dict__["_penalty_sink"], "list", None)
