@@ -293,12 +293,15 @@ def _guard_callback(ckpts, run, *, chief):
 
     class Guard(keras.callbacks.Callback):
         epoch = 0
+        step_nfe = None  # the newest training batch's evaluation counts (an ODE model's logs)
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
+            if "nfe_forward" in logs:
+                self.step_nfe = {f"{k}_per_step": float(logs[k]) for k in STEP_NFE_LOGS if k in logs}
             loss = logs.get("loss", logs.get("nll"))  # a classifier's loss; a flow's NLL
             if loss is not None and not math.isfinite(float(loss)):
                 raise TrainingError(
@@ -309,6 +312,8 @@ def _guard_callback(ckpts, run, *, chief):
         def on_epoch_end(self, epoch, logs=None):
             _check_finite_weights(self.model, f"after epoch {epoch + 1}; {_kept(ckpts)}")
             logs = {k: float(v) for k, v in (logs or {}).items()}
+            if self.step_nfe:
+                logs.update(self.step_nfe)
             if not chief:  # saving may take part in collectives the chief waits on: save, keep nothing
                 with tempfile.TemporaryDirectory() as scratch:
                     self.model.save(os.path.join(scratch, "model.keras"))
@@ -318,6 +323,9 @@ def _guard_callback(ckpts, run, *, chief):
                 ckpts.save(self.model, epochs_done=epoch + 1, optimizer_steps=steps, run=run, logs=logs)
 
     return Guard()
+
+
+STEP_NFE_LOGS = ("nfe_forward", "nfe_backward")
 
 
 def _kept(ckpts) -> str:
@@ -559,11 +567,18 @@ def _build_or_resume(plan, ckpts, dist, *, resume, chief, verbose):
         )
 
 
-def _fit(plan, model, ckpts, dist, *, initial_epoch, chief, verbose) -> None:
-    """Step 3: the remaining epochs, a checkpoint after each; a non-finite loss stops the run."""
+def _fit(plan, model, ckpts, dist, *, initial_epoch, chief, verbose) -> dict:
+    """Step 3: the remaining epochs, a checkpoint after each; a non-finite loss stops the run.
+
+    Returns an ODE model's field evaluations in its last training step
+    (``nfe_forward_per_step``, ``nfe_backward_per_step``; from the newest
+    checkpoint when a resumed run had no epoch left), else ``{}``.
+    """
     a = plan.args
     if initial_epoch >= a["epochs"]:
-        return
+        found = ckpts.latest(plan.fingerprint) if chief else None
+        logs = found[1]["logs"] if found else {}
+        return {f"{k}_per_step": float(logs[f"{k}_per_step"]) for k in STEP_NFE_LOGS if f"{k}_per_step" in logs}
     batches = _epoch_batches(
         plan.spec,
         plan.dataset,
@@ -585,6 +600,7 @@ def _fit(plan, model, ckpts, dist, *, initial_epoch, chief, verbose) -> None:
             shuffle=False,
             verbose=verbose,
         )
+    return guard.step_nfe or {}
 
 
 def _measure(plan, model, ckpts) -> dict:
@@ -655,6 +671,10 @@ def train(
     stops the run with :class:`odezoo.TrainingError`, keeping the last good
     checkpoint and writing no entry (docs/reliability.md).
 
+    An ODE classifier's entry also records, in its metrics, the field evaluations
+    of its last training step (``nfe_forward_per_step``, ``nfe_backward_per_step``;
+    :func:`measure_step_nfe` re-measures them at the shipped weights).
+
     Returns the manifest entry (with the measured test metrics); with
     ``return_model`` the pair ``(entry, model)``.
     """
@@ -684,12 +704,37 @@ def train(
         _check_model_input(plan.spec, model, dataset, plan.tensors)
         if chief:
             _check_space(out, model)
-        _fit(plan, model, ckpts, dist, initial_epoch=initial_epoch, chief=chief, verbose=verbose)
-        metrics = _measure(plan, model, ckpts)
+        step_nfe = _fit(plan, model, ckpts, dist, initial_epoch=initial_epoch, chief=chief, verbose=verbose)
+        metrics = {**_measure(plan, model, ckpts), **step_nfe}
         entry = _commit_weights(out, model, _manifest_entry(plan, metrics, dist), chief)
         if chief:
             ckpts.remove()
     return (entry, model) if return_model else entry
+
+
+def measure_step_nfe(model, dataset, batch_size, *, steps=8, seed=0) -> dict:
+    """An ODE classifier's field evaluations per training step, re-measured: the medians over
+    ``steps`` training batches of ``batch_size`` (a gradient step at learning rate 0, so the
+    weights are unchanged): ``{"nfe_forward_per_step", "nfe_backward_per_step"}``.
+
+    What ``odezoo train`` records in a manifest entry's metrics is the last training step's count;
+    this is the check of it at the shipped weights (the counts are integers that move by whole
+    solver steps from batch to batch, hence the median).
+    """
+    import keras
+
+    x, y = data.load(dataset, "train")
+    order = np.random.default_rng(seed).permutation(len(x))[: steps * batch_size]
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy", jit_compile=True
+    )
+    counts = {k: [] for k in STEP_NFE_LOGS}
+    for i in range(steps):
+        rows = order[i * batch_size : (i + 1) * batch_size]
+        logs = model.train_on_batch(x[rows], y[rows], return_dict=True)
+        for k in STEP_NFE_LOGS:
+            counts[k].append(float(logs[k]))
+    return {f"{k}_per_step": float(np.median(v)) for k, v in counts.items()}
 
 
 def eval_pretrained(name, tag) -> dict:
@@ -700,4 +745,4 @@ def eval_pretrained(name, tag) -> dict:
     return entry, evaluate(model, spec.kind, entry["dataset"])
 
 
-__all__ = ["train", "evaluate", "eval_pretrained"]
+__all__ = ["train", "evaluate", "eval_pretrained", "measure_step_nfe"]

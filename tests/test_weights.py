@@ -212,3 +212,35 @@ def test_cosine_schedule_is_recorded_and_reproducible_from_the_command(tmp_path)
     assert entry["lr_schedule"] == "cosine" and "--lr-schedule cosine" in entry["command"]
     with pytest.raises(ValueError, match="lr_schedule='step'"):
         _train.train(TINY, dataset="digits", epochs=1, out=str(tmp_path), lr_schedule="step")
+
+
+def test_an_ode_models_entry_records_its_last_steps_nfe_and_it_is_remeasured(tmp_path, monkeypatch):
+    """ODE-Net's manifest metrics carry the field evaluations of the last training step; the
+    record survives a run killed between its last checkpoint and its commit (resumed with no epoch
+    left), and measure_step_nfe re-measures it at the committed weights."""
+    out = str(tmp_path / "zoo")
+    kwargs = dict(dataset="digits", epochs=1, batch_size=64, lr=2e-3, out=out, config={"channels": 8}, verbose=0)
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt("killed before the commit")
+
+    with monkeypatch.context() as m:
+        m.setattr(_train, "_commit_weights", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _train.train("odenet", **kwargs)
+    assert os.path.isdir(os.path.join(out, "odenet.digits.ckpt"))  # the last epoch's checkpoint is kept
+    entry, model = _train.train("odenet", resume=True, return_model=True, **kwargs)
+    metrics = _weights.read_manifest(out)["odenet.digits"]["metrics"]
+    assert metrics == entry["metrics"]
+    fwd, bwd = metrics["nfe_forward_per_step"], metrics["nfe_backward_per_step"]
+    # dopri5 (FSAL): 6 evaluations per step plus 2 for the first step's size, forward and backward
+    assert fwd >= 8 and bwd >= 8 and (fwd - 2) % 6 == 0 and (bwd - 2) % 6 == 0
+    measured = _train.measure_step_nfe(model, "digits", 64, steps=4)
+    assert measured["nfe_forward_per_step"] == pytest.approx(fwd, rel=0.35)
+    assert measured["nfe_backward_per_step"] == pytest.approx(bwd, rel=0.35)
+
+
+def test_manifest_refuses_a_negative_nfe_metric(tmp_path):
+    entry = {"metrics": {"accuracy": 0.9, "nfe_forward_per_step": -6}}
+    with pytest.raises(ManifestError, match="nfe_forward_per_step=-6 is negative"):
+        _weights._check_metrics("odenet.x", entry["metrics"], "manifest.json")
