@@ -15,6 +15,10 @@ them, shape (N, H, W, C) and dtype uint8:
 - toy densities (``8gaussians``, ``checkerboard``, ...): ``y`` is None; see
   :func:`toy_density`.
 
+Irregularly sampled time series (``load_series(name, split)`` -> :class:`Series`,
+:func:`irregular`, :func:`read_ts`, :func:`spirals`) live in :mod:`odezoo._series`
+and are exported here (docs/timeseries.md).
+
 Data files are untrusted input. CIFAR pickles go through a restricted
 unpickler (dicts, lists, bytes, ints and plain numeric numpy arrays only); IDX
 and npz headers are checked against the file's size before anything is
@@ -44,6 +48,16 @@ if TYPE_CHECKING:  # odezoo.data.load must not import TensorFlow
 
 from odezoo import checks
 from odezoo._errors import DataError, OdezooError, UnknownNameError  # noqa: F401 (data.OdezooError)
+from odezoo._series import (  # noqa: F401 (odezoo.data's public time-series API)
+    Series,
+    irregular,
+    load_series,
+    read_ts,
+    series_names,
+    sktime_data_dir,
+    spiral_arcs,
+    spirals,
+)
 from odezoo.checks import bad_value
 
 IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10")

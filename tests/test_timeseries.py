@@ -1,0 +1,225 @@
+"""ODE-RNN and Neural CDE: masks and padding never change a result; the solves against
+closed forms and scipy; gradients against finite differences; save/load; bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.integrate import solve_ivp
+
+import keras
+import odezoo
+from odezoo import data
+
+C = 3
+
+
+def _batch(seed=0, n=4, t=7, drop=0.3):
+    """Ragged, irregularly timed series with dropped entries (a Series: its checks hold)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, t + 1, size=n)
+    lengths[0] = t
+    times = np.cumsum(rng.uniform(0.2, 1.0, size=(n, t)), axis=1)
+    inside = np.arange(t)[None, :] < lengths[:, None]
+    mask = (inside[:, :, None] & (rng.uniform(size=(n, t, C)) > drop)).astype(float)
+    mask[:, 0, 0] = 1.0  # every sample observed at least once
+    return data.Series(rng.normal(size=(n, t, C)), times, mask, lengths)
+
+
+def _inputs(s):
+    return {k: np.array(v) for k, v in s.inputs().items()}
+
+
+def _model(name, **kw):
+    keras.utils.set_random_seed(1)
+    defaults = dict(input_channels=C, num_classes=3, units=6, field_units=8, rtol=1e-5, atol=1e-7)
+    return odezoo.build(name, **{**defaults, **kw})
+
+
+FAMILIES = [("ode_rnn", {}), ("neural_cde", {"interpolation": "hermite"}), ("neural_cde", {"interpolation": "linear"})]
+IDS = ["ode_rnn", "ncde_hermite", "ncde_linear"]
+
+
+@pytest.mark.parametrize("name, kw", FAMILIES, ids=IDS)
+def test_unobserved_entries_padding_and_empty_steps_never_change_a_result(name, kw):
+    model = _model(name, **kw)
+    s = _batch()
+    x = _inputs(s)
+    base = model.predict(x, verbose=0)
+    # 1. values where the mask is 0: anything, NaN included
+    junk = dict(x, values=np.where(x["mask"] > 0, x["values"], np.nan))
+    junk["values"][0, 0, 1] = 1e6 if x["mask"][0, 0, 1] == 0 else junk["values"][0, 0, 1]
+    np.testing.assert_allclose(model.predict(junk, verbose=0), base, rtol=0, atol=1e-6)
+    # 2. five more steps of padding, with values and (later) times of their own
+    pad = 5
+    padded = {
+        "values": np.concatenate([x["values"], np.full((4, pad, C), 7.0)], 1),
+        "times": np.concatenate([x["times"], x["times"][:, -1:] + 1 + np.arange(pad)], 1),
+        "mask": np.concatenate([x["mask"], np.zeros((4, pad, C))], 1),
+    }
+    np.testing.assert_allclose(model.predict(padded, verbose=0), base, rtol=0, atol=1e-6)
+    # 3. a wholly unobserved step inside sample 0 (between its steps 2 and 3)
+    ins = {k: np.insert(v, 3, 0.0, axis=1) for k, v in x.items()}
+    ins["times"][:, 3] = 0.5 * (x["times"][:, 2] + x["times"][:, 3])
+    ins["values"][:, 3] = 5.0
+    ins["mask"][1:] = np.insert(x["mask"][1:], x["mask"].shape[1], 0.0, axis=1)  # others: padding at the end
+    ins["values"][1:] = np.insert(x["values"][1:], x["values"].shape[1], 0.0, axis=1)
+    ins["times"][1:] = np.concatenate([x["times"][1:], x["times"][1:, -1:]], 1)
+    np.testing.assert_allclose(model.predict(ins, verbose=0), base, rtol=0, atol=1e-6)
+    # and an observed value does change it (the test could fail)
+    moved = dict(x, values=x["values"].copy())
+    k = int(np.argmax(x["mask"][0, :, 2]))
+    moved["values"][0, k, 2] += 1.0
+    assert np.abs(model.predict(moved, verbose=0)[0] - base[0]).max() > 1e-4
+
+
+def _numpy_knots(s):
+    """X_k by numpy: time since the first observation, each channel by np.interp over its own
+    observations (flat outside them, 0 if never observed), running observation counts; only the
+    steps with an observation, in order."""
+    out = []
+    for i in range(len(s)):
+        seen = s.mask[i].max(-1) > 0
+        t, v, m = s.times[i][seen], s.values[i][seen], s.mask[i][seen]
+        cols = [t - t[0]]
+        for c in range(C):
+            obs = m[:, c] > 0
+            cols.append(np.interp(t, t[obs], v[obs, c]) if obs.any() else np.zeros_like(t))
+        cols += list(np.cumsum(m, axis=0).T)
+        out.append(np.stack(cols, -1))
+    return out
+
+
+def test_path_knots_against_numpy_interp():
+    from odezoo.plugins.timeseries.model import compact, path_knots
+
+    s = _batch(seed=3, n=6, t=9, drop=0.5)
+    knots = path_knots(*compact(_inputs(s))).numpy()
+    for i, ref in enumerate(_numpy_knots(s)):
+        np.testing.assert_allclose(knots[i, : len(ref)], ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(knots[i, len(ref) :], np.broadcast_to(ref[-1], knots[i, len(ref) :].shape))
+
+
+@pytest.mark.parametrize("interpolation", ["hermite", "linear"])
+@pytest.mark.parametrize("solver", ["dopri5", "tsit5"])
+def test_cde_with_a_constant_field_is_z0_plus_g_times_the_paths_increment(interpolation, solver):
+    """With g(z) = G constant, z(end) = z(0) + G (X_end - X_0) whatever the path's shape."""
+    model = _model("neural_cde", interpolation=interpolation, solver=solver, rtol=1e-6, atol=1e-6)
+    layer = model.get_layer("neural_cde")
+    layer.g3.kernel.assign(np.zeros(layer.g3.kernel.shape))
+    rng = np.random.default_rng(0)
+    layer.g3.bias.assign(rng.normal(size=layer.g3.bias.shape))
+    s = _batch(seed=5, n=5, t=8, drop=0.4)
+    z = keras.Model(model.inputs, layer.output).predict(_inputs(s), verbose=0)
+    G = np.tanh(layer.g3.bias.numpy()).reshape(layer.units, layer.path_channels)
+    w, b = layer.initial.kernel.numpy(), layer.initial.bias.numpy()
+    for i, ref in enumerate(_numpy_knots(s)):
+        expected = ref[0] @ w + b + G @ (ref[-1] - ref[0])
+        np.testing.assert_allclose(z[i], expected, rtol=1e-4, atol=1e-4)
+
+
+def _gru(cell, x, h):
+    """Keras's GRUCell (reset_after=True) in numpy."""
+    k, r, bias = cell.kernel.numpy(), cell.recurrent_kernel.numpy(), cell.bias.numpy()
+    u = cell.units
+    xi, hi = x @ k + bias[0], h @ r + bias[1]
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    zg, rg = sig(xi[:u] + hi[:u]), sig(xi[u : 2 * u] + hi[u : 2 * u])
+    hh = np.tanh(xi[2 * u :] + rg * hi[2 * u :])
+    return zg * h + (1 - zg) * hh
+
+
+def test_ode_rnn_against_scipy_and_a_numpy_gru():
+    model = _model("ode_rnn", rtol=1e-6, atol=1e-6)
+    layer = model.get_layer("ode_rnn")
+    s = _batch(seed=7, n=3, t=6, drop=0.4)
+    h_model = keras.Model(model.inputs, layer.output).predict(_inputs(s), verbose=0)
+    w1, b1 = layer.f_hidden.kernel.numpy(), layer.f_hidden.bias.numpy()
+    w2, b2 = layer.f_out.kernel.numpy(), layer.f_out.bias.numpy()
+    field = lambda t, h: np.tanh(h @ w1 + b1) @ w2 + b2  # noqa: E731
+    for i in range(len(s)):
+        h, tau = np.zeros(layer.units), None
+        for k in range(s.lengths[i]):
+            m = s.mask[i, k]
+            if not m.any():
+                continue
+            t = float(s.times[i, k])
+            if tau is not None:
+                h = solve_ivp(field, (tau, t), h, rtol=1e-11, atol=1e-12).y[:, -1]
+            h = _gru(layer.cell, np.concatenate([s.values[i, k] * m, m]), h)
+            tau = t
+        np.testing.assert_allclose(h_model[i], h, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [FAMILIES[0], FAMILIES[1], ("neural_cde", {"interpolation": "linear", "solver": "tsit5"})],
+    ids=["ode_rnn", "ncde_hermite", "ncde_linear_tsit5"],
+)
+def test_gradient_against_central_differences(name, kw):
+    model = _model(name, rtol=1e-6, atol=1e-6, **kw)
+    if name == "neural_cde":  # its hidden ReLUs make the loss kinked at the differences' scale: smooth them
+        for dense in (model.get_layer(name).g1, model.get_layer(name).g2):
+            dense.activation = keras.activations.tanh
+    s = _batch(seed=2)
+    x = {k: tf.constant(v) for k, v in _inputs(s).items()}
+    y = tf.constant([0, 1, 2, 0])
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    @tf.function
+    def loss_and_grad():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    _, grads = loss_and_grad()
+    rng = np.random.default_rng(0)
+    direction = [rng.normal(size=v.shape) for v in model.trainable_variables]
+    norm = np.sqrt(sum(np.sum(d * d) for d in direction))
+    direction = [(d / norm).astype("float32") for d in direction]  # a unit step in weight space
+    analytic = sum(float(np.sum(g.numpy() * d)) for g, d in zip(grads, direction))
+    start = [v.numpy() for v in model.trainable_variables]
+    eps, sides = 1e-2, []
+    for sign in (1, -1):
+        for v, w, d in zip(model.trainable_variables, start, direction):
+            v.assign(w + sign * eps * d)
+        sides.append(float(loss_and_grad()[0]))
+    for v, w in zip(model.trainable_variables, start):
+        v.assign(w)
+    numeric = (sides[0] - sides[1]) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=2e-3, abs=1e-4)
+
+
+@pytest.mark.parametrize("name, kw", FAMILIES, ids=IDS)
+def test_fit_logs_nfe_and_the_model_round_trips_through_save(name, kw, tmp_path):
+    model = _model(name, **kw)
+    s = _batch(seed=4, n=8)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
+    history = model.fit(_inputs(s), np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    assert history.history["nfe_forward"][-1] >= 8  # an adaptive solve: 2 + 6 per step at least
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(_inputs(s), verbose=0), model.predict(_inputs(s), verbose=0), atol=1e-6)
+    assert loaded.get_layer(name).get_config()["solver"] == "dopri5"
+
+
+def test_regressor_head():
+    model = _model("neural_cde", num_classes=None, outputs=2)
+    out = model.predict(_inputs(_batch()), verbose=0)
+    assert out.shape == (4, 2)
+
+
+@pytest.mark.parametrize(
+    "name, kw, message",
+    [
+        ("ode_rnn", {"gradient": "adjoint"}, "gradient=.adjoint"),
+        ("neural_cde", {"gradient": "checkpoint"}, "gradient=.checkpoint"),
+        ("neural_cde", {"interpolation": "spline"}, "interpolation=.spline"),
+        ("neural_cde", {"solver": "bdf"}, "solver=.bdf"),
+        ("neural_cde", {"outputs": 2}, "exactly one of num_classes"),
+        ("ode_rnn", {"input_channels": 0}, "input_channels=0"),
+    ],
+)
+def test_bad_options_are_named(name, kw, message):
+    with pytest.raises(ValueError, match=message):
+        odezoo.build(name, **kw)
