@@ -42,7 +42,13 @@ def measured_orders() -> dict:
 def _dataset_available(name: str) -> bool:
     if name == "fashion_mnist":
         return data.fashion_mnist_available()
-    return name in ("digits",) or name in data.TOY_DENSITIES
+    if name in ("digits",) or name in data.TOY_DENSITIES:
+        return True
+    try:  # a time series: its files are at hand (ODEZOO_DATA_DIR, or the sktime wheel)
+        data.load_series(name, "test")
+    except (data.DataError, LookupError):
+        return False
+    return True
 
 
 def _summary(model: str, out) -> None:
@@ -83,13 +89,13 @@ def evaluate_classifiers(out) -> list:
     rows, skipped = [], []
     for key, entry in sorted(_weights.entries().items()):
         spec, _ = odezoo._registry.resolve_model(entry["model"])
-        if spec.kind != "classifier":
+        if spec.kind not in ("classifier", "series_classifier"):
             continue
         if not _dataset_available(entry["dataset"]):
             skipped.append(f"{key} ({entry['dataset']} not installed)")
             continue
         net = odezoo.build(entry["model"], pretrained=entry["tag"])
-        measured = _train.evaluate(net, "classifier", entry["dataset"])["accuracy"]
+        measured = _train.evaluate(net, spec.kind, entry["dataset"])["accuracy"]
         rows.append(
             [
                 entry["model"],

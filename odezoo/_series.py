@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 
 import numpy as np
 
@@ -46,6 +47,9 @@ GENERATED = ("spirals",)
 SPIRALS_SIZE = {"train": 1000, "test": 200}
 SPIRALS_SEED = {"train": 0, "test": 1}
 _MAX_TS_BYTES = 512 * 2**20
+# "<problem>_drop<NN>": the problem with NN % of each sample's steps dropped by irregular(), fixed seeds
+_DROPPED = re.compile(r"^([a-z_]+)_drop([1-9][0-9]?)$")
+DROP_SEED = {"train": 0, "test": 1}
 
 
 def series_names() -> list[str]:
@@ -419,11 +423,17 @@ def load_series(name: str, split: str = "train", *, data_dir: str | None = None)
     ``gun_point``, ``italy_power_demand``, ``osu_leaf``, ``plaid``) are read by
     :func:`read_ts` from ``$ODEZOO_DATA_DIR`` (``<Problem>/<Problem>_TRAIN.ts`` or
     ``<Problem>_TRAIN.ts``), else from an installed sktime's copy; the archive's
-    own train/test split. ``spirals`` is generated (:func:`spirals`; 1,000 / 200
-    samples, seeds 0 / 1).
+    own train/test split. ``<problem>_drop<NN>`` (e.g. ``japanese_vowels_drop50``):
+    that problem with NN % of each sample's steps dropped by :func:`irregular`
+    (seed 0 for the train split, 1 for the test split). ``spirals`` is generated
+    (:func:`spirals`; 1,000 / 200 samples, seeds 0 / 1).
     """
     if split not in SERIES_SPLITS:
         raise bad_value("split", split, "'train' or 'test'")
+    dropped = _DROPPED.match(name) if isinstance(name, str) else None
+    if dropped and dropped.group(1) in UEA_UCR:
+        full = load_series(dropped.group(1), split, data_dir=data_dir)
+        return irregular(full, drop=int(dropped.group(2)) / 100, seed=DROP_SEED[split])
     if name == "spirals":
         return spirals(SPIRALS_SIZE[split], seed=SPIRALS_SEED[split])
     if name not in UEA_UCR:

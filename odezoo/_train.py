@@ -18,6 +18,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -30,6 +31,8 @@ from odezoo import _checkpoint as checkpoint_lib
 from odezoo._errors import CheckpointError, OdezooError, TrainingError, UnknownNameError
 
 FLOW_DATASETS = data.TOY_DENSITIES + ("digits",)
+# a series classifier's datasets: the UEA/UCR problems, each also as "<name>_drop<NN>" (NN % dropped)
+SERIES_DATASETS = tuple(data.series_names())
 DIGITS_LEVELS = 17  # digits pixel values 0..16
 
 
@@ -101,6 +104,9 @@ def full_config(spec, name, dataset, config) -> dict:
     if spec.kind == "classifier":
         info = data.INFO[dataset]
         base.update(input_shape=list(info["shape"]), num_classes=info["classes"])
+    elif spec.kind == "series_classifier":
+        train = data.load_series(dataset, "train")
+        base.update(input_channels=train.channels, num_classes=train.num_classes)
     else:
         base.update(data_dim=64 if dataset == "digits" else 2)
         if dataset == "digits":
@@ -115,6 +121,10 @@ def evaluate(model, kind, dataset, plain_calls=False) -> dict:
     ``plain_calls``: call the model batch by batch instead of ``predict``
     (under MultiWorkerMirroredStrategy, where ``predict`` gathers across workers).
     """
+    if kind == "series_classifier":
+        test = data.load_series(dataset, "test")
+        probs = model.predict(test.inputs(), batch_size=256, verbose=0)
+        return {"accuracy": float(np.mean(np.argmax(probs, axis=1) == test.labels))}
     if kind == "classifier":
         x, y = data.load(dataset, "test")
         if plain_calls:
@@ -215,7 +225,12 @@ def _check_arguments(
 ) -> tuple[int, int, float, int]:
     """Refuse a bad argument (``ValueError`` in the house form); return ``(epochs, batch_size, lr, seed)``
     as plain Python numbers, so a numpy int is recorded in the manifest as the int it is."""
-    valid = data.IMAGE_DATASETS if spec.kind == "classifier" else FLOW_DATASETS
+    if spec.kind == "series_classifier":
+        valid = SERIES_DATASETS
+        if isinstance(dataset, str) and re.fullmatch(r"[a-z_]+_drop[1-9][0-9]?", dataset):
+            valid = valid + (dataset,) if dataset.rsplit("_drop", 1)[0] in SERIES_DATASETS else valid
+    else:
+        valid = data.IMAGE_DATASETS if spec.kind == "classifier" else FLOW_DATASETS
     if dataset not in valid:
         raise UnknownNameError(f"dataset for {spec.kind} {spec.name!r}", dataset, valid)
     epochs = checks.positive_int("epochs", epochs)
@@ -239,6 +254,20 @@ def _check_arguments(
 
 def _training_data(spec, dataset, build_config):
     """``(train tensors, n)``; the test split is read too, so that a bad file fails before training."""
+    if spec.kind == "series_classifier":
+        train, test = data.load_series(dataset, "train"), data.load_series(dataset, "test")
+        for split, s in (("train", train), ("test", test)):
+            if s.labels is None or s.channels != build_config.get("input_channels"):
+                raise TrainingError(
+                    f"{dataset} {split} has {s.channels} channels, but the model is built for "
+                    f"input_channels={build_config.get('input_channels')}; drop --config input_channels."
+                )
+            if checks.is_int(build_config.get("num_classes")) and s.labels.max() >= build_config["num_classes"]:
+                raise TrainingError(
+                    f"{dataset} {split} has {s.num_classes} classes, outside num_classes="
+                    f"{build_config['num_classes']}; drop --config num_classes."
+                )
+        return (train.values, train.times, train.mask, train.labels), len(train)
     if spec.kind != "classifier":
         x = _digits_density("train") if dataset == "digits" else flow_data(dataset, "train")
         flow_data(dataset, "test")
@@ -278,6 +307,10 @@ def _epoch_batches(spec, dataset, tensors, n, *, initial_epoch, epochs, batch_si
         if spec.kind == "classifier":
             x, y = consts
             return batches.map(lambda i: (tf.cast(tf.gather(x, i), tf.float32), tf.gather(y, i)))
+        if spec.kind == "series_classifier":
+            v, t, m, y = consts
+            named = lambda i: {"values": tf.gather(v, i), "times": tf.gather(t, i), "mask": tf.gather(m, i)}  # noqa: E731
+            return batches.map(lambda i: (named(i), tf.gather(y, i)))
         (x,) = consts
         if dataset != "digits":
             return batches.map(lambda i: tf.gather(x, i))
@@ -437,7 +470,7 @@ def _prepare_model(
     # executor: odezoo.ode.compilation) keeps the whole step out of XLA
     jit = jit and all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
     opt = _optimizer(optimizer, _learning_rate(lr, lr_schedule, epochs, steps_per_epoch))
-    if spec.kind == "classifier":
+    if spec.kind in ("classifier", "series_classifier"):
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
     else:
         model.compile(optimizer=opt, jit_compile=jit)

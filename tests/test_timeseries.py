@@ -189,13 +189,29 @@ def test_gradient_against_central_differences(name, kw):
     assert analytic == pytest.approx(numeric, rel=2e-3, abs=1e-4)
 
 
-@pytest.mark.parametrize("name, kw", FAMILIES, ids=IDS)
-def test_fit_logs_nfe_and_the_model_round_trips_through_save(name, kw, tmp_path):
+# fit compiles the whole step with XLA (20-35 s here): the CDE's two in the slow suite
+@pytest.mark.parametrize(
+    "name, kw", [pytest.param(*f, marks=pytest.mark.slow) if f[0] == "neural_cde" else f for f in FAMILIES], ids=IDS
+)
+def test_fit_logs_nfe_and_the_trained_model_round_trips_through_save(name, kw, tmp_path):
     model = _model(name, **kw)
     s = _batch(seed=4, n=8)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
     history = model.fit(_inputs(s), np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
     assert history.history["nfe_forward"][-1] >= 8  # an adaptive solve: 2 + 6 per step at least
+    _round_trip(model, name, s, tmp_path)
+
+
+@pytest.mark.parametrize("name, kw", FAMILIES, ids=IDS)
+def test_every_family_round_trips_through_save(name, kw, tmp_path):
+    model = _model(name, **kw)
+    _round_trip(model, name, _batch(seed=4, n=8), tmp_path)
+    assert keras.models.load_model(str(tmp_path / "m.keras")).get_layer(name).get_config() == (
+        model.get_layer(name).get_config()
+    )
+
+
+def _round_trip(model, name, s, tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -223,3 +239,29 @@ def test_regressor_head():
 def test_bad_options_are_named(name, kw, message):
     with pytest.raises(ValueError, match=message):
         odezoo.build(name, **kw)
+
+
+def test_odezoo_train_on_a_series_dataset_writes_a_remeasurable_entry(tmp_path):
+    if data.sktime_data_dir() is None:
+        pytest.skip("sktime is not installed (pip install 'odezoo[timeseries]')")
+    from odezoo import _train
+
+    entry, model = _train.train(
+        "ode_rnn",
+        dataset="japanese_vowels_drop50",
+        epochs=1,
+        batch_size=64,
+        lr=1e-2,
+        out=str(tmp_path),
+        config={"units": 4, "field_units": 4},
+        verbose=0,
+        return_model=True,
+    )
+    assert entry["config"]["input_channels"] == 12 and entry["config"]["num_classes"] == 9
+    assert entry["command"].startswith("odezoo train ode_rnn --dataset japanese_vowels_drop50 --epochs 1")
+    assert entry["metrics"]["nfe_forward_per_step"] >= 8
+    assert _train.evaluate(model, "series_classifier", "japanese_vowels_drop50") == {
+        "accuracy": entry["metrics"]["accuracy"]
+    }
+    with pytest.raises(LookupError, match="Valid dataset for series_classifier 'ode_rnn's: .*japanese_vowels"):
+        _train.train("ode_rnn", dataset="japanese_vowels_drop0", epochs=1, out=str(tmp_path / "x"))
