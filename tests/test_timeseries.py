@@ -266,3 +266,12 @@ def test_odezoo_train_on_a_series_dataset_writes_a_remeasurable_entry(tmp_path):
     }
     with pytest.raises(LookupError, match="Valid dataset for series_classifier 'ode_rnn's: .*japanese_vowels"):
         _train.train("ode_rnn", dataset="japanese_vowels_drop0", epochs=1, out=str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("name", ["ode_rnn", "neural_cde"])
+def test_a_sample_with_no_observations_is_an_error_not_a_prediction(name):
+    model = _model(name)
+    x = _inputs(_batch())
+    x["mask"][2] = 0.0  # what a Series refuses, given as a raw dict
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a sample has no observations"):
+        model.predict(x, verbose=0)

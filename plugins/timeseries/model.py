@@ -6,7 +6,9 @@ with at least one observed entry move to the front, in order, and the rest
 (padding, and steps whose every entry was dropped) to the back, where they
 take part in nothing. A value whose mask is 0 is never read. So neither
 padding, nor an unobserved entry, nor a wholly unobserved step changes a
-result (tests/test_timeseries.py checks it bit for bit).
+result (tests/test_timeseries.py checks it to 1e-6). A sample with no
+observation at all is an error (an InvalidArgumentError naming it), not a
+prediction from nothing.
 
 Both solve with odezoo's adaptive integrator through the public
 :func:`odezoo.ode.solve_flat` (any embedded pair). ODE-RNN flows each row
@@ -45,6 +47,11 @@ def compact(inputs):
     mask = tf.gather(mask, order, batch_dims=1)
     values = tf.where(mask > 0, tf.gather(values, order, batch_dims=1), 0.0)
     lengths = tf.reduce_sum(tf.cast(observed, tf.int32), axis=1)
+    empty = tf.debugging.assert_positive(
+        lengths, message="odezoo: a sample has no observations (its mask is 0 everywhere); rows' observation counts"
+    )
+    with tf.control_dependencies([empty]):
+        lengths = tf.identity(lengths)
     times = tf.gather(times, order, batch_dims=1)
     last = tf.gather(times, tf.maximum(lengths - 1, 0), batch_dims=1)
     inside = tf.range(steps)[None, :] < lengths[:, None]
