@@ -225,6 +225,11 @@ def _check_arguments(
 ) -> tuple[int, int, float, int]:
     """Refuse a bad argument (``ValueError`` in the house form); return ``(epochs, batch_size, lr, seed)``
     as plain Python numbers, so a numpy int is recorded in the manifest as the int it is."""
+    if spec.kind == "series_generative":
+        raise TrainingError(
+            f"odezoo train does not train {spec.name!r} (a series_generative model) yet: train it with Keras, "
+            f"model.fit(odezoo.data.load_series(...).inputs()) (docs/timeseries.md)."
+        )
     if spec.kind == "series_classifier":
         valid = SERIES_DATASETS
         if isinstance(dataset, str) and re.fullmatch(r"[a-z_]+_drop[1-9][0-9]?", dataset):

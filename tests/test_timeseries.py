@@ -275,3 +275,94 @@ def test_a_sample_with_no_observations_is_an_error_not_a_prediction(name):
     x["mask"][2] = 0.0  # what a Series refuses, given as a raw dict
     with pytest.raises(tf.errors.InvalidArgumentError, match="a sample has no observations"):
         model.predict(x, verbose=0)
+
+
+# ----------------------------------------------------------------------------- latent ODE
+def _latent(**kw):
+    keras.utils.set_random_seed(3)
+    return odezoo.build("latent_ode", **{**dict(input_channels=C, latent_dim=3, units=5, field_units=6), **kw})
+
+
+def test_latent_decoder_with_a_constant_field_is_a_straight_line_in_each_rows_own_times():
+    model = _latent(rtol=1e-6, atol=1e-6)
+    dec = model.trajectory
+    dec.f_out.kernel.assign(np.zeros(dec.f_out.kernel.shape))
+    b = np.array([0.5, -1.0, 2.0], "float32")
+    dec.f_out.bias.assign(b)
+    s = _batch(seed=8)
+    z0 = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    lengths = np.array([7, 3, 5, 4])
+    z = dec(tf.constant(z0), tf.constant(s.times), tf.constant(lengths)).numpy()
+    for i in range(4):
+        t = s.times[i] - s.times[i, 0]
+        t = np.where(np.arange(len(t)) < lengths[i], t, t[lengths[i] - 1])  # at rest past its length
+        np.testing.assert_allclose(z[i], z0[i] + t[:, None] * b, rtol=1e-5, atol=1e-5)
+
+
+def test_latent_encoder_reads_each_row_backwards_in_time():
+    model = _latent()
+    s = _batch(seed=9, drop=0.0)  # complete rows: compaction is the identity
+    mean, log_var, _ = model.encode(_inputs(s))
+    rev = {k: np.zeros_like(v) for k, v in _inputs(s).items()}
+    for i, n in enumerate(s.lengths):
+        rev["values"][i, :n] = s.values[i, :n][::-1]
+        rev["mask"][i, :n] = s.mask[i, :n][::-1]
+        rev["times"][i] = -s.times[i, n - 1]
+        rev["times"][i, :n] = -s.times[i, :n][::-1]
+    stats = model.to_latent(model.encoder(rev)).numpy()
+    np.testing.assert_allclose(mean.numpy(), stats[:, :3], atol=1e-5)
+    np.testing.assert_allclose(log_var.numpy(), stats[:, 3:], atol=1e-5)
+
+
+def test_latent_elbo_against_scipy_and_masks():
+    from scipy.stats import norm
+
+    model = _latent(obs_std=0.3)
+    model.compile(optimizer="adam")
+    s = _batch(seed=10)
+    logs = model.test_on_batch(_inputs(s), return_dict=True)  # z0 = the mean of q(z0)
+    mean, log_var, (values, _, mask, _) = model.encode(_inputs(s))
+    x_hat = model(_inputs(s)).numpy()
+    m = mask.numpy() > 0
+    logpdf = norm.logpdf(values.numpy(), loc=x_hat, scale=0.3)[m]
+    mu, lv = mean.numpy().astype(float), log_var.numpy().astype(float)
+    kl = 0.5 * np.sum(np.exp(lv) + mu**2 - 1 - lv, axis=1)
+    assert logs["nll"] == pytest.approx(-logpdf.mean(), rel=1e-4)
+    assert logs["kl"] == pytest.approx(kl.mean(), rel=1e-4)
+    assert logs["loss"] == pytest.approx(-logpdf.sum() / 4 + kl.mean(), rel=1e-4)
+    junk = _inputs(s)
+    junk["values"] = np.where(junk["mask"] > 0, junk["values"], np.nan)
+    assert model.test_on_batch(junk, return_dict=True)["loss"] == pytest.approx(logs["loss"], rel=1e-6)
+
+
+def test_latent_extrapolate_at_the_observed_times_is_the_reconstruction(tmp_path):
+    model = _latent()
+    s = _batch(seed=11, drop=0.0)
+    x = _inputs(s)
+    rec = model.predict(x, verbose=0)
+    full = s.subset([0])  # a complete row of full length: extrapolating at its own later times
+    out = model.extrapolate(_inputs(full), full.times[0, 1:]).numpy()
+    np.testing.assert_allclose(out[0], rec[0, 1:], atol=1e-5)
+    assert model.sample(np.linspace(0.0, 2.0, 5), n=3).shape == (3, 5, C)
+    path = str(tmp_path / "latent.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), rec, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_latent_ode_learns_spirals():
+    train = data.load_series("spirals", "train").subset(range(200))
+    model = odezoo.build("latent_ode")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(train.inputs(), batch_size=50, epochs=5, verbose=0).history
+    assert history["nll"][-1] < 0.8 * history["nll"][0]
+
+
+def test_odezoo_train_says_it_does_not_train_the_latent_ode_yet(tmp_path):
+    from odezoo import _train
+    from odezoo._errors import TrainingError
+
+    with pytest.raises(TrainingError, match="does not train 'latent_ode'"):
+        _train.train("latent_ode", dataset="spirals", epochs=1, out=str(tmp_path))
+    assert not list(tmp_path.iterdir())  # nothing half-written

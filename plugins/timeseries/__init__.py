@@ -16,6 +16,8 @@ odezoo.register_keras_objects(
     "odezoo.plugins.timeseries.model:ODERNN",
     "odezoo.plugins.timeseries.model:NeuralCDE",
     "odezoo.plugins.timeseries.model:SeriesModel",
+    "odezoo.plugins.timeseries.model:LatentODE",
+    "odezoo.plugins.timeseries.model:LatentTrajectory",
     package="odezoo",
     backend="tensorflow",
 )
@@ -105,3 +107,42 @@ def neural_cde(
     return m.series_model(
         encoder, input_channels=input_channels, num_classes=num_classes, outputs=outputs, name="neural_cde"
     )
+
+
+@odezoo.register_model(
+    "latent_ode",
+    kind="series_generative",
+    family="latent_ode",
+    paper="Rubanova, Chen & Duvenaud, Latent ODEs for Irregularly-Sampled Time Series, NeurIPS 2019",
+    ode_reading="A VAE whose decoder is an ODE: z(t0) ~ q(z0 | an ODE-RNN read backwards), dz/dt = f(z), "
+    "x(t) = Linear(z(t)) at any times, so it interpolates and extrapolates.",
+)
+def latent_ode(
+    *,
+    input_channels=2,
+    latent_dim=4,
+    units=25,
+    field_units=32,
+    obs_std=0.1,
+    solver="dopri5",
+    rtol=1e-3,
+    atol=1e-4,
+    max_steps=1000,
+    seed=0,
+):
+    """Latent ODE (a keras.Model: fit(series.inputs()), extrapolate(inputs, times), sample(times, n))."""
+    model = _model().LatentODE(
+        input_channels=input_channels,
+        latent_dim=latent_dim,
+        units=units,
+        field_units=field_units,
+        obs_std=obs_std,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        seed=seed,
+        name="latent_ode",
+    )
+    model.build()
+    return model

@@ -299,6 +299,197 @@ class NeuralCDE(_Solving):
 
 
 @_serializable
+class LatentTrajectory(_Solving):
+    """z(t) at every step of each row's own times: dz/dt = f(z) (an MLP, tanh) from z(t_0) = z0.
+
+    ``call(z0, times, lengths)``: z0 (N, d) at each row's ``times[:, 0]``; returns (N, T, d), one
+    adaptive solve per step over each row's own gap (the change of variable of :class:`ODERNN`);
+    a row past its ``lengths`` stays at its last state.
+    """
+
+    def __init__(self, latent_dim=4, field_units=32, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = checks.positive_int("latent_dim", latent_dim)
+        self.field_units = checks.positive_int("field_units", field_units)
+        self.f_hidden = keras.layers.Dense(self.field_units, activation="tanh", name="field_hidden")
+        self.f_out = keras.layers.Dense(self.latent_dim, name="field_out")
+
+    def build(self, z_shape, times_shape=None, lengths_shape=None):
+        self.f_hidden.build((None, self.latent_dim))
+        self.f_out.build((None, self.field_units))
+        self.add_status_weights(track_steps=False)
+        self.built = True
+
+    def _field(self, s, z, span):
+        return span[:, None] * self.f_out(self.f_hidden(z))
+
+    def call(self, z0, times, lengths):
+        times, lengths = tf.convert_to_tensor(times, z0.dtype), tf.cast(lengths, tf.int32)
+        steps = tf.shape(times)[1]
+        with tf.control_dependencies(self._reset()):
+            z0 = tf.identity(z0)
+        out = tf.TensorArray(z0.dtype, size=steps, element_shape=z0.shape).write(0, z0)
+
+        def body(k, z, out):
+            span = tf.where(k < lengths, times[:, k] - times[:, k - 1], 0.0)
+            z = self._solve(self._field, z, {"span": span})
+            return k + 1, z, out.write(k, z)
+
+        _, _, out = tf.while_loop(
+            lambda k, z, out: k < steps, body, (tf.constant(1), z0, out), maximum_iterations=steps
+        )
+        return tf.transpose(out.stack(), [1, 0, 2])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(latent_dim=self.latent_dim, field_units=self.field_units)
+        return config
+
+
+def _reverse(values, times, mask, lengths):
+    """Compacted rows reversed within their lengths, times negated (so they increase): the
+    encoder reads each row from its last observation back to its first."""
+    steps = tf.shape(values)[1]
+    k = tf.range(steps)[None, :]
+    index = tf.where(k < lengths[:, None], lengths[:, None] - 1 - k, k)
+    flip = lambda a: tf.gather(a, index, batch_dims=1)  # noqa: E731
+    return {"values": flip(values), "times": -flip(times), "mask": flip(mask)}
+
+
+@_serializable
+class LatentODE(ode.SolverChecked, keras.Model):
+    """Latent ODE (Rubanova, Chen & Duvenaud, NeurIPS 2019; Chen et al. 2018's time-series VAE).
+
+    Encoder: an :class:`ODERNN` run backwards in time over each row's observations, then a
+    dense layer to the mean and log-variance of q(z0), z0 the latent state at the row's first
+    observation. Decoder: z(t) by :class:`LatentTrajectory` (a latent ODE), x̂(t) = Linear(z(t)).
+    Training maximises the ELBO: a Gaussian likelihood (standard deviation ``obs_std``) of the
+    *observed* entries only, minus KL(q(z0) ‖ N(0, I)); ``fit`` logs ``loss`` (negative ELBO per
+    sample), ``nll`` (per observed entry), ``kl`` and ``nfe_forward``. Inputs as the classifiers'
+    (``fit(series.inputs())``, no labels).
+
+    ``model(inputs)``: the reconstruction from the mean of q(z0) at each row's observed steps, in
+    their compacted order (N, T, C); ``extrapolate(inputs, times)``: the same z0 decoded at
+    ``times`` (N, T') after each row's first observation; ``sample(times, n)``: z0 ~ N(0, I).
+    """
+
+    def __init__(
+        self,
+        input_channels=2,
+        latent_dim=4,
+        units=25,
+        field_units=32,
+        obs_std=0.1,
+        solver="dopri5",
+        rtol=1e-3,
+        atol=1e-4,
+        max_steps=1000,
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.input_channels = checks.positive_int("input_channels", input_channels)
+        self.latent_dim = checks.positive_int("latent_dim", latent_dim)
+        self.obs_std = checks.real("obs_std", obs_std, exclusive_minimum=0.0, allowed="a positive number")
+        solving = dict(solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
+        self.solving = solving
+        self.units, self.field_units, self.seed = units, field_units, seed
+        self.encoder = ODERNN(units=units, field_units=field_units, name="encoder", **solving)
+        self.to_latent = keras.layers.Dense(2 * self.latent_dim, name="to_latent")
+        self.trajectory = LatentTrajectory(self.latent_dim, field_units, name="decoder", **solving)
+        self.readout = keras.layers.Dense(self.input_channels, name="readout")
+        self._noise = keras.random.SeedGenerator(seed)
+        self.supports_jit = False
+
+    def build(self, input_shape=None):
+        c = self.input_channels
+        self.encoder.build({"values": (None, None, c), "times": (None, None), "mask": (None, None, c)})
+        self.to_latent.build((None, self.encoder.units))
+        self.trajectory.build((None, self.latent_dim))
+        self.readout.build((None, None, self.latent_dim))
+        self.built = True
+
+    def encode(self, inputs):
+        """``(mean, log_variance, (values, times, mask, lengths))``: q(z0) and the compacted inputs."""
+        parts = compact(inputs)
+        h = self.encoder(_reverse(*parts))
+        stats = self.to_latent(h)
+        return stats[:, : self.latent_dim], stats[:, self.latent_dim :], parts
+
+    def decode(self, z0, times, lengths):
+        return self.readout(self.trajectory(z0, times, lengths))
+
+    def call(self, inputs):
+        mean, _, (_, times, _, lengths) = self.encode(inputs)
+        return self.decode(mean, times, lengths)
+
+    def _elbo(self, inputs, training):
+        mean, log_var, (values, times, mask, lengths) = self.encode(inputs)
+        z0 = mean
+        if training:
+            z0 = mean + tf.exp(0.5 * log_var) * keras.random.normal(tf.shape(mean), seed=self._noise)
+        x_hat = self.decode(z0, times, lengths)
+        residual = (values - x_hat) / self.obs_std
+        observed = tf.reduce_sum(mask)
+        nll_sum = tf.reduce_sum(mask * (0.5 * tf.square(residual) + tf.math.log(self.obs_std) + 0.9189385332))
+        kl = 0.5 * tf.reduce_sum(tf.exp(log_var) + tf.square(mean) - 1.0 - log_var, axis=1)
+        batch = tf.cast(tf.shape(values)[0], tf.float32)
+        loss = nll_sum / batch + tf.reduce_mean(kl)
+        return loss, {"nll": nll_sum / observed, "kl": tf.reduce_mean(kl)}
+
+    def _logs(self, loss, parts):
+        nfe = self.encoder.nfe_forward.value + self.trajectory.nfe_forward.value
+        return {"loss": loss, **parts, "nfe_forward": tf.cast(nfe, tf.float32)}
+
+    def train_step(self, data):
+        inputs = data[0] if isinstance(data, tuple) else data
+        with tf.GradientTape() as tape:
+            loss, parts = self._elbo(inputs, training=True)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._logs(loss, parts)
+
+    def test_step(self, data):
+        inputs = data[0] if isinstance(data, tuple) else data
+        loss, parts = self._elbo(inputs, training=False)
+        return self._logs(loss, parts)
+
+    def extrapolate(self, inputs, times):
+        """The mean of q(z0), decoded at ``times`` ((N, T') or (T',), each after the row's first
+        observation): (N, T', C)."""
+        mean, _, (_, observed_times, _, _) = self.encode(inputs)
+        times = tf.convert_to_tensor(times, tf.float32)
+        if times.shape.rank == 1:
+            times = tf.tile(times[None], [tf.shape(mean)[0], 1])
+        grid = tf.concat([observed_times[:, :1], times], axis=1)
+        lengths = tf.fill([tf.shape(grid)[0]], tf.shape(grid)[1])
+        return self.decode(mean, grid, lengths)[:, 1:]
+
+    def sample(self, times, n=1, seed=0):
+        """``n`` trajectories from the prior z0 ~ N(0, I) at ``times`` (T,), z0 at ``times[0]``: (n, T, C)."""
+        times = tf.convert_to_tensor(times, tf.float32)
+        z0 = keras.random.normal((n, self.latent_dim), seed=seed)
+        grid = tf.tile(times[None], [n, 1])
+        return self.decode(z0, grid, tf.fill([n], tf.shape(grid)[1]))
+
+    def _solver_checks(self):
+        return [self.encoder, self.trajectory]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            input_channels=self.input_channels,
+            latent_dim=self.latent_dim,
+            units=self.units,
+            field_units=self.field_units,
+            obs_std=self.obs_std,
+            seed=self.seed,
+            **self.solving,
+        )
+        return config
+
+
+@_serializable
 class SeriesModel(ode.SolverChecked, keras.Model):
     """A functional time-series model with solving layers: ``nfe_forward`` / ``nfe_backward`` in the
     ``fit`` / ``evaluate`` logs, and every Keras entry point raises :class:`odezoo.SolverError` after
@@ -353,4 +544,14 @@ def series_model(encoder, *, input_channels, num_classes=None, outputs=None, nam
     return SeriesModel(inputs, out, name=name)
 
 
-__all__ = ["ODERNN", "NeuralCDE", "SeriesModel", "compact", "path_knots", "series_inputs", "series_model"]
+__all__ = [
+    "ODERNN",
+    "NeuralCDE",
+    "LatentODE",
+    "LatentTrajectory",
+    "SeriesModel",
+    "compact",
+    "path_knots",
+    "series_inputs",
+    "series_model",
+]
