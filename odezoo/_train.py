@@ -752,8 +752,9 @@ def train(
 
 def measure_step_nfe(model, dataset, batch_size, *, steps=8, seed=0) -> dict:
     """An ODE classifier's field evaluations per training step, re-measured: the medians over
-    ``steps`` training batches of ``batch_size`` (a gradient step at learning rate 0, so the
-    weights are unchanged): ``{"nfe_forward_per_step", "nfe_backward_per_step"}``.
+    ``steps`` training batches of ``batch_size`` (at most the split's whole batches; gradient
+    steps at learning rate 0, so the weights are unchanged):
+    ``{"nfe_forward_per_step", "nfe_backward_per_step"}``. Image or time-series datasets.
 
     What ``odezoo train`` records in a manifest entry's metrics is the last training step's count;
     this is the check of it at the shipped weights (the counts are integers that move by whole
@@ -761,15 +762,22 @@ def measure_step_nfe(model, dataset, batch_size, *, steps=8, seed=0) -> dict:
     """
     import keras
 
-    x, y = data.load(dataset, "train")
+    if dataset in data.IMAGE_DATASETS:
+        x, y = data.load(dataset, "train")
+        batch_of = lambda rows: x[rows]  # noqa: E731
+    else:  # a time series (its name, or "<name>_drop<NN>")
+        series = data.load_series(dataset, "train")
+        x, y = series.values, series.labels
+        batch_of = lambda rows: {k: v[rows] for k, v in series.inputs().items()}  # noqa: E731
+    steps = max(1, min(steps, len(x) // batch_size))
     order = np.random.default_rng(seed).permutation(len(x))[: steps * batch_size]
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy", jit_compile=True
+        optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy", jit_compile="auto"
     )
     counts = {k: [] for k in STEP_NFE_LOGS}
     for i in range(steps):
         rows = order[i * batch_size : (i + 1) * batch_size]
-        logs = model.train_on_batch(x[rows], y[rows], return_dict=True)
+        logs = model.train_on_batch(batch_of(rows), y[rows], return_dict=True)
         for k in STEP_NFE_LOGS:
             counts[k].append(float(logs[k]))
     return {f"{k}_per_step": float(np.median(v)) for k, v in counts.items()}
