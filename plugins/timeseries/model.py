@@ -194,10 +194,14 @@ def path_knots(values, times, mask, lengths):
     nxt_c = tf.where(nxt >= steps, prev_c, nxt)
     prev_c = tf.clip_by_value(prev_c, 0, steps - 1)
     nxt_c = tf.clip_by_value(nxt_c, 0, steps - 1)
-    vt = tf.transpose(values, [0, 2, 1])  # (N, C, T)
-    tt = tf.broadcast_to(times[:, None, :], tf.shape(vt))
-    pick = lambda a, i: tf.transpose(tf.gather(a, tf.transpose(i, [0, 2, 1]), batch_dims=2), [0, 2, 1])  # noqa: E731
-    v0, v1 = pick(vt, prev_c), pick(vt, nxt_c)
+    # row n, step k, channel c reads step idx[n, k, c] of channel c (a gather along the steps)
+    # (by gather_nd: a gather that transposes int32 indices makes oneDNN print a fallback warning)
+    shape = tf.shape(values)
+    rows = tf.broadcast_to(tf.range(shape[0])[:, None, None], shape)
+    cols = tf.broadcast_to(tf.range(shape[2])[None, None, :], shape)
+    pick = lambda a, idx: tf.gather_nd(a, tf.stack([rows, idx, cols], axis=-1))  # noqa: E731
+    tt = tf.broadcast_to(times[:, :, None], tf.shape(values))
+    v0, v1 = pick(values, prev_c), pick(values, nxt_c)
     t0, t1 = pick(tt, prev_c), pick(tt, nxt_c)
     t_here = times[:, :, None]
     w = tf.math.divide_no_nan(t_here - t0, t1 - t0)
