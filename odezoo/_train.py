@@ -615,8 +615,10 @@ def _fit(plan, model, ckpts, dist, *, initial_epoch, chief, verbose) -> dict:
     a = plan.args
     if initial_epoch >= a["epochs"]:
         found = ckpts.latest(plan.fingerprint) if chief else None
-        logs = found[1]["logs"] if found else {}
-        return {f"{k}_per_step": float(logs[f"{k}_per_step"]) for k in STEP_NFE_LOGS if f"{k}_per_step" in logs}
+        logs = found[1].get("logs") if found else None
+        logs = logs if isinstance(logs, dict) else {}  # a checkpoint's state is untrusted: numbers only
+        keys = [f"{k}_per_step" for k in STEP_NFE_LOGS]
+        return {k: float(logs[k]) for k in keys if checks.is_real(logs.get(k)) and math.isfinite(logs[k])}
     batches = _epoch_batches(
         plan.spec,
         plan.dataset,

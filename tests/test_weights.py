@@ -244,3 +244,17 @@ def test_manifest_refuses_a_negative_nfe_metric(tmp_path):
     entry = {"metrics": {"accuracy": 0.9, "nfe_forward_per_step": -6}}
     with pytest.raises(ManifestError, match="nfe_forward_per_step=-6 is negative"):
         _weights._check_metrics("odenet.x", entry["metrics"], "manifest.json")
+
+
+def test_a_resumed_finished_run_reads_only_numbers_from_its_checkpoints_logs():
+    """A checkpoint's state is untrusted input: a non-number where an evaluation count should be is dropped."""
+    import types
+
+    class Checkpoints:
+        def latest(self, run):
+            logs = {"nfe_forward_per_step": "20", "nfe_backward_per_step": 14, "loss": 0.1}
+            return "epoch-000001", {"logs": logs}
+
+    plan = types.SimpleNamespace(args={"epochs": 1}, fingerprint={})
+    got = _train._fit(plan, None, Checkpoints(), None, initial_epoch=1, chief=True, verbose=0)
+    assert got == {"nfe_backward_per_step": 14.0}
