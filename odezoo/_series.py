@@ -417,7 +417,8 @@ def _ts_path(name: str, split: str, data_dir: str | None) -> str:
 
 
 def load_series(name: str, split: str = "train", *, data_dir: str | None = None) -> Series:
-    """A named time-series dataset's split as a :class:`Series`.
+    """A named time-series dataset's split as a :class:`Series` (``data_dir``: the folder to look in
+    before sktime's copy; :func:`odezoo.data.load_series` passes ``$ODEZOO_DATA_DIR``).
 
     UEA/UCR problems (``japanese_vowels``, ``basic_motions``, ``arrow_head``,
     ``gun_point``, ``italy_power_demand``, ``osu_leaf``, ``plaid``) are read by
@@ -438,10 +439,6 @@ def load_series(name: str, split: str = "train", *, data_dir: str | None = None)
         return spirals(SPIRALS_SIZE[split], seed=SPIRALS_SEED[split])
     if name not in UEA_UCR:
         raise UnknownNameError("time-series dataset", name, series_names())
-    if data_dir is None:
-        from odezoo import data  # noqa: PLC0415 (data imports this module)
-
-        data_dir = data._data_dir()
     return read_ts(_ts_path(name, split, data_dir), name=name)
 
 

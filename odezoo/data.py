@@ -48,10 +48,10 @@ if TYPE_CHECKING:  # odezoo.data.load must not import TensorFlow
 
 from odezoo import checks
 from odezoo._errors import DataError, OdezooError, UnknownNameError  # noqa: F401 (data.OdezooError)
+from odezoo import _series
 from odezoo._series import (  # noqa: F401 (odezoo.data's public time-series API)
     Series,
     irregular,
-    load_series,
     read_ts,
     series_names,
     sktime_data_dir,
@@ -75,6 +75,17 @@ INFO = {
     "mnist": {"shape": (28, 28, 1), "classes": 10, "max_value": 255},
     "cifar10": {"shape": (32, 32, 3), "classes": 10, "max_value": 255},
 }
+
+
+def load_series(name: str, split: str = "train") -> Series:
+    """A named time-series dataset's split as a :class:`Series`, looked for in ``$ODEZOO_DATA_DIR``
+    first (:func:`odezoo._series.load_series` has the names and the search; docs/timeseries.md).
+
+    Raises:
+        DataError: a file is missing, unreadable or inconsistent (one line naming it), or
+            ``$ODEZOO_DATA_DIR`` names no folder.
+    """
+    return _series.load_series(name, split, data_dir=_data_dir())
 
 
 def names() -> list[str]:

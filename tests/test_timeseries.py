@@ -152,7 +152,11 @@ def test_ode_rnn_against_scipy_and_a_numpy_gru():
 
 @pytest.mark.parametrize(
     "name, kw",
-    [FAMILIES[0], FAMILIES[1], ("neural_cde", {"interpolation": "linear", "solver": "tsit5"})],
+    [
+        FAMILIES[0],
+        FAMILIES[1],
+        pytest.param("neural_cde", {"interpolation": "linear", "solver": "tsit5"}, marks=pytest.mark.slow),
+    ],
     ids=["ode_rnn", "ncde_hermite", "ncde_linear_tsit5"],
 )
 def test_gradient_against_central_differences(name, kw):
@@ -189,10 +193,9 @@ def test_gradient_against_central_differences(name, kw):
     assert analytic == pytest.approx(numeric, rel=2e-3, abs=1e-4)
 
 
-# fit compiles the whole step with XLA (20-35 s here): the CDE's two in the slow suite
-@pytest.mark.parametrize(
-    "name, kw", [pytest.param(*f, marks=pytest.mark.slow) if f[0] == "neural_cde" else f for f in FAMILIES], ids=IDS
-)
+# fit: slow (5-30 s each); the default suite saves and loads every family untrained (below)
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kw", FAMILIES, ids=IDS)
 def test_fit_logs_nfe_and_the_trained_model_round_trips_through_save(name, kw, tmp_path):
     model = _model(name, **kw)
     s = _batch(seed=4, n=8)
@@ -242,6 +245,7 @@ def test_bad_options_are_named(name, kw, message):
         odezoo.build(name, **kw)
 
 
+@pytest.mark.slow  # 10 s
 def test_odezoo_train_on_a_series_dataset_writes_a_remeasurable_entry(tmp_path):
     if data.sktime_data_dir() is None:
         pytest.skip("sktime is not installed (pip install 'odezoo[timeseries]')")

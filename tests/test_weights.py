@@ -214,6 +214,7 @@ def test_cosine_schedule_is_recorded_and_reproducible_from_the_command(tmp_path)
         _train.train(TINY, dataset="digits", epochs=1, out=str(tmp_path), lr_schedule="step")
 
 
+@pytest.mark.slow  # 20 s: trains ODE-Net twice (the default suite keeps to 10 minutes)
 def test_an_ode_models_entry_records_its_last_steps_nfe_and_it_is_remeasured(tmp_path, monkeypatch):
     """ODE-Net's manifest metrics carry the field evaluations of the last training step; the
     record survives a run killed between its last checkpoint and its commit (resumed with no epoch
