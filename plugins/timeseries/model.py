@@ -37,8 +37,8 @@ def compact(inputs):
     (N,) int32 counts each row's steps with an observation; past it a row's time stays
     at its last observed one.
     """
-    values = tf.convert_to_tensor(inputs["values"], tf.float32)
-    times = tf.convert_to_tensor(inputs["times"], tf.float32)
+    values = tf.cast(tf.convert_to_tensor(inputs["values"]), tf.float32)  # float64 numpy arrays too
+    times = tf.cast(tf.convert_to_tensor(inputs["times"]), tf.float32)
     mask = tf.cast(tf.convert_to_tensor(inputs["mask"]) > 0, tf.float32)
     steps = tf.shape(values)[1]
     observed = tf.reduce_max(mask, axis=-1) > 0  # (N, T)
