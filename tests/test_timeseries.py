@@ -370,3 +370,19 @@ def test_odezoo_train_says_it_does_not_train_the_latent_ode_yet(tmp_path):
     with pytest.raises(TrainingError, match="does not train 'latent_ode'"):
         _train.train("latent_ode", dataset="spirals", epochs=1, out=str(tmp_path))
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ode_rnn", pytest.param("neural_cde", marks=pytest.mark.slow), pytest.param("latent_ode", marks=pytest.mark.slow)],
+)
+def test_a_failed_solve_applies_no_update_and_raises(name):
+    kw = dict(input_channels=C, units=4, field_units=4, rtol=1e-6, atol=1e-6, max_steps=1)  # a budget of one step
+    model = odezoo.build(name, **kw, **({} if name == "latent_ode" else {"num_classes": 3}))
+    loss = None if name == "latent_ode" else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    before = [np.array(w) for w in model.trainable_weights]
+    args = (_inputs(_batch()),) if name == "latent_ode" else (_inputs(_batch()), np.arange(4) % 3)
+    with pytest.raises(odezoo.SolverError):
+        model.train_on_batch(*args)
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(before, model.trainable_weights))

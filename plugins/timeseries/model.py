@@ -302,6 +302,14 @@ class NeuralCDE(_Solving):
         return config
 
 
+def _gated(model, layers):
+    """The optimizer's update applied only if every solve of the step succeeded (as ODE-Net's:
+    :class:`odezoo.ode.GatedApply` reads the layers' forward and backward status)."""
+    return ode.GatedApply(
+        model.optimizer, lambda: [x.solver_status.value[:2] for x in layers], model.trainable_variables
+    )
+
+
 @_serializable
 class LatentTrajectory(_Solving):
     """z(t) at every step of each row's own times: dz/dt = f(z) (an MLP, tanh) from z(t_0) = z0.
@@ -450,7 +458,8 @@ class LatentODE(ode.SolverChecked, keras.Model):
         with tf.GradientTape() as tape:
             loss, parts = self._elbo(inputs, training=True)
         grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply(grads, self.trainable_variables)
+        with _gated(self, self._solver_checks()):
+            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return self._logs(loss, parts)
 
     def test_step(self, data):
@@ -496,8 +505,8 @@ class LatentODE(ode.SolverChecked, keras.Model):
 @_serializable
 class SeriesModel(ode.SolverChecked, keras.Model):
     """A functional time-series model with solving layers: ``nfe_forward`` / ``nfe_backward`` in the
-    ``fit`` / ``evaluate`` logs, and every Keras entry point raises :class:`odezoo.SolverError` after
-    a batch whose solve failed."""
+    ``fit`` / ``evaluate`` logs; a batch whose solve failed applies no update, and every Keras entry
+    point raises :class:`odezoo.SolverError` after it."""
 
     def solving_layers(self):
         return [layer for layer in self._flatten_layers() if isinstance(layer, _Solving)]
@@ -510,7 +519,8 @@ class SeriesModel(ode.SolverChecked, keras.Model):
         return logs
 
     def train_step(self, data):
-        logs = dict(super().train_step(data))
+        with _gated(self, self.solving_layers()):
+            logs = dict(super().train_step(data))
         logs.update(self._nfe_logs())
         return logs
 
