@@ -218,6 +218,16 @@ def spiral_arcs(n: int, *, steps: int = 100, seed: int = 0):
     return arcs.astype(np.float32), np.array(times), labels.astype(np.int64)
 
 
+def times_after(grid, first):
+    """``(times (N, T), valid (N, T))``: for each row, the times of the increasing ``grid`` (T,) after
+    ``first[i]``, then padded with ``grid[-1]`` (a zero step for a solve), and which are real."""
+    grid = np.asarray(grid)
+    valid = grid[None, :] > np.asarray(first).reshape(-1, 1)
+    shift = len(grid) - valid.sum(axis=1, keepdims=True)  # a suffix of the grid: move it to the front
+    index = np.minimum(np.arange(len(grid))[None, :] + shift, len(grid) - 1)
+    return grid[index], np.arange(len(grid))[None, :] < len(grid) - shift
+
+
 # --------------------------------------------------------------------------- .ts files
 def _ts_fault(path, line_no, what):
     where = f"{os.fspath(path)}" + (f", line {line_no}" if line_no else "")

@@ -28,11 +28,16 @@ import numpy as np
 
 from odezoo import _builder, _distribute, _registry, _weights, checks, data
 from odezoo import _checkpoint as checkpoint_lib
+from odezoo._series import SPIRALS_SEED, times_after
 from odezoo._errors import CheckpointError, OdezooError, TrainingError, UnknownNameError
 
 FLOW_DATASETS = data.TOY_DENSITIES + ("digits",)
 # a series classifier's datasets: the UEA/UCR problems, each also as "<name>_drop<NN>" (NN % dropped)
 SERIES_DATASETS = tuple(data.series_names())
+# a generative series model's datasets (generated, with the clean curves behind them for extrapolation)
+GENERATIVE_SERIES_DATASETS = ("spirals",)
+# the spirals extrapolation check: observations before this time in, the clean arc from it on out
+EXTRAPOLATE_FROM = 3.0
 DIGITS_LEVELS = 17  # digits pixel values 0..16
 
 
@@ -107,6 +112,8 @@ def full_config(spec, name, dataset, config) -> dict:
     elif spec.kind == "series_classifier":
         train = data.load_series(dataset, "train")
         base.update(input_channels=train.channels, num_classes=train.num_classes)
+    elif spec.kind == "series_generative":
+        base.update(input_channels=data.load_series(dataset, "train").channels)
     else:
         base.update(data_dim=64 if dataset == "digits" else 2)
         if dataset == "digits":
@@ -121,6 +128,8 @@ def evaluate(model, kind, dataset, plain_calls=False) -> dict:
     ``plain_calls``: call the model batch by batch instead of ``predict``
     (under MultiWorkerMirroredStrategy, where ``predict`` gathers across workers).
     """
+    if kind == "series_generative":
+        return extrapolation_errors(model, dataset)
     if kind == "series_classifier":
         test = data.load_series(dataset, "test")
         probs = model.predict(test.inputs(), batch_size=256, verbose=0)
@@ -142,6 +151,37 @@ def evaluate(model, kind, dataset, plain_calls=False) -> dict:
     if dataset in data.TOY_LOG_PROB:
         metrics["kl"] = float(np.mean(data.toy_log_prob(dataset, x) - logq))
     return metrics
+
+
+def spirals_test_truth():
+    """``(test Series, grid (T,), clean arcs (N, T, 2))``: the spirals test split and the curves behind it."""
+    test = data.load_series("spirals", "test")
+    arcs, grid, _ = data.spiral_arcs(len(test), seed=SPIRALS_SEED["test"])
+    return test, grid[0], arcs
+
+
+def extrapolation_errors(model, dataset="spirals", *, split=EXTRAPOLATE_FROM) -> dict:
+    """A generative series model on the spirals test split: each sample's observations before
+    ``split`` in, the model's mean trajectory (``model.extrapolate``) out, compared with the clean
+    arc (:func:`odezoo.data.spiral_arcs`) at the grid times after the row's first observation:
+    ``extrapolation_mse`` over the times from ``split`` on (never observed), ``interpolation_mse``
+    over those before it (mean squared error per time and channel)."""
+    if dataset not in GENERATIVE_SERIES_DATASETS:
+        raise UnknownNameError("dataset for a series_generative model", dataset, GENERATIVE_SERIES_DATASETS)
+    test, grid, arcs = spirals_test_truth()
+    seen = test.times < split
+    inputs = {"values": test.values, "times": test.times, "mask": test.mask * seen[..., None]}
+    times, valid = times_after(grid, test.times[:, 0])
+    predicted = np.asarray(model.extrapolate(inputs, times.astype(np.float32)), np.float64)
+    if not np.all(np.isfinite(predicted[valid])):
+        raise TrainingError(f"the model's extrapolation of the {dataset} test split is not finite.")
+    index = np.searchsorted(grid, times)
+    squared = np.mean((predicted - np.take_along_axis(arcs, index[..., None], 1)) ** 2, axis=2)
+    late = times >= split
+    return {
+        "interpolation_mse": float(squared[valid & ~late].mean()),
+        "extrapolation_mse": float(squared[valid & late].mean()),
+    }
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -225,15 +265,12 @@ def _check_arguments(
 ) -> tuple[int, int, float, int]:
     """Refuse a bad argument (``ValueError`` in the house form); return ``(epochs, batch_size, lr, seed)``
     as plain Python numbers, so a numpy int is recorded in the manifest as the int it is."""
-    if spec.kind == "series_generative":
-        raise TrainingError(
-            f"odezoo train does not train {spec.name!r} (a series_generative model) yet: train it with Keras, "
-            f"model.fit(odezoo.data.load_series(...).inputs()) (docs/timeseries.md)."
-        )
     if spec.kind == "series_classifier":
         valid = SERIES_DATASETS
         if isinstance(dataset, str) and re.fullmatch(r"[a-z_]+_drop[1-9][0-9]?", dataset):
             valid = valid + (dataset,) if dataset.rsplit("_drop", 1)[0] in SERIES_DATASETS else valid
+    elif spec.kind == "series_generative":
+        valid = GENERATIVE_SERIES_DATASETS
     else:
         valid = data.IMAGE_DATASETS if spec.kind == "classifier" else FLOW_DATASETS
     if dataset not in valid:
@@ -273,6 +310,15 @@ def _training_data(spec, dataset, build_config):
                     f"{build_config['num_classes']}; drop --config num_classes."
                 )
         return (train.values, train.times, train.mask, train.labels), len(train)
+    if spec.kind == "series_generative":
+        train = data.load_series(dataset, "train")
+        data.load_series(dataset, "test")
+        if train.channels != build_config.get("input_channels"):
+            raise TrainingError(
+                f"{dataset} train has {train.channels} channels, but the model is built for "
+                f"input_channels={build_config.get('input_channels')}; drop --config input_channels."
+            )
+        return (train.values, train.times, train.mask), len(train)
     if spec.kind != "classifier":
         x = _digits_density("train") if dataset == "digits" else flow_data(dataset, "train")
         flow_data(dataset, "test")
@@ -312,10 +358,11 @@ def _epoch_batches(spec, dataset, tensors, n, *, initial_epoch, epochs, batch_si
         if spec.kind == "classifier":
             x, y = consts
             return batches.map(lambda i: (tf.cast(tf.gather(x, i), tf.float32), tf.gather(y, i)))
-        if spec.kind == "series_classifier":
-            v, t, m, y = consts
-            named = lambda i: {"values": tf.gather(v, i), "times": tf.gather(t, i), "mask": tf.gather(m, i)}  # noqa: E731
-            return batches.map(lambda i: (named(i), tf.gather(y, i)))
+        if spec.kind in ("series_classifier", "series_generative"):  # named inputs (and labels)
+            named = lambda i: dict(zip(("values", "times", "mask"), (tf.gather(c, i) for c in consts)))  # noqa: E731
+            if spec.kind == "series_generative":
+                return batches.map(named)
+            return batches.map(lambda i: (named(i), tf.gather(consts[3], i)))
         (x,) = consts
         if dataset != "digits":
             return batches.map(lambda i: tf.gather(x, i))
@@ -711,9 +758,11 @@ def train(
     stops the run with :class:`odezoo.TrainingError`, keeping the last good
     checkpoint and writing no entry (docs/reliability.md).
 
-    An ODE classifier's entry also records, in its metrics, the field evaluations
-    of its last training step (``nfe_forward_per_step``, ``nfe_backward_per_step``;
-    :func:`measure_step_nfe` re-measures them at the shipped weights).
+    An ODE model's entry also records, in its metrics, the field evaluations
+    of its last training step (``nfe_forward_per_step``, and ``nfe_backward_per_step``
+    where it logs one; :func:`measure_step_nfe` re-measures them at the shipped weights).
+    A generative series model (``latent_ode`` on ``spirals``) is measured by
+    :func:`extrapolation_errors`.
 
     Returns the manifest entry (with the measured test metrics); with
     ``return_model`` the pair ``(entry, model)``.
@@ -767,21 +816,21 @@ def measure_step_nfe(model, dataset, batch_size, *, steps=8, seed=0) -> dict:
     if dataset in data.IMAGE_DATASETS:
         x, y = data.load(dataset, "train")
         batch_of = lambda rows: x[rows]  # noqa: E731
-    else:  # a time series (its name, or "<name>_drop<NN>")
+    else:  # a time series (its name, or "<name>_drop<NN>"); a generative model's has no labels to use
         series = data.load_series(dataset, "train")
-        x, y = series.values, series.labels
+        x, y = series.values, (series.labels if dataset not in GENERATIVE_SERIES_DATASETS else None)
         batch_of = lambda rows: {k: v[rows] for k, v in series.inputs().items()}  # noqa: E731
     steps = max(1, min(steps, len(x) // batch_size))
     order = np.random.default_rng(seed).permutation(len(x))[: steps * batch_size]
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy", jit_compile="auto"
-    )
-    counts = {k: [] for k in STEP_NFE_LOGS}
+    loss = None if y is None else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss=loss, jit_compile="auto")
+    counts = {}
     for i in range(steps):
         rows = order[i * batch_size : (i + 1) * batch_size]
-        logs = model.train_on_batch(batch_of(rows), y[rows], return_dict=True)
+        logs = model.train_on_batch(batch_of(rows), None if y is None else y[rows], return_dict=True)
         for k in STEP_NFE_LOGS:
-            counts[k].append(float(logs[k]))
+            if k in logs:  # a model differentiated by backprop alone logs no backward count
+                counts.setdefault(k, []).append(float(logs[k]))
     return {f"{k}_per_step": float(np.median(v)) for k, v in counts.items()}
 
 
@@ -793,4 +842,4 @@ def eval_pretrained(name, tag) -> dict:
     return entry, evaluate(model, spec.kind, entry["dataset"])
 
 
-__all__ = ["train", "evaluate", "eval_pretrained", "measure_step_nfe"]
+__all__ = ["train", "evaluate", "eval_pretrained", "measure_step_nfe", "extrapolation_errors"]

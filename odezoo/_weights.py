@@ -69,7 +69,16 @@ ENTRY_FIELDS = {
     "precision": (str, False),
     "notes": (str, False),
 }
-METRIC_NAMES = ("accuracy", "nll", "bits_per_dim", "kl", "nfe_forward_per_step", "nfe_backward_per_step")
+METRIC_NAMES = (
+    "accuracy",
+    "nll",
+    "bits_per_dim",
+    "kl",
+    "nfe_forward_per_step",
+    "nfe_backward_per_step",
+    "interpolation_mse",
+    "extrapolation_mse",
+)
 # Config keys that size a model, bounded so that a hostile entry is refused before anything is allocated
 # (the builders check types and lower bounds themselves, but accept e.g. num_classes=10**9).
 INT_BOUNDS = {
@@ -263,6 +272,8 @@ def _check_metrics(key, metrics: dict, where: str) -> None:
             )
         if name.startswith("nfe_") and value < 0:
             raise ManifestError(f"{where}: entry {key!r} metric {name}={value!r} is negative (a count of evaluations).")
+        if name.endswith("_mse") and value < 0:
+            raise ManifestError(f"{where}: entry {key!r} metric {name}={value!r} is negative (a mean squared error).")
 
 
 def _check_config(key, config: dict, where: str) -> None:

@@ -1,4 +1,5 @@
-"""Pictures: ``plot_density(flow, data, path)`` for 2-D flows, ``plot_image_samples`` for image flows."""
+"""Pictures: ``plot_density(flow, data, path)`` for 2-D flows, ``plot_image_samples`` for image flows,
+``plot_extrapolation`` for a generative time-series model. Each PNG is written whole or not at all."""
 
 from __future__ import annotations
 
@@ -67,11 +68,7 @@ def plot_density(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_image_samples(
@@ -122,6 +119,86 @@ def plot_image_samples(
         if img is not None:
             ax.imshow(img[..., 0] if c == 1 else img, cmap="gray_r" if c == 1 else None, vmin=0, vmax=1)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99, wspace=0.08, hspace=0.08)
+    return _save(fig, path)
+
+
+def plot_extrapolation(
+    model: Any,
+    series: Any,
+    path: str,
+    *,
+    split: float,
+    truth: tuple[ArrayLike, ArrayLike] | None = None,
+    rows: ArrayLike = (0, 1, 2, 3, 4, 5),
+) -> str:
+    """Write one PNG: for each chosen sample of a 2-channel series, its observations before
+    ``split`` (the model's only input), the model's mean trajectory (``model.extrapolate``) from
+    its first observation on, solid before ``split`` and dashed after, and, given
+    ``truth=(grid (T,), curves (N, T, 2))``, the clean curve in grey.
+
+    Args:
+        model: a generative series model with ``extrapolate(inputs, times)``
+            (``odezoo.build("latent_ode", ...)``).
+        series: an :class:`odezoo.data.Series` with 2 channels.
+        path: where to write the PNG (its folder is created).
+        split: the time from which the model sees nothing.
+        truth: the clean curves on a time grid; without it the model is drawn on 100 times
+            from each sample's first observation to its last.
+        rows: the samples drawn, one panel each.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from odezoo._series import times_after
+
+    rows = [int(i) for i in np.atleast_1d(rows)]
+    if series.channels != 2 or not rows or min(rows) < 0 or max(rows) >= len(series):
+        raise ValueError(
+            f"plot_extrapolation draws 2-channel series, rows in [0, {len(series)}). Received: "
+            f"{series.channels} channels, rows={rows}."
+        )
+    s = series.subset(rows)
+    seen = s.times < split
+    inputs = {"values": s.values, "times": s.times, "mask": s.mask * seen[..., None]}
+    start = s.times[:, 0]
+    if truth is not None:
+        grid = np.asarray(truth[0], np.float64)
+        curves = np.asarray(truth[1])[rows]
+    else:
+        grid, curves = np.linspace(start.min(), s.times.max(), 100), None
+    times, valid = times_after(grid, start)
+    predicted = np.asarray(model.extrapolate(inputs, times.astype(np.float32)))
+    cols = min(3, len(rows))
+    fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(3.2 * cols, 3.2 * -(-len(rows) // cols)))
+    for k, ax in enumerate(np.ravel(np.atleast_1d(axes))):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= len(rows):
+            ax.axis("off")
+            continue
+        if curves is not None:
+            ax.plot(curves[k, :, 0], curves[k, :, 1], color="0.75", lw=3, label="clean curve")
+        t, y = times[k][valid[k]], predicted[k][valid[k]]
+        early = t < split
+        ax.plot(y[early, 0], y[early, 1], color="C0", lw=1.5, label="model (seen span)")
+        ax.plot(y[~early, 0], y[~early, 1], color="C3", lw=1.5, ls="--", label=f"extrapolated (t >= {split:g})")
+        obs = seen[k] & (s.mask[k].sum(axis=1) > 0)
+        ax.scatter(s.values[k, obs, 0], s.values[k, obs, 1], s=10, color="k", zorder=3, label="observed")
+        ax.set_aspect("equal", adjustable="datalim")
+    np.ravel(np.atleast_1d(axes))[0].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str) -> str:
+    """Write ``fig`` to ``path`` as a PNG through a temporary file and one rename; close it."""
+    import matplotlib.pyplot as plt
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
@@ -135,4 +212,4 @@ def plot_image_samples(
     return path
 
 
-__all__ = ["plot_density", "plot_image_samples"]
+__all__ = ["plot_density", "plot_image_samples", "plot_extrapolation"]

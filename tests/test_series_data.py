@@ -163,3 +163,15 @@ def test_spirals_are_two_labelled_directions_with_increasing_times():
     angle = np.unwrap(np.arctan2(arcs[..., 1], arcs[..., 0]), axis=1)
     assert all((np.diff(angle[i]) > 0).all() == (labels[i] == 0) for i in range(4))
     assert os.path.basename(data.load_series("spirals", "test").name) == "spirals"
+
+
+def test_times_after_is_each_rows_grid_suffix_padded_with_the_last_time():
+    from odezoo._series import times_after
+
+    grid = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    times, valid = times_after(grid, [-1.0, 0.5, 1.7, 2.0])
+    for row, t0 in enumerate([-1.0, 0.5, 1.7, 2.0]):
+        after = [t for t in grid if t > t0]
+        assert list(times[row][valid[row]]) == after
+        assert np.all(times[row][~valid[row]] == 2.0) and valid[row].sum() == len(after)
+        assert np.all(np.diff(times[row]) >= 0)

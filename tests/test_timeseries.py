@@ -363,13 +363,74 @@ def test_latent_ode_learns_spirals():
     assert history["nll"][-1] < 0.8 * history["nll"][0]
 
 
-def test_odezoo_train_says_it_does_not_train_the_latent_ode_yet(tmp_path):
-    from odezoo import _train
-    from odezoo._errors import TrainingError
+class _ArcOracle:
+    """A stand-in generative model: ``extrapolate`` returns the clean spiral arcs (or zeros) at the
+    times asked, and records what it was shown."""
 
-    with pytest.raises(TrainingError, match="does not train 'latent_ode'"):
-        _train.train("latent_ode", dataset="spirals", epochs=1, out=str(tmp_path))
-    assert not list(tmp_path.iterdir())  # nothing half-written
+    def __init__(self, zeros=False, rows=slice(None)):
+        self.zeros, self.shown = zeros, None
+        self.arcs, self.grid, _ = data.spiral_arcs(200, seed=1)
+        self.arcs, self.grid = self.arcs[rows], self.grid[rows]  # the rows it will be asked about
+
+    def extrapolate(self, inputs, times):
+        self.shown = inputs
+        index = np.searchsorted(self.grid[0], times)
+        assert np.allclose(self.grid[0][index], times)  # asked at grid times only
+        out = np.take_along_axis(self.arcs, index[..., None], 1)
+        return np.zeros_like(out) if self.zeros else out
+
+
+def test_extrapolation_errors_against_a_loop_over_rows_and_times():
+    from odezoo import _train
+
+    oracle = _ArcOracle()
+    exact = _train.extrapolation_errors(oracle)
+    assert exact == {"interpolation_mse": 0.0, "extrapolation_mse": 0.0}
+    test = data.load_series("spirals", "test")
+    shown = oracle.shown
+    assert np.all(shown["mask"][test.times >= 3.0] == 0)  # nothing from the split on is shown
+    assert np.array_equal(shown["mask"][test.times < 3.0], test.mask[test.times < 3.0])
+    # a model that always says 0: the errors are the arcs' mean squares over each time set
+    zero = _train.extrapolation_errors(_ArcOracle(zeros=True))
+    early, late = [], []
+    for i in range(len(test)):
+        for j, t in enumerate(oracle.grid[i]):
+            if t > test.times[i, 0]:
+                (late if t >= 3.0 else early).append(np.mean(oracle.arcs[i, j] ** 2))
+    assert zero["interpolation_mse"] == pytest.approx(np.mean(early), rel=1e-6)
+    assert zero["extrapolation_mse"] == pytest.approx(np.mean(late), rel=1e-6)
+    with pytest.raises(odezoo.UnknownNameError, match="spirals"):
+        _train.extrapolation_errors(oracle, "japanese_vowels")
+
+
+def test_odezoo_train_refuses_a_latent_ode_on_a_dataset_it_cannot_measure(tmp_path):
+    from odezoo import _train
+
+    with pytest.raises(odezoo.UnknownNameError, match="japanese_vowels.*spirals"):
+        _train.train("latent_ode", dataset="japanese_vowels", epochs=1, out=str(tmp_path / "zoo"))
+    assert not (tmp_path / "zoo").exists() or not list((tmp_path / "zoo").iterdir())  # nothing half-written
+
+
+@pytest.mark.slow
+def test_odezoo_train_trains_the_latent_ode_and_its_entry_is_re_measured(tmp_path):
+    from odezoo import _train, _weights
+
+    config = dict(latent_dim=2, units=4, field_units=4)
+    entry, model = _train.train(
+        "latent_ode", dataset="spirals", epochs=1, batch_size=500, lr=1e-2, config=config, out=str(tmp_path),
+        tag="t", verbose=0, return_model=True,
+    )  # fmt: skip
+    metrics = entry["metrics"]
+    assert set(metrics) == {"interpolation_mse", "extrapolation_mse", "nfe_forward_per_step"}
+    assert metrics["nfe_forward_per_step"] > 0
+    assert _train.extrapolation_errors(model) == pytest.approx(
+        {k: metrics[k] for k in ("interpolation_mse", "extrapolation_mse")}, rel=1e-6
+    )
+    assert entry["config"]["input_channels"] == 2 and entry["config"]["latent_dim"] == 2
+    loaded = _weights.read_manifest(str(tmp_path))["latent_ode.t"]
+    assert loaded["metrics"] == metrics
+    again = _train.measure_step_nfe(model, "spirals", 500, steps=2)
+    assert set(again) == {"nfe_forward_per_step"} and again["nfe_forward_per_step"] > 0
 
 
 @pytest.mark.parametrize(
@@ -386,3 +447,18 @@ def test_a_failed_solve_applies_no_update_and_raises(name):
     with pytest.raises(odezoo.SolverError):
         model.train_on_batch(*args)
     assert all(np.array_equal(a, np.array(b)) for a, b in zip(before, model.trainable_weights))
+
+
+def test_plot_extrapolation_writes_a_png_and_names_bad_rows(tmp_path):
+    from odezoo.plotting import plot_extrapolation
+
+    test = data.load_series("spirals", "test")
+    oracle = _ArcOracle(rows=slice(0, 6))
+    arcs, grid, _ = data.spiral_arcs(200, seed=1)
+    path = plot_extrapolation(oracle, test, str(tmp_path / "x.png"), split=3.0, truth=(grid[0], arcs))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    shown = oracle.shown["mask"].sum(axis=2) > 0
+    assert np.array_equal(shown, test.times[:6] < 3.0)  # the first six rows, each up to the split
+    with pytest.raises(ValueError, match=r"rows=\[200\]"):
+        plot_extrapolation(oracle, test, str(tmp_path / "y.png"), split=3.0, rows=[200])
+    assert not (tmp_path / "y.png").exists()

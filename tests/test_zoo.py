@@ -47,7 +47,11 @@ def test_shipped_metric_is_remeasured(key, monkeypatch):
     if "nll" in entry["metrics"]:
         assert measured["nll"] == pytest.approx(entry["metrics"]["nll"], abs=0.05)
         assert math.isfinite(measured["bits_per_dim"])
+    for name in ("interpolation_mse", "extrapolation_mse"):  # a generative series model (deterministic)
+        if name in entry["metrics"]:
+            assert measured[name] == pytest.approx(entry["metrics"][name], rel=1e-3), name
     if "nfe_forward_per_step" in entry["metrics"]:  # an ODE model's last training step, at its weights
         steps = _train.measure_step_nfe(model, entry["dataset"], entry["batch_size"])
-        for name in ("nfe_forward_per_step", "nfe_backward_per_step"):
-            assert steps[name] == pytest.approx(entry["metrics"][name], rel=0.25), name
+        assert set(steps) == {k for k in entry["metrics"] if k.startswith("nfe_")}
+        for name, value in steps.items():
+            assert value == pytest.approx(entry["metrics"][name], rel=0.25), name

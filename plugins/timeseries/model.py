@@ -469,21 +469,33 @@ class LatentODE(ode.SolverChecked, keras.Model):
 
     def extrapolate(self, inputs, times):
         """The mean of q(z0), decoded at ``times`` ((N, T') or (T',), each after the row's first
-        observation): (N, T', C)."""
-        mean, _, (_, observed_times, _, _) = self.encode(inputs)
+        observation): (N, T', C). Runs as one compiled graph (the solves' loops in eager mode
+        would be Python loops)."""
+        inputs = {k: tf.convert_to_tensor(inputs[k], tf.float32) for k in ("values", "times", "mask")}
         times = tf.convert_to_tensor(times, tf.float32)
         if times.shape.rank == 1:
-            times = tf.tile(times[None], [tf.shape(mean)[0], 1])
+            times = tf.tile(times[None], [tf.shape(inputs["values"])[0], 1])
+        return self._graph("_extrapolate")(inputs, times)
+
+    def _extrapolate(self, inputs, times):
+        mean, _, (_, observed_times, _, _) = self.encode(inputs)
         grid = tf.concat([observed_times[:, :1], times], axis=1)
         lengths = tf.fill([tf.shape(grid)[0]], tf.shape(grid)[1])
         return self.decode(mean, grid, lengths)[:, 1:]
+
+    def _graph(self, method):
+        """``method`` as a ``tf.function`` (made once per model, retraced only for new shapes)."""
+        cache = self.__dict__.setdefault("_graphs", {})
+        if method not in cache:
+            cache[method] = tf.function(getattr(self, method), reduce_retracing=True)
+        return cache[method]
 
     def sample(self, times, n=1, seed=0):
         """``n`` trajectories from the prior z0 ~ N(0, I) at ``times`` (T,), z0 at ``times[0]``: (n, T, C)."""
         times = tf.convert_to_tensor(times, tf.float32)
         z0 = keras.random.normal((n, self.latent_dim), seed=seed)
         grid = tf.tile(times[None], [n, 1])
-        return self.decode(z0, grid, tf.fill([n], tf.shape(grid)[1]))
+        return self._graph("decode")(z0, grid, tf.fill([n], tf.shape(grid)[1]))
 
     def _solver_checks(self):
         return [self.encoder, self.trajectory]
