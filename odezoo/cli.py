@@ -159,7 +159,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; write weights and a manifest entry into --out")
     p.add_argument("name", metavar="NAME")
     p.add_argument(
-        "--dataset", required=True, help="digits, fashion_mnist, mnist, cifar10; flows: toy densities, digits"
+        "--dataset",
+        required=True,
+        help="digits, fashion_mnist, mnist, cifar10; flows: toy densities, digits; series classifiers: "
+        "japanese_vowels and the other UEA/UCR names, each also as <name>_drop<NN>; latent_ode: spirals",
     )
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=128)

@@ -22,7 +22,12 @@ def hit_time(h0, v0, g):
 
 @pytest.mark.parametrize(
     "solver",
-    ["dopri5", pytest.param("tsit5", marks=pytest.mark.slow), "bosh3", pytest.param("dopri8", marks=pytest.mark.slow)],
+    [
+        "dopri5",
+        pytest.param("tsit5", marks=pytest.mark.slow),
+        pytest.param("bosh3", marks=pytest.mark.slow),
+        pytest.param("dopri8", marks=pytest.mark.slow),
+    ],
 )
 def test_falling_ball_hits_the_ground_at_the_closed_form_time_with_its_derivatives(solver):
     g = tf.Variable(G, dtype=tf.float64)

@@ -196,6 +196,7 @@ def _solve_rows(solver, lam, y0, times, **kw):
     return out.numpy(), info
 
 
+@pytest.mark.slow
 def test_an_esdirk_pair_solves_every_row_with_its_own_newton():
     """kvaerno5 per row on the spread-stiffness batch: each row's answer against the closed form,
     the same as that row solved alone (the same steps, the same Newton iterations: its
@@ -264,6 +265,7 @@ def test_every_rows_adjoint_against_the_frechet_derivative(solver):
     np.testing.assert_allclose(g_x, want_x, rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_odeblock_trains_by_every_rows_adjoint():
     """ODEBlock(batch_mode="independent") differentiates by every row's adjoint unless told
     "backprop": the weights' and the input's gradients equal backprop's through the same rows'

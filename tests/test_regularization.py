@@ -88,7 +88,8 @@ def _solve_fn(field, solver, options, t0, t1, guard_var):
 
 
 def _ids(paths):
-    return [f"{s}-{'-'.join(map(str, o.values()))}" for s, o in paths]
+    pairs = [getattr(p, "values", p) for p in paths]  # a pytest.param's values, or the pair itself
+    return [f"{s}-{'-'.join(map(str, o.values()))}" for s, o in pairs]
 
 
 @pytest.mark.parametrize("solver,options", PATHS, ids=_ids(PATHS))
@@ -153,7 +154,7 @@ GRAD_PATHS = [
     ("dopri5", {"gradient": "adjoint"}),
     ("dopri5", {"gradient": "checkpoint"}),
     ("dopri5", {"gradient": "backprop"}),
-    ("kvaerno3", {"gradient": "adjoint"}),
+    pytest.param("kvaerno3", {"gradient": "adjoint"}, marks=pytest.mark.slow),
     ("tsit5", {"gradient": "adjoint", "batch_mode": "independent"}),
     ("rk4", {"num_steps": 20}),
 ]
@@ -412,6 +413,7 @@ def test_regularized_training_is_the_same_mirrored(tmp_path):
     np.testing.assert_allclose(out["mirrored"]["loss"], out["single"]["loss"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_flow_integrals_agree_across_its_solvers():
     """tfp's reference solver carries the same integrals as dopri5 (which the slow test checks against
     scipy); it once skipped them (the run then refused: 0 solves collected)."""

@@ -131,7 +131,12 @@ class Robertson(keras.layers.Layer):
 
 
 @pytest.mark.parametrize(
-    "api,batch", [("ODEBlock", 2), ("odeint", 1), pytest.param("ODEBlock", 1, marks=pytest.mark.slow)]
+    "api,batch",
+    [
+        ("odeint", 1),
+        pytest.param("ODEBlock", 2, marks=pytest.mark.slow),
+        pytest.param("ODEBlock", 1, marks=pytest.mark.slow),
+    ],
 )
 def test_bdf_against_radau_on_robertson(api, batch):
     """The reported bug: ODEBlock(solver="bdf") gave one wrong row and zeros after it."""

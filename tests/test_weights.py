@@ -70,6 +70,7 @@ def test_train_writes_weights_and_a_valid_manifest_entry(zoo):
     assert not [f for f in os.listdir(out) if "ckpt" in f or f.startswith(".tmp")]  # no leftovers
 
 
+@pytest.mark.slow  # 24 s; tests/test_zoo.py re-measures every shipped entry
 def test_pretrained_loads_default_tag_and_remeasures_its_metric(use_zoo):
     _, entry = use_zoo
     model = odezoo.build(TINY, pretrained=True)
