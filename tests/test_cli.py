@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,13 @@ def test_demo_end_to_end(tmp_path):
         assert list(tmp_path.glob("ffjord_*_density.png"))
     if "digits" in odezoo.describe("ffjord")["weights"]:
         assert (tmp_path / "ffjord_digits_samples.png").stat().st_size > 1000
+    if "spirals" in odezoo.describe("latent_ode")["weights"]:  # re-measured beside its manifest numbers
+        line = next(x for x in out.splitlines() if x.strip().startswith("latent_ode.spirals"))
+        pairs = re.findall(r"(\w+_mse) ([0-9.]+) \(manifest ([0-9.]+)\)", line)
+        assert {name for name, _, _ in pairs} == {"interpolation_mse", "extrapolation_mse"}, line
+        for _, measured, manifest in pairs:
+            assert float(measured) == pytest.approx(float(manifest), rel=1e-3)
+        assert (tmp_path / "latent_ode_spirals.png").stat().st_size > 1000
     seconds = float(out.rsplit("Done in ", 1)[1].split()[0])
     assert seconds < 180
 

@@ -354,6 +354,35 @@ def test_latent_extrapolate_at_the_observed_times_is_the_reconstruction(tmp_path
     np.testing.assert_allclose(loaded.predict(x, verbose=0), rec, atol=1e-6)
 
 
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_latent_encode_fraction_encodes_each_rows_early_observations_only(fraction, tmp_path):
+    model = _latent(encode_fraction=fraction)
+    s = _batch(seed=12, drop=0.3)
+    x = _inputs(s)
+    early = x["mask"].copy()  # numpy: each row's observed times, its cutoff, the mask beyond it cleared
+    for i in range(len(s)):
+        seen = s.times[i][(x["mask"][i].sum(axis=1) > 0) & (np.arange(s.times.shape[1]) < s.lengths[i])]
+        early[i][s.times[i] > seen[0] + fraction * (seen[-1] - seen[0])] = 0.0
+    assert 0 < early.sum() < x["mask"].sum()
+    got = model.encode(x, fraction)
+    want = model.encode(dict(x, mask=early))
+    for a, b in zip(got[:2], want[:2]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    full = model.encode(x)
+    assert not np.allclose(got[0].numpy(), full[0].numpy(), atol=1e-4)  # it did see less
+    np.testing.assert_allclose(model.encode(x, 1.0)[0].numpy(), full[0].numpy(), atol=1e-6)
+    path = str(tmp_path / "latent.keras")
+    model.save(path)
+    assert keras.models.load_model(path).encode_fraction == fraction
+    # the likelihood still counts every observed entry: the (deterministic) test loss moves with a late value
+    late = dict(x, values=np.where(early < x["mask"], x["values"] + 1.0, x["values"]))
+    model.compile(optimizer="adam")
+    a, b = model.test_on_batch(x, return_dict=True), model.test_on_batch(late, return_dict=True)
+    assert b["nll"] > a["nll"] and b["kl"] == pytest.approx(a["kl"], rel=1e-6)
+    with pytest.raises(ValueError, match="encode_fraction.*0, 1"):
+        _latent(encode_fraction=0.0)
+
+
 @pytest.mark.slow
 def test_latent_ode_learns_spirals():
     train = data.load_series("spirals", "train").subset(range(200))

@@ -128,9 +128,14 @@ def latent_ode(
     rtol=1e-3,
     atol=1e-4,
     max_steps=1000,
+    encode_fraction=None,
     seed=0,
 ):
-    """Latent ODE (a keras.Model: fit(series.inputs()), extrapolate(inputs, times), sample(times, n))."""
+    """Latent ODE (a keras.Model: fit(series.inputs()), extrapolate(inputs, times), sample(times, n)).
+
+    ``encode_fraction``: None (the encoder sees every observation, as for interpolation) or f in
+    (0, 1]: in ``fit``/``evaluate`` the encoder sees each row's observations up to the fraction f
+    of its observed time span, the likelihood all of them (training to extrapolate)."""
     model = _model().LatentODE(
         input_channels=input_channels,
         latent_dim=latent_dim,
@@ -141,6 +146,7 @@ def latent_ode(
         rtol=rtol,
         atol=atol,
         max_steps=max_steps,
+        encode_fraction=encode_fraction,
         seed=seed,
         name="latent_ode",
     )

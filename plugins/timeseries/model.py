@@ -383,6 +383,12 @@ class LatentODE(ode.SolverChecked, keras.Model):
     ``model(inputs)``: the reconstruction from the mean of q(z0) at each row's observed steps, in
     their compacted order (N, T, C); ``extrapolate(inputs, times)``: the same z0 decoded at
     ``times`` (N, T') after each row's first observation; ``sample(times, n)``: z0 ~ N(0, I).
+
+    ``encode_fraction`` f (None: all): in ``fit`` and ``evaluate`` the encoder sees only each
+    row's observations at times up to t_first + f·(t_last − t_first), while the likelihood
+    counts every observed entry, so the model learns to extrapolate from a series' beginning
+    (Rubanova et al.'s extrapolation setting). ``model(inputs)`` and ``extrapolate`` encode
+    whatever they are given.
     """
 
     def __init__(
@@ -396,11 +402,16 @@ class LatentODE(ode.SolverChecked, keras.Model):
         rtol=1e-3,
         atol=1e-4,
         max_steps=1000,
+        encode_fraction=None,
         seed=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.input_channels = checks.positive_int("input_channels", input_channels)
+        self.encode_fraction = checks.real(
+            "encode_fraction", encode_fraction, exclusive_minimum=0.0, maximum=1.0, allow_none=True,
+            allowed="None or a number in (0, 1]",
+        )  # fmt: skip
         self.latent_dim = checks.positive_int("latent_dim", latent_dim)
         self.obs_std = checks.real("obs_std", obs_std, exclusive_minimum=0.0, allowed="a positive number")
         solving = dict(solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
@@ -421,10 +432,17 @@ class LatentODE(ode.SolverChecked, keras.Model):
         self.readout.build((None, None, self.latent_dim))
         self.built = True
 
-    def encode(self, inputs):
-        """``(mean, log_variance, (values, times, mask, lengths))``: q(z0) and the compacted inputs."""
+    def encode(self, inputs, fraction=None):
+        """``(mean, log_variance, (values, times, mask, lengths))``: q(z0) and the compacted inputs;
+        with ``fraction`` f, q(z0) from each row's observations up to the fraction f of its span."""
         parts = compact(inputs)
-        h = self.encoder(_reverse(*parts))
+        seen = parts
+        if fraction is not None:
+            values, times, mask, lengths = parts
+            first, last = times[:, 0], tf.gather(times, lengths - 1, batch_dims=1)
+            early = tf.cast(times <= (first + fraction * (last - first))[:, None], mask.dtype)
+            seen = compact({"values": values, "times": times, "mask": mask * early[..., None]})
+        h = self.encoder(_reverse(*seen))
         stats = self.to_latent(h)
         return stats[:, : self.latent_dim], stats[:, self.latent_dim :], parts
 
@@ -436,7 +454,7 @@ class LatentODE(ode.SolverChecked, keras.Model):
         return self.decode(mean, times, lengths)
 
     def _elbo(self, inputs, training):
-        mean, log_var, (values, times, mask, lengths) = self.encode(inputs)
+        mean, log_var, (values, times, mask, lengths) = self.encode(inputs, self.encode_fraction)
         z0 = mean
         if training:
             z0 = mean + tf.exp(0.5 * log_var) * keras.random.normal(tf.shape(mean), seed=self._noise)
@@ -508,6 +526,7 @@ class LatentODE(ode.SolverChecked, keras.Model):
             units=self.units,
             field_units=self.field_units,
             obs_std=self.obs_std,
+            encode_fraction=self.encode_fraction,
             seed=self.seed,
             **self.solving,
         )
