@@ -190,8 +190,9 @@ def plot_extrapolation(
         obs = seen[k] & (s.mask[k].sum(axis=1) > 0)
         ax.scatter(s.values[k, obs, 0], s.values[k, obs, 1], s=10, color="k", zorder=3, label="observed")
         ax.set_aspect("equal", adjustable="datalim")
-    np.ravel(np.atleast_1d(axes))[0].legend(fontsize=6, loc="best")
-    fig.tight_layout()
+    handles, labels = np.ravel(np.atleast_1d(axes))[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, path)
 
 

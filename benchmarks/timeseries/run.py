@@ -5,7 +5,7 @@ One run, the same splits for every method: the UEA train/test split of JapaneseV
 ``japanese_vowels_drop<NN>`` datasets: seed 0 for train, 1 for test). Methods:
 
 * ``ode_rnn``, ``neural_cde``: odezoo's, built with their defaults, trained with Keras ``fit``
-  (Adam, cosine decay from --lr over --epochs, batch 32, seed 0);
+  (Adam, cosine decay from --lr over --epochs, batch 32, each seed of --seeds);
 * ``gru_dt``: a Keras GRU on [x·m, m, Δt] per observed step (Δt: time since the previous
   observed step; unobserved steps removed, padding masked), its width chosen to match
   ode_rnn's parameter count, the same training recipe;
@@ -14,9 +14,12 @@ One run, the same splits for every method: the UEA train/test split of JapaneseV
 
 Accuracy on the 370 test samples; training CPU time (this process's user + system time around
 ``fit``, all threads); the last training step's field evaluations (forward). Writes one JSON
-line per row to --out and prints the markdown table. Usage:
+line per row to --out and prints the markdown table (with several seeds: the mean and the
+sample standard deviation of each cell's accuracies, and the mean CPU). Usage:
 
     python benchmarks/timeseries/run.py --epochs 100 --lr 0.005 --out benchmarks/timeseries/results/run.jsonl
+    python benchmarks/timeseries/run.py --seeds 1,2 --methods gru_dt,ode_rnn --drops 0,50 --out ...
+    python benchmarks/timeseries/run.py --table results/a.jsonl results/b.jsonl   # one table of both
 """
 
 import argparse
@@ -94,8 +97,16 @@ def main():
     parser.add_argument("--lr", type=float, default=0.005)
     parser.add_argument("--drops", default=",".join(map(str, DROPS)))
     parser.add_argument("--methods", default="dtw_1nn,gru_dt,ode_rnn,neural_cde")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (DTW has none: run once)")
+    parser.add_argument("--out")
+    parser.add_argument("--table", nargs="+", metavar="JSONL", help="print the table of these runs' rows and stop")
     args = parser.parse_args()
+    if args.table:
+        rows = [json.loads(line) for path in args.table for line in open(path, encoding="utf-8") if line.strip()]
+        print(table(rows))
+        return
+    if not args.out:
+        parser.error("--out is required (or --table)")
 
     import keras
 
@@ -106,9 +117,10 @@ def main():
     for drop in map(int, args.drops.split(",")):
         train, test = data.load_series(dataset(drop), "train"), data.load_series(dataset(drop), "test")
         steps = int(np.ceil(len(train) / 32))
-        for method in args.methods.split(","):
-            keras.utils.set_random_seed(0)
-            row = dict(method=method, drop=drop, epochs=args.epochs, lr=args.lr)
+        runs = [(m, seed) for m in args.methods.split(",") for seed in map(int, args.seeds.split(","))]
+        for method, seed in dict.fromkeys((m, 0 if m == "dtw_1nn" else s) for m, s in runs):
+            keras.utils.set_random_seed(seed)
+            row = dict(method=method, drop=drop, seed=seed, epochs=args.epochs, lr=args.lr)
             if method == "dtw_1nn":
                 from tslearn.neighbors import KNeighborsTimeSeriesClassifier
                 from tslearn.utils import to_time_series_dataset
@@ -141,18 +153,24 @@ def main():
             with open(args.out, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
     print()
+    print(table(rows))
+
+
+def table(rows):
+    """The markdown table: per method and drop rate, the accuracy (mean ± sd over seeds) and CPU seconds."""
     drops = sorted({r["drop"] for r in rows})
-    print("| method | params | " + " | ".join(f"{d} % dropped" for d in drops) + " |")
-    print("|---|---|" + "---|" * len(drops))
+    lines = ["| method | params | " + " | ".join(f"{d} % dropped" for d in drops) + " |"]
+    lines.append("|---|---|" + "---|" * len(drops))
     for method in dict.fromkeys(r["method"] for r in rows):
-        cells = [
-            f"{r['accuracy']:.4f} ({r['cpu_s']:.0f} s)"
-            for d in sorted({r["drop"] for r in rows})
-            for r in rows
-            if r["method"] == method and r["drop"] == d
-        ]
+        cells = []
+        for d in drops:
+            cell = [r for r in rows if r["method"] == method and r["drop"] == d]
+            acc = np.array([r["accuracy"] for r in cell])
+            spread = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
+            cells.append(f"{acc.mean():.4f}{spread} ({np.mean([r['cpu_s'] for r in cell]):.0f} s, n={len(acc)})")
         params = next(r["params"] for r in rows if r["method"] == method)
-        print(f"| {method} | {params:,} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | {params:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
