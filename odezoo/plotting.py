@@ -154,8 +154,6 @@ def plot_extrapolation(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from odezoo._series import times_after
-
     rows = [int(i) for i in np.atleast_1d(rows)]
     if series.channels != 2 or not rows or min(rows) < 0 or max(rows) >= len(series):
         raise ValueError(
@@ -171,7 +169,9 @@ def plot_extrapolation(
         curves = np.asarray(truth[1])[rows]
     else:
         grid, curves = np.linspace(start.min(), s.times.max(), 100), None
-    times, valid = times_after(grid, start)
+    # each row's grid times after its first observation, then the last time repeated (a zero step)
+    valid = grid[None, :] > start[:, None]
+    times = np.stack([np.concatenate([grid[v], np.full((~v).sum(), grid[-1])]) for v in valid])
     predicted = np.asarray(model.extrapolate(inputs, times.astype(np.float32)))
     cols = min(3, len(rows))
     fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(3.2 * cols, 3.2 * -(-len(rows) // cols)))
@@ -183,7 +183,7 @@ def plot_extrapolation(
             continue
         if curves is not None:
             ax.plot(curves[k, :, 0], curves[k, :, 1], color="0.75", lw=3, label="clean curve")
-        t, y = times[k][valid[k]], predicted[k][valid[k]]
+        t, y = times[k][: valid[k].sum()], predicted[k][: valid[k].sum()]
         early = t < split
         ax.plot(y[early, 0], y[early, 1], color="C0", lw=1.5, label="model (seen span)")
         ax.plot(y[~early, 0], y[~early, 1], color="C3", lw=1.5, ls="--", label=f"extrapolated (t >= {split:g})")
