@@ -42,6 +42,7 @@ _EXPORTS = {
     "odeint_event": "events",
     "DormandPrince": "dormand_prince",
     "SolverChecked": "status",
+    "SolvingModel": "status",
     "SolverStatus": "status",
     "SolverGuard": "status",
     "raise_for_status": "status",

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from odezoo._errors import SolverError
-from odezoo.ode.gate import across_replicas
+from odezoo.ode.gate import GatedApply, across_replicas
 
 # reasons (tfp's ``diagnostics.status`` is 0 on success and -1 on failure; ours adds why)
 OK, MAX_STEPS, NONFINITE, UNDERFLOW, UNORDERED, NEWTON, DRIFT, NO_EVENT = 0, 1, 2, 3, 4, 5, 6, 7
@@ -271,3 +271,49 @@ class SolverChecked:
 
     def predict_on_batch(self, *args, **kwargs):
         return self._checked(super().predict_on_batch, *args, **kwargs)
+
+
+class SolvingModel(SolverChecked):
+    """A mixin for a ``keras.Model`` (functional or subclassed, with Keras's own steps) whose layers
+    solve ODEs: ``fit`` / ``evaluate`` log ``nfe_forward`` (and in training ``nfe_backward``),
+    summed over the layers; a batch whose solve failed applies no update (:class:`GatedApply`,
+    on one device and under a ``tf.distribute`` strategy); every Keras entry point raises
+    :class:`odezoo.SolverError` after it (:class:`SolverChecked`).
+
+    The model names its solving layers in ``solving_layers()``: layers with the
+    ``nfe_forward``, ``nfe_backward`` and ``solver_status`` variables of
+    :class:`odezoo.ODEBlock` (:class:`SolverStatus`). ODE-Net's and the time-series
+    families' models are built on it.
+    """
+
+    def solving_layers(self) -> list:
+        return []
+
+    def _nfe_logs(self, backward=True):
+        layers = self.solving_layers()
+        if not layers:
+            return {}
+        logs = {"nfe_forward": tf.add_n([tf.cast(x.nfe_forward.value, tf.float32) for x in layers])}
+        if backward:
+            logs["nfe_backward"] = tf.add_n([tf.cast(x.nfe_backward.value, tf.float32) for x in layers])
+        return logs
+
+    def train_step(self, data):
+        layers = self.solving_layers()
+        if layers and self.optimizer is not None:
+            reasons = lambda: [x.solver_status.value[:2] for x in layers]  # noqa: E731  [forward, backward]
+            with GatedApply(self.optimizer, reasons, self.trainable_variables):
+                logs = super().train_step(data)
+        else:
+            logs = super().train_step(data)
+        logs = dict(logs)
+        logs.update(self._nfe_logs())
+        return logs
+
+    def test_step(self, data):
+        logs = dict(super().test_step(data))
+        logs.update(self._nfe_logs(backward=False))
+        return logs
+
+    def _solver_checks(self):
+        return self.solving_layers()

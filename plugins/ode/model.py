@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from odezoo import checks, nets
-from odezoo.ode import GatedApply, ODEBlock, SolverChecked
+from odezoo.ode import ODEBlock, SolvingModel
 
 _serializable = keras.saving.register_keras_serializable(package="odezoo")
 
@@ -118,7 +118,7 @@ class ODEConvField(keras.layers.Layer):
 
 
 @_serializable
-class ODEClassifier(SolverChecked, keras.Model):
+class ODEClassifier(SolvingModel, keras.Model):
     """A functional classifier with :class:`ODEBlock` layers (ODE-Net, RK-Net).
 
     Adds ``nfe_forward`` / ``nfe_backward`` (summed over its ODE blocks) to the
@@ -127,41 +127,22 @@ class ODEClassifier(SolverChecked, keras.Model):
     (the optimizer's apply is gated on the blocks' ``solver_status`` inside the
     compiled step, on one device and under a ``tf.distribute`` strategy: see
     ``odezoo.ode.gate``), and ``fit``, ``evaluate``,
-    ``predict`` and the ``*_on_batch`` methods raise :class:`odezoo.SolverError` after it.
+    ``predict`` and the ``*_on_batch`` methods raise :class:`odezoo.SolverError` after it
+    (:class:`odezoo.ode.SolvingModel`).
     """
 
     def ode_blocks(self):
         return [layer for layer in self._flatten_layers() if isinstance(layer, ODEBlock)]
 
-    def _nfe_logs(self, backward=True):
-        blocks = self.ode_blocks()
-        logs = {"nfe_forward": tf.add_n([tf.cast(b.nfe_forward.value, tf.float32) for b in blocks])}
-        if backward:
-            logs["nfe_backward"] = tf.add_n([tf.cast(b.nfe_backward.value, tf.float32) for b in blocks])
-            regularized = [b for b in blocks if b.regularization is not None]
-            for name in ("kinetic", "jacobian") if regularized else ():  # the training batch's integrals
-                logs[name] = tf.add_n([getattr(b, name).value for b in regularized])
-        return logs
-
-    def train_step(self, data):
-        blocks = self.ode_blocks()
-        if blocks and self.optimizer is not None:
-            reasons = lambda: [b.solver_status.value[:2] for b in blocks]  # noqa: E731  [forward, backward]
-            with GatedApply(self.optimizer, reasons, self.trainable_variables):
-                logs = super().train_step(data)
-        else:
-            logs = super().train_step(data)
-        logs = dict(logs)
-        logs.update(self._nfe_logs())
-        return logs
-
-    def test_step(self, data):
-        logs = dict(super().test_step(data))
-        logs.update(self._nfe_logs(backward=False))
-        return logs
-
-    def _solver_checks(self):
+    def solving_layers(self):
         return self.ode_blocks()
+
+    def _nfe_logs(self, backward=True):
+        logs = super()._nfe_logs(backward)
+        regularized = [b for b in self.ode_blocks() if b.regularization is not None] if backward else []
+        for name in ("kinetic", "jacobian") if regularized else ():  # the training batch's integrals
+            logs[name] = tf.add_n([getattr(b, name).value for b in regularized])
+        return logs
 
 
 STEMS = ("same", "reference")

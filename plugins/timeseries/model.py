@@ -369,7 +369,7 @@ def _reverse(values, times, mask, lengths):
 
 
 @_serializable
-class LatentODE(ode.SolverChecked, keras.Model):
+class LatentODE(ode.SolvingModel, keras.Model):
     """Latent ODE (Rubanova, Chen & Duvenaud, NeurIPS 2019; Chen et al. 2018's time-series VAE).
 
     Encoder: an :class:`ODERNN` run backwards in time over each row's observations, then a
@@ -467,16 +467,15 @@ class LatentODE(ode.SolverChecked, keras.Model):
         loss = nll_sum / batch + tf.reduce_mean(kl)
         return loss, {"nll": nll_sum / observed, "kl": tf.reduce_mean(kl)}
 
-    def _logs(self, loss, parts):
-        nfe = self.encoder.nfe_forward.value + self.trajectory.nfe_forward.value
-        return {"loss": loss, **parts, "nfe_forward": tf.cast(nfe, tf.float32)}
+    def _logs(self, loss, parts):  # backprop only: no backward solve to count
+        return {"loss": loss, **parts, **self._nfe_logs(backward=False)}
 
     def train_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
             loss, parts = self._elbo(inputs, training=True)
         grads = tape.gradient(loss, self.trainable_variables)
-        with _gated(self, self._solver_checks()):
+        with _gated(self, self.solving_layers()):
             self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return self._logs(loss, parts)
 
@@ -515,7 +514,7 @@ class LatentODE(ode.SolverChecked, keras.Model):
         grid = tf.tile(times[None], [n, 1])
         return self._graph("decode")(z0, grid, tf.fill([n], tf.shape(grid)[1]))
 
-    def _solver_checks(self):
+    def solving_layers(self):
         return [self.encoder, self.trajectory]
 
     def get_config(self):
@@ -534,34 +533,13 @@ class LatentODE(ode.SolverChecked, keras.Model):
 
 
 @_serializable
-class SeriesModel(ode.SolverChecked, keras.Model):
+class SeriesModel(ode.SolvingModel, keras.Model):
     """A functional time-series model with solving layers: ``nfe_forward`` / ``nfe_backward`` in the
     ``fit`` / ``evaluate`` logs; a batch whose solve failed applies no update, and every Keras entry
-    point raises :class:`odezoo.SolverError` after it."""
+    point raises :class:`odezoo.SolverError` after it (:class:`odezoo.ode.SolvingModel`)."""
 
     def solving_layers(self):
         return [layer for layer in self._flatten_layers() if isinstance(layer, _Solving)]
-
-    def _nfe_logs(self, backward=True):
-        layers = self.solving_layers()
-        logs = {"nfe_forward": tf.add_n([tf.cast(x.nfe_forward.value, tf.float32) for x in layers])}
-        if backward:
-            logs["nfe_backward"] = tf.add_n([tf.cast(x.nfe_backward.value, tf.float32) for x in layers])
-        return logs
-
-    def train_step(self, data):
-        with _gated(self, self.solving_layers()):
-            logs = dict(super().train_step(data))
-        logs.update(self._nfe_logs())
-        return logs
-
-    def test_step(self, data):
-        logs = dict(super().test_step(data))
-        logs.update(self._nfe_logs(backward=False))
-        return logs
-
-    def _solver_checks(self):
-        return self.solving_layers()
 
 
 def series_inputs(input_channels):
