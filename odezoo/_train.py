@@ -802,10 +802,11 @@ def train(
 
 
 def measure_step_nfe(model, dataset, batch_size, *, steps=8, seed=0) -> dict:
-    """An ODE classifier's field evaluations per training step, re-measured: the medians over
+    """An ODE model's field evaluations per training step, re-measured: the medians over
     ``steps`` training batches of ``batch_size`` (at most the split's whole batches; gradient
     steps at learning rate 0, so the weights are unchanged):
-    ``{"nfe_forward_per_step", "nfe_backward_per_step"}``. Image or time-series datasets.
+    ``{"nfe_forward_per_step", "nfe_backward_per_step"}`` (the latter where the model logs it).
+    A classifier or a flow on its image, density or time-series dataset.
 
     What ``odezoo train`` records in a manifest entry's metrics is the last training step's count;
     this is the check of it at the shipped weights (the counts are integers that move by whole
@@ -813,7 +814,10 @@ def measure_step_nfe(model, dataset, batch_size, *, steps=8, seed=0) -> dict:
     """
     import keras
 
-    if dataset in data.IMAGE_DATASETS:
+    if hasattr(model, "log_prob"):  # a flow: its training data (the digits dequantised), no labels
+        x, y = flow_data(dataset, "train", seed), None
+        batch_of = lambda rows: x[rows]  # noqa: E731
+    elif dataset in data.IMAGE_DATASETS:
         x, y = data.load(dataset, "train")
         batch_of = lambda rows: x[rows]  # noqa: E731
     else:  # a time series (its name, or "<name>_drop<NN>"); a generative model's has no labels to use

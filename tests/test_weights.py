@@ -260,3 +260,20 @@ def test_a_resumed_finished_run_reads_only_numbers_from_its_checkpoints_logs():
     plan = types.SimpleNamespace(args={"epochs": 1}, fingerprint={})
     got = _train._fit(plan, None, Checkpoints(), None, initial_epoch=1, chief=True, verbose=0)
     assert got == {"nfe_backward_per_step": 14.0}
+
+
+@pytest.mark.slow  # trains a small flow on the digits
+def test_a_flows_entry_records_its_last_steps_nfe_and_measure_step_nfe_uses_the_flows_data(tmp_path):
+    """A flow's step counts are re-measured on its own training data (the digits dequantised and
+    flattened, no labels), not on the digits images a classifier would get."""
+    config = {"hidden": [16], "rtol": 1e-3, "atol": 1e-3}
+    entry, model = _train.train(
+        "ffjord", dataset="digits", epochs=1, batch_size=256, out=str(tmp_path), config=config, verbose=0,
+        return_model=True,
+    )  # fmt: skip
+    fwd, bwd = entry["metrics"]["nfe_forward_per_step"], entry["metrics"]["nfe_backward_per_step"]
+    assert fwd >= 8 and bwd >= 8 and (fwd - 2) % 6 == 0 and (bwd - 2) % 6 == 0  # dopri5 with FSAL
+    measured = _train.measure_step_nfe(model, "digits", 256, steps=2)
+    assert set(measured) == {"nfe_forward_per_step", "nfe_backward_per_step"}
+    assert measured["nfe_forward_per_step"] == pytest.approx(fwd, rel=0.35)
+    assert measured["nfe_backward_per_step"] == pytest.approx(bwd, rel=0.35)
