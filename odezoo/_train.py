@@ -296,29 +296,22 @@ def _check_arguments(
 
 def _training_data(spec, dataset, build_config):
     """``(train tensors, n)``; the test split is read too, so that a bad file fails before training."""
-    if spec.kind == "series_classifier":
+    if spec.kind in ("series_classifier", "series_generative"):
+        classifier = spec.kind == "series_classifier"
+        num_classes = build_config.get("num_classes") if classifier else None
         train, test = data.load_series(dataset, "train"), data.load_series(dataset, "test")
         for split, s in (("train", train), ("test", test)):
-            if s.labels is None or s.channels != build_config.get("input_channels"):
+            if (classifier and s.labels is None) or s.channels != build_config.get("input_channels"):
                 raise TrainingError(
                     f"{dataset} {split} has {s.channels} channels, but the model is built for "
                     f"input_channels={build_config.get('input_channels')}; drop --config input_channels."
                 )
-            if checks.is_int(build_config.get("num_classes")) and s.labels.max() >= build_config["num_classes"]:
+            if checks.is_int(num_classes) and s.labels.max() >= num_classes:
                 raise TrainingError(
-                    f"{dataset} {split} has {s.num_classes} classes, outside num_classes="
-                    f"{build_config['num_classes']}; drop --config num_classes."
+                    f"{dataset} {split} has {s.num_classes} classes, outside num_classes={num_classes}; "
+                    f"drop --config num_classes."
                 )
-        return (train.values, train.times, train.mask, train.labels), len(train)
-    if spec.kind == "series_generative":
-        train = data.load_series(dataset, "train")
-        data.load_series(dataset, "test")
-        if train.channels != build_config.get("input_channels"):
-            raise TrainingError(
-                f"{dataset} train has {train.channels} channels, but the model is built for "
-                f"input_channels={build_config.get('input_channels')}; drop --config input_channels."
-            )
-        return (train.values, train.times, train.mask), len(train)
+        return (train.values, train.times, train.mask) + ((train.labels,) if classifier else ()), len(train)
     if spec.kind != "classifier":
         x = _digits_density("train") if dataset == "digits" else flow_data(dataset, "train")
         flow_data(dataset, "test")

@@ -280,6 +280,7 @@ class SolvingModel(SolverChecked):
     on one device and under a ``tf.distribute`` strategy); every Keras entry point raises
     :class:`odezoo.SolverError` after it (:class:`SolverChecked`).
 
+    A model with its own ``train_step`` wraps its update in ``with self.solve_gate():``.
     The model names its solving layers in ``solving_layers()``: layers with the
     ``nfe_forward``, ``nfe_backward`` and ``solver_status`` variables of
     :class:`odezoo.ODEBlock` (:class:`SolverStatus`). ODE-Net's and the time-series
@@ -298,11 +299,16 @@ class SolvingModel(SolverChecked):
             logs["nfe_backward"] = tf.add_n([tf.cast(x.nfe_backward.value, tf.float32) for x in layers])
         return logs
 
-    def train_step(self, data):
+    def solve_gate(self):
+        """A context for the step's optimizer update: applied only if every solving layer's
+        forward and backward solve succeeded (:class:`GatedApply`); for a custom ``train_step``."""
         layers = self.solving_layers()
-        if layers and self.optimizer is not None:
-            reasons = lambda: [x.solver_status.value[:2] for x in layers]  # noqa: E731  [forward, backward]
-            with GatedApply(self.optimizer, reasons, self.trainable_variables):
+        reasons = lambda: [x.solver_status.value[:2] for x in layers]  # noqa: E731  [forward, backward]
+        return GatedApply(self.optimizer, reasons, self.trainable_variables)
+
+    def train_step(self, data):
+        if self.solving_layers() and self.optimizer is not None:
+            with self.solve_gate():
                 logs = super().train_step(data)
         else:
             logs = super().train_step(data)

@@ -302,14 +302,6 @@ class NeuralCDE(_Solving):
         return config
 
 
-def _gated(model, layers):
-    """The optimizer's update applied only if every solve of the step succeeded (as ODE-Net's:
-    :class:`odezoo.ode.GatedApply` reads the layers' forward and backward status)."""
-    return ode.GatedApply(
-        model.optimizer, lambda: [x.solver_status.value[:2] for x in layers], model.trainable_variables
-    )
-
-
 @_serializable
 class LatentTrajectory(_Solving):
     """z(t) at every step of each row's own times: dz/dt = f(z) (an MLP, tanh) from z(t_0) = z0.
@@ -475,7 +467,7 @@ class LatentODE(ode.SolvingModel, keras.Model):
         with tf.GradientTape() as tape:
             loss, parts = self._elbo(inputs, training=True)
         grads = tape.gradient(loss, self.trainable_variables)
-        with _gated(self, self.solving_layers()):
+        with self.solve_gate():
             self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return self._logs(loss, parts)
 
