@@ -53,6 +53,8 @@ def _command(name, args: dict) -> str:
     ):
         if args.get(flag, default) != default:
             parts += [f"--{flag.replace('_', '-')}", args[flag]]
+    if args.get("clipnorm") is not None:
+        parts += ["--clipnorm", str(args["clipnorm"])]
     parts += ["--out", "DIR"]
     for key, value in sorted((args.get("config") or {}).items()):
         parts += ["--config", f"{key}={json.dumps(value)}"]
@@ -188,13 +190,14 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd")
 
 
-def _optimizer(name, learning_rate):
-    """Adam, or SGD with momentum 0.9 (the ResNet papers' optimiser)."""
+def _optimizer(name, learning_rate, clipnorm=None):
+    """Adam, or SGD with momentum 0.9 (the ResNet papers' optimiser); with ``clipnorm``, each
+    step's gradients are scaled down together to that global L2 norm when theirs is larger."""
     import keras
 
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    return keras.optimizers.SGD(learning_rate, momentum=0.9)
+        return keras.optimizers.Adam(learning_rate, global_clipnorm=clipnorm)
+    return keras.optimizers.SGD(learning_rate, momentum=0.9, global_clipnorm=clipnorm)
 
 
 def _learning_rate(lr, schedule, epochs, steps_per_epoch):
@@ -242,10 +245,13 @@ def _multiworker_keras_workaround(model, dist):
 
 
 def _run_fingerprint(
-    spec, dataset, build_config, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy, precision
+    spec, dataset, build_config, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, clipnorm, strategy, precision
 ) -> dict:
-    """What makes two runs the same run: a checkpoint resumes only into an equal fingerprint."""
-    return {
+    """What makes two runs the same run: a checkpoint resumes only into an equal fingerprint.
+
+    ``clipnorm`` is a key only when set, so a checkpoint written before the option existed
+    still resumes into the same run without it."""
+    return ({"clipnorm": clipnorm} if clipnorm is not None else {}) | {
         "model": spec.name,
         "dataset": dataset,
         "config": build_config,
@@ -261,10 +267,10 @@ def _run_fingerprint(
 
 
 def _check_arguments(
-    spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, strategy, precision
-) -> tuple[int, int, float, int]:
-    """Refuse a bad argument (``ValueError`` in the house form); return ``(epochs, batch_size, lr, seed)``
-    as plain Python numbers, so a numpy int is recorded in the manifest as the int it is."""
+    spec, dataset, *, epochs, batch_size, lr, seed, lr_schedule, optimizer, clipnorm, strategy, precision
+) -> tuple[int, int, float, int, float | None]:
+    """Refuse a bad argument (``ValueError`` in the house form); return ``(epochs, batch_size, lr, seed,
+    clipnorm)`` as plain Python numbers, so a numpy int is recorded in the manifest as the int it is."""
     if spec.kind == "series_classifier":
         valid = SERIES_DATASETS
         if isinstance(dataset, str) and re.fullmatch(r"[a-z_]+_drop[1-9][0-9]?", dataset):
@@ -279,6 +285,10 @@ def _check_arguments(
     batch_size = checks.positive_int("batch_size", batch_size)
     learning_rate = checks.real("lr", lr, exclusive_minimum=0.0, allowed="a finite positive number")
     seed = checks.integer("seed", seed, minimum=0, maximum=2**31 - 1, allowed="an int in [0, 2**31)")
+    if clipnorm is not None:
+        clipnorm = float(
+            checks.real("clipnorm", clipnorm, exclusive_minimum=0.0, allowed="None or a finite positive number")
+        )
     for arg, value, choices in (
         ("lr_schedule", lr_schedule, LR_SCHEDULES),
         ("optimizer", optimizer, OPTIMIZERS),
@@ -291,7 +301,7 @@ def _check_arguments(
         raise checks.bad_value(
             "precision", precision, f"float32 (a {spec.kind} such as {spec.name!r} trains in float32)"
         )
-    return epochs, batch_size, lr if type(lr) in (int, float) else learning_rate, seed
+    return epochs, batch_size, lr if type(lr) in (int, float) else learning_rate, seed, clipnorm
 
 
 def _training_data(spec, dataset, build_config):
@@ -477,6 +487,7 @@ def _prepare_model(
     optimizer,
     lr,
     lr_schedule,
+    clipnorm,
     epochs,
     steps_per_epoch,
     verbose,
@@ -514,7 +525,7 @@ def _prepare_model(
     # a layer that says it does not support XLA (an ODEBlock whose solve runs in the graph
     # executor: odezoo.ode.compilation) keeps the whole step out of XLA
     jit = jit and all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
-    opt = _optimizer(optimizer, _learning_rate(lr, lr_schedule, epochs, steps_per_epoch))
+    opt = _optimizer(optimizer, _learning_rate(lr, lr_schedule, epochs, steps_per_epoch), clipnorm)
     if spec.kind in ("classifier", "series_classifier"):
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
     else:
@@ -576,8 +587,8 @@ def _plan(name, *, dataset, config, tag, default, **args) -> _Plan:
     """Step 1, validate: every argument, the build config, the entry's parts and the data, before training."""
     spec, _ = _registry.resolve_model(name)
     config = dict(config or {})
-    epochs, batch_size, lr, seed = _check_arguments(spec, dataset, **args)
-    args = dict(args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    epochs, batch_size, lr, seed, clipnorm = _check_arguments(spec, dataset, **args)
+    args = dict(args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, clipnorm=clipnorm)
     tag = tag or dataset
     _registry._check_name("weight tag", tag)
     build_options = config
@@ -639,6 +650,7 @@ def _build_or_resume(plan, ckpts, dist, *, resume, chief, verbose):
             optimizer=a["optimizer"],
             lr=a["lr"],
             lr_schedule=a["lr_schedule"],
+            clipnorm=a["clipnorm"],
             epochs=a["epochs"],
             steps_per_epoch=plan.steps_per_epoch,
             verbose=verbose,
@@ -712,6 +724,7 @@ def _manifest_entry(plan, metrics, dist) -> dict:
         "default": plan.default,
         "command": _command(plan.name, command_args),
         **{k: a[k] for k in ("epochs", "batch_size", "lr", "lr_schedule", "optimizer", "precision")},
+        **({"clipnorm": a["clipnorm"]} if a["clipnorm"] is not None else {}),
     }
 
 
@@ -730,6 +743,7 @@ def train(
     resume=False,
     lr_schedule="constant",
     optimizer="adam",
+    clipnorm=None,
     strategy="default",
     precision="float32",
     verbose=1,
@@ -738,7 +752,8 @@ def train(
     """Train ``name`` on ``dataset`` and commit weights + manifest entry into ``out``.
 
     ``lr_schedule``: "constant" (``lr`` throughout) or "cosine" (decayed to 0 over the run).
-    ``optimizer``: "adam" or "sgd" (momentum 0.9).
+    ``optimizer``: "adam" or "sgd" (momentum 0.9). ``clipnorm``: None (default) or a
+    positive number, the global L2 norm each step's gradients are clipped to.
     ``strategy``: "default", "mirrored", "multiworker" (``TF_CONFIG``) or "tpu"
     (:mod:`odezoo._distribute`); ``batch_size`` is the global batch, and only
     the chief writes files. ``precision``: "float32", "mixed_float16" or
@@ -773,6 +788,7 @@ def train(
         seed=seed,
         lr_schedule=lr_schedule,
         optimizer=optimizer,
+        clipnorm=clipnorm,
         strategy=strategy,
         precision=precision,
     )

@@ -66,6 +66,7 @@ ENTRY_FIELDS = {
     "lr": ((int, float), False),
     "lr_schedule": (str, False),
     "optimizer": (str, False),
+    "clipnorm": ((int, float), False),
     "precision": (str, False),
     "notes": (str, False),
 }

@@ -98,6 +98,7 @@ def _cmd_train(args):
         resume=args.resume,
         lr_schedule=args.lr_schedule,
         optimizer=args.optimizer,
+        clipnorm=args.clipnorm,
         strategy=args.strategy,
         precision=args.precision,
         verbose=1 if sys.stdout.isatty() else 2,
@@ -173,6 +174,12 @@ def make_parser() -> argparse.ArgumentParser:
         default="constant",
         choices=("constant", "cosine"),
         help="constant (default) or cosine decay to 0 over the run",
+    )
+    p.add_argument(
+        "--clipnorm",
+        type=float,
+        default=None,
+        help="clip each step's gradients to this global L2 norm (default: no clipping)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for checkpoints, weights and manifest.json")

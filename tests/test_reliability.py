@@ -188,9 +188,12 @@ def test_resume_refuses_another_runs_checkpoint(tmp_path, capsys):
     out = tmp_path / "out"
     interrupted_run(out, STEPS_PER_EPOCH + 1)
     assert os.listdir(out / "rel_tiny.digits.ckpt") == ["epoch-000001"]
-    status, errors = odezoo_cli(capsys, ["train"] + train_args(out, "--resume", "--config", "width=8", "--lr", "0.02"))
+    status, errors = odezoo_cli(
+        capsys, ["train"] + train_args(out, "--resume", "--config", "width=8", "--lr", "0.02", "--clipnorm", "1")
+    )
     assert status == 2 and len(errors) == 1
     assert "config.width (16 in the checkpoint, 8 now)" in errors[0]
+    assert "clipnorm (null in the checkpoint, 1.0 now)" in errors[0]
     assert "lr (0.01 in the checkpoint, 0.02 now)" in errors[0]
     # the checkpoint is untouched, and a fresh start without --resume is refused rather than overwriting it
     assert os.listdir(out / "rel_tiny.digits.ckpt") == ["epoch-000001"]
@@ -205,6 +208,8 @@ def test_resume_refuses_another_runs_checkpoint(tmp_path, capsys):
         (["--lr", "inf"], "lr=inf"),
         (["--lr", "nan"], "lr=nan"),
         (["--lr", "-1"], "lr=-1.0"),
+        (["--clipnorm", "0"], "clipnorm=0.0"),
+        (["--clipnorm", "nan"], "clipnorm=nan"),
         (["--config", "num_classes=2"], "labels lie in [0, 9], outside [0, 2) for num_classes=2"),
         (["--config", "input_shape=[4, 4, 1]"], "images have shape (8, 8, 1), but the model is built for"),
     ],

@@ -208,11 +208,32 @@ def test_cosine_schedule_is_recorded_and_reproducible_from_the_command(tmp_path)
         seed=2,
         out=str(tmp_path),
         lr_schedule="cosine",
+        clipnorm=0.5,
         verbose=0,
     )
     assert entry["lr_schedule"] == "cosine" and "--lr-schedule cosine" in entry["command"]
+    assert entry["clipnorm"] == 0.5 and "--clipnorm 0.5" in entry["command"]
+    assert _weights.read_manifest(str(tmp_path))[f"{TINY}.digits"]["clipnorm"] == 0.5  # the schema accepts it
     with pytest.raises(ValueError, match="lr_schedule='step'"):
         _train.train(TINY, dataset="digits", epochs=1, out=str(tmp_path), lr_schedule="step")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_clipnorm_scales_the_steps_gradients_to_that_global_norm(name):
+    """One step on two variables whose gradients have global norm 5 (3, 4 over the pair): clipped
+    to 0.5 they are (0.3, 0.4), and the first step is -lr times them (SGD) or, for Adam, whose
+    first step is -lr * sign(g) whatever the scale, unchanged by clipping (so the clip is on the
+    gradient, not on the step)."""
+    import keras
+
+    for clipnorm in (None, 0.5):
+        a, b = keras.Variable([0.0]), keras.Variable([0.0])
+        opt = _train._optimizer(name, 0.1, clipnorm)
+        opt.apply_gradients([(np.array([3.0], np.float32), a), (np.array([4.0], np.float32), b)])
+        scale = 0.1 if clipnorm is not None else 1.0
+        want = (-0.1 * 3.0 * scale, -0.1 * 4.0 * scale) if name == "sgd" else (-0.1, -0.1)
+        np.testing.assert_allclose([a.numpy()[0], b.numpy()[0]], want, rtol=1e-4)
+        assert opt.global_clipnorm == clipnorm
 
 
 @pytest.mark.slow  # 20 s: trains ODE-Net twice (the default suite keeps to 10 minutes)
