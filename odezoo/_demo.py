@@ -136,16 +136,20 @@ def flow_picture(out_dir: str, out) -> dict | None:
     return {"tag": entry["tag"], "metrics": measured, "png": path}
 
 
-def digits_samples(out_dir: str, out) -> str | None:
-    """A grid of 64 samples of the pretrained digits flow (8x8 images), as a PNG."""
-    if "digits" not in odezoo.describe("ffjord")["weights"]:
+DIGITS_FLOWS = ("digits", "digits_conv")  # the MLP flow and the convolutional one
+
+
+def digits_samples(out_dir: str, out, tag: str = "digits") -> str | None:
+    """A grid of 64 samples of the pretrained digits flow ``tag`` (8x8 images), as a PNG."""
+    if tag not in odezoo.describe("ffjord")["weights"]:
         return None
     from odezoo.plotting import plot_image_samples
 
-    flow = odezoo.build("ffjord", pretrained="digits")
-    path = os.path.join(out_dir, "ffjord_digits_samples.png")
+    flow = odezoo.build("ffjord", pretrained=tag)
+    path = os.path.join(out_dir, f"ffjord_{tag}_samples.png")
     plot_image_samples(flow, path, image_shape=(8, 8, 1), levels=_train.DIGITS_LEVELS)
-    out(f"  wrote {path} (64 samples of ffjord.digits, 8x8)")
+    field = "convolutional" if flow.field_kind == "conv" else "MLP"
+    out(f"  wrote {path} (64 samples of ffjord.{tag}, 8x8, {field} field)")
     return path
 
 
@@ -188,7 +192,7 @@ def run(model: str = DEMO_MODEL, out=print, out_dir: str = "odezoo-demo") -> dic
     rows = evaluate_classifiers(out)
     _section("Pretrained FFJORD flow", out)
     flow = flow_picture(out_dir, out)
-    samples = digits_samples(out_dir, out)
+    samples = {tag: digits_samples(out_dir, out, tag) for tag in DIGITS_FLOWS}
     _section("Pretrained latent ODE (irregular time series)", out)
     latent = latent_picture(out_dir, out)
 
@@ -202,7 +206,8 @@ def run(model: str = DEMO_MODEL, out=print, out_dir: str = "odezoo-demo") -> dic
         "model": model,
         "classifiers": rows,
         "flow": flow,
-        "digits_samples": samples,
+        "digits_samples": samples["digits"],
+        "digits_conv_samples": samples["digits_conv"],
         "latent": latent,
         "seconds": seconds,
     }

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import odezoo
-from odezoo import cli
+from odezoo import _demo, cli
 
 
 def run(capsys, *argv):
@@ -143,8 +143,10 @@ def test_demo_end_to_end(tmp_path):
         assert abs(float(row[4]) - float(row[5])) <= 0.005, row
     if odezoo.describe("ffjord")["weights"]:
         assert list(tmp_path.glob("ffjord_*_density.png"))
-    if "digits" in odezoo.describe("ffjord")["weights"]:
-        assert (tmp_path / "ffjord_digits_samples.png").stat().st_size > 1000
+    for tag in _demo.DIGITS_FLOWS:  # a sample grid of each shipped digits flow, and none of another
+        shipped = tag in odezoo.describe("ffjord")["weights"]
+        png = tmp_path / f"ffjord_{tag}_samples.png"
+        assert (png.stat().st_size > 1000) if shipped else not png.exists(), tag
     if "spirals" in odezoo.describe("latent_ode")["weights"]:  # re-measured beside its manifest numbers
         line = next(x for x in out.splitlines() if x.strip().startswith("latent_ode.spirals"))
         pairs = re.findall(r"(\w+_mse) ([0-9.]+) \(manifest ([0-9.]+)\)", line)
