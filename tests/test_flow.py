@@ -157,3 +157,40 @@ def test_plot_density_writes_a_png(trained, tmp_path):
     )
     with open(path, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_gradient_matches_the_adjoint_and_central_differences(tmp_path):
+    """gradient="checkpoint" differentiates the same penalised loss as the adjoint (here with RNODE's
+    integrals riding along, outside the error norm): at tight tolerances both match central
+    differences; the option is saved with the model and checked."""
+    from odezoo.testing import _central_differences
+
+    x = tf.constant(np.random.default_rng(3).normal(size=(5, 2)).astype("float32"))
+    kwargs = dict(data_dim=2, hidden=(8, 8), trace="exact", rtol=1e-6, atol=1e-6, seed=0,
+                  regularization={"kinetic": 0.1, "jacobian": 0.1})  # fmt: skip
+    keras.utils.set_random_seed(4)
+    ckpt = odezoo.build("ffjord", gradient="checkpoint", **kwargs)
+    adj = odezoo.build("ffjord", **kwargs)
+    adj.set_weights(ckpt.get_weights())
+    grads = {}
+    for name, flow in (("checkpoint", ckpt), ("adjoint", adj)):
+        flow.nfe_backward.assign(0)
+        with tf.GradientTape() as tape:
+            loss, _, _ = flow._penalized_nll(x)
+        grads[name] = [g.numpy() for g in tape.gradient(loss, flow.trainable_variables)]
+        assert int(flow.nfe_backward) > 0, name  # its own backward pass ran
+    w = ckpt.fields[0].trainable_variables[0]  # the first layer's kernel
+    index = [v is w for v in ckpt.trainable_variables].index(True)
+    fd = _central_differences(lambda: float(ckpt._penalized_nll(x)[0]), w, eps=1e-2)
+    scale = np.abs(fd).max()
+    assert scale > 1e-2
+    np.testing.assert_allclose(grads["checkpoint"][index], fd, atol=2e-3 * scale)
+    for a, b in zip(grads["checkpoint"], grads["adjoint"]):
+        np.testing.assert_allclose(a, b, atol=1e-3 * max(1.0, np.abs(b).max()))
+    path = str(tmp_path / "ckpt.keras")
+    ckpt.save(path)
+    assert keras.models.load_model(path).gradient == "checkpoint"
+    with pytest.raises(ValueError, match="gradient=.backprop.*.adjoint., .checkpoint."):
+        odezoo.build("ffjord", gradient="backprop")
+    with pytest.raises(ValueError, match="gradient='checkpoint' runs on odezoo's integrator"):
+        odezoo.build("ffjord", solver="tfp_dopri5", gradient="checkpoint")

@@ -52,6 +52,7 @@ def ffjord(
     regularization=None,
     field="mlp",
     image_shape=None,
+    gradient="adjoint",
 ):
     """A FFJORD density model on ``data_dim``-dimensional data (:class:`odezoo.plugins.ffjord.flow.FFJORDFlow`).
 
@@ -59,6 +60,8 @@ def ffjord(
     ``fit(x)`` trains by maximum likelihood; ``regularization={"kinetic": λ_k, "jacobian": λ_j}``
     adds RNODE's penalties (Finlay et al., ICML 2020) to it. ``field="conv"`` with
     ``image_shape=(h, w, c)`` (h·w·c = data_dim) is the paper's convolutional image field.
+    ``gradient="checkpoint"`` trains with the exact gradient of the discrete solve instead of
+    the adjoint.
     """
     odezoo.ode.require_tensorflow("The FFJORD model")
     from odezoo.plugins.ffjord.flow import FFJORDFlow
@@ -82,5 +85,6 @@ def ffjord(
         regularization=regularization,
         field=field,
         image_shape=image_shape,
+        gradient=gradient,
         name="ffjord",
     )

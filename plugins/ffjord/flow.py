@@ -51,6 +51,7 @@ _serializable = keras.saving.register_keras_serializable(package="odezoo")
 
 TRACES = ("hutchinson", "exact")
 NOISES = ("rademacher", "gaussian")
+FLOW_GRADIENTS = ("adjoint", "checkpoint")
 # The flow's choice among odezoo.ode.SOLVERS: the two Dormand-Prince solvers (tfp's BDF solves per
 # sample); besides them, any registered embedded pair ("tsit5", "bosh3", ...) on odezoo's integrator
 SOLVERS = ("dopri5", "tfp_dopri5")
@@ -257,6 +258,11 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             ``trace="exact"``). ``fit`` logs ``kinetic`` and ``jacobian``.
         controller: the step-size controller of odezoo's integrator, a name in
             ``odezoo.ode.controllers.CONTROLLERS`` ("predictive", "pi", "pid"; not with "tfp_dopri5").
+        gradient: how ``fit`` differentiates the solves: "adjoint" (default; a backward solve,
+            memory independent of the steps) or "checkpoint" (odezoo's integrator only: the exact
+            gradient of the discrete forward solve, replayed from checkpointed step states, as
+            :class:`odezoo.ODEBlock`'s ``gradient="checkpoint"``; steadier where the adjoint's
+            backward solve is inaccurate at loose tolerances).
         solver_compile: how ``log_prob``/``sample``/``to_latent``/``to_data`` compile their solves
             (:mod:`odezoo.ode.compilation`): "auto" (XLA for these MLP fields on any device;
             the graph executor on CPU for a field with convolutions), "xla" or "graph"; the
@@ -277,6 +283,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
     atol = Setting(checks.positive)
     solver_compile = Setting(lambda name, v: checks.choice(name, v, COMPILE_MODES))
     controller = Setting(lambda name, v: checks.choice(name, v, tuple(CONTROLLERS)))
+    gradient = Setting(lambda name, v: checks.choice(name, v, FLOW_GRADIENTS))
 
     def __init__(
         self,
@@ -299,6 +306,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         regularization=None,
         field="mlp",
         image_shape=None,
+        gradient="adjoint",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -338,6 +346,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         self.trace, self.noise, self.solver, self.rtol, self.atol = trace, noise, solver, rtol, atol
         self.solver_compile = solver_compile
         self.controller = controller
+        self.gradient = gradient
         self.regularization = check_regularization(regularization)
         # while fit's step runs, a list collecting its solves' integrals; per thread, as MirroredStrategy
         # traces its replicas in threads
@@ -356,6 +365,11 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             raise ValueError(
                 f"controller={self.controller!r} steers odezoo's integrator; solver='tfp_dopri5' is tfp's and "
                 "has no use for it: leave it 'predictive' or pick one of odezoo's solvers."
+            )
+        if self.solver == "tfp_dopri5" and self.gradient != "adjoint":
+            raise ValueError(
+                f"gradient={self.gradient!r} runs on odezoo's integrator; solver='tfp_dopri5' is tfp's, with "
+                "its own adjoint: leave gradient 'adjoint' or pick one of odezoo's solvers."
             )
 
     def _settings_changed(self, name):
@@ -416,7 +430,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             times,
             flat_c,
             options=options,
-            gradient="adjoint",
+            gradient=self.gradient,
             on_forward=on_forward,
             on_backward=on_backward,
         )
@@ -653,6 +667,7 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
             seed=self.seed,
             solver_compile=self.solver_compile,
             controller=self.controller,
+            gradient=self.gradient,
             regularization=self.regularization,
             field=self.field_kind,
             image_shape=None if self.image_shape is None else list(self.image_shape),
