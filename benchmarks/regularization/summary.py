@@ -1,6 +1,6 @@
 """results/toy_*.json (benchmarks/flow/kl_train.py runs) -> the markdown tables of README.md.
 
-python benchmarks/regularization/summary.py [--target 0.02]
+python benchmarks/regularization/summary.py [--target 0.02] [--pattern 'toy_cb*.json'] [--minutes 15]
 """
 
 import argparse
@@ -13,6 +13,7 @@ import numpy as np
 ap = argparse.ArgumentParser()
 ap.add_argument("--target", type=float, default=0.02, help="KL target (nats) for the time-to-target column")
 ap.add_argument("--pattern", default="toy_*.json")
+ap.add_argument("--minutes", type=float, default=None, help="only the runs of this CPU budget (default: all)")
 args = ap.parse_args()
 
 here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -20,6 +21,8 @@ runs = []
 for path in sorted(glob.glob(os.path.join(here, args.pattern))):
     res = json.load(open(path))
     a = res["args"]
+    if args.minutes is not None and a["minutes"] != args.minutes:
+        continue
     runs.append((res["data"], a.get("kinetic", 0.0), a.get("jacobian", 0.0), a["seed"], os.path.basename(path), res))
 
 for data in sorted({r[0] for r in runs}):
