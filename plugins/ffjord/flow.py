@@ -604,7 +604,11 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
 
     def train_step(self, data):
         x = data[0] if isinstance(data, (tuple, list)) else data
-        x = tf.cast(x, tf.float32)
+        # The batch size is forgotten: with it static, TensorFlow's graph optimiser (grappler's
+        # memory optimiser) rewrites the sums in the checkpoint gradient's nested loops into
+        # temporary variables whose names collide from one outer iteration to the next
+        # (AlreadyExistsError on a conv field in the graph executor; seen with fit on numpy arrays).
+        x = tf.raw_ops.PlaceholderWithDefault(input=tf.cast(x, tf.float32), shape=[None, self.data_dim])
         self.nfe_forward.assign(0)
         self.nfe_backward.assign(0)
         self.reset_status()
