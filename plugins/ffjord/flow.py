@@ -261,8 +261,8 @@ class FFJORDFlow(SolverChecked, SolverStatus, Settings, keras.Model):
         gradient: how ``fit`` differentiates the solves: "adjoint" (default; a backward solve,
             memory independent of the steps) or "checkpoint" (odezoo's integrator only: the exact
             gradient of the discrete forward solve, replayed from checkpointed step states, as
-            :class:`odezoo.ODEBlock`'s ``gradient="checkpoint"``; steadier where the adjoint's
-            backward solve is inaccurate at loose tolerances).
+            :class:`odezoo.ODEBlock`'s ``gradient="checkpoint"``; the shipped conv digits flow
+            trained with it, its adjoint runs at 1e-3 having gone unsteady: docs/results.md).
         solver_compile: how ``log_prob``/``sample``/``to_latent``/``to_data`` compile their solves
             (:mod:`odezoo.ode.compilation`): "auto" (XLA for these MLP fields on any device;
             the graph executor on CPU for a field with convolutions), "xla" or "graph"; the
